@@ -1,0 +1,1 @@
+"""The ``hesskit`` command line: a thin layer that parses, calls the library and prints."""

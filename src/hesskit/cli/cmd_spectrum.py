@@ -1,0 +1,15 @@
+"""`hesskit spectrum`: placeholder until its feature lands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("spectrum", help="(not yet available)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("hesskit spectrum: not yet available")
+    return 1

@@ -1,0 +1,161 @@
+"""The one abstraction for a curvature matrix: a symmetric N×N linear operator.
+
+``CurvatureOperator`` supplies everything but the product itself: ``matvec`` / ``matmat`` /
+``@`` for flat tensors and for parameter-shaped dicts or lists, ``to_dense`` and
+``to_scipy``. A subclass implements ``_matmat(V)`` on flat ``[N, K]`` tensors.
+
+``ProblemOperator`` is the base of the matrices of a ``Problem`` (Hessian, Gauss-Newton,
+Fisher): it sums per-batch products with the batch weights, so a subclass implements only
+``_matmat_batch(batch, V)``. The operator is the matrix at the parameters it was built at;
+build a new one after the parameters change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import Tensor
+
+from hesskit.errors import InvalidArgumentError
+from hesskit.layout import ParameterLayout
+from hesskit.problem import Batch, Problem
+
+Vector = Tensor | Mapping[str, Tensor] | Sequence[Tensor]
+
+
+class CurvatureOperator(ABC):
+    """A linear operator A: R^N → R^N on the flat parameter layout.
+
+    Attributes:
+        layout: the parameter layout of the vectors it acts on.
+        symmetric: A = Aᵀ.
+        psd: A is positive semi-definite (e.g. the Gauss-Newton matrix of a convex loss).
+    """
+
+    symmetric: bool = True
+    psd: bool = False
+
+    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, device: torch.device) -> None:
+        self.layout = layout
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self.layout.num_params
+        return (n, n)
+
+    @abstractmethod
+    def _matmat(self, V: Tensor) -> Tensor:
+        """A V for a flat ``[N, K]`` tensor V (in the operator's dtype and device)."""
+
+    def matvec(self, v: Vector) -> Vector:
+        """A v, for v flat ``[N]`` or parameter-shaped (dict or list); returns the same form."""
+        flat, form = self._to_flat(v, batch_dims=0)
+        return self._from_flat(self._matmat(flat.unsqueeze(1)).squeeze(1), form, batch_dims=0)
+
+    def matmat(self, V: Vector) -> Vector:
+        """A V for K vectors: flat ``[N, K]``, or parameter-shaped ``[K, *shape]`` dict/list."""
+        if isinstance(V, Tensor):
+            self._check_flat(V, ndim=2)
+            return self._matmat(V.to(self.dtype))
+        flat, form = self._to_flat(V, batch_dims=1)
+        return self._from_flat(self._matmat(flat.T).T, form, batch_dims=1)
+
+    def __matmul__(self, x: Vector) -> Vector:
+        if isinstance(x, Tensor) and x.ndim == 2:
+            return self.matmat(x)
+        return self.matvec(x)
+
+    def to_dense(self, chunk_size: int = 256) -> Tensor:
+        """The N×N matrix, built column block by column block (A applied to the identity)."""
+        n = self.shape[0]
+        dense = torch.empty(n, n, dtype=self.dtype, device=self.device)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            eye = torch.zeros(n, stop - start, dtype=self.dtype, device=self.device)
+            eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
+            dense[:, start:stop] = self._matmat(eye)
+        return dense
+
+    def to_scipy(self) -> LinearOperator:
+        """A ``scipy.sparse.linalg.LinearOperator`` for ``eigsh``, ``cg``, ``minres``."""
+        dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+
+        def product(x: np.ndarray) -> np.ndarray:
+            V = torch.as_tensor(np.asarray(x, dtype=dtype), device=self.device)
+            column = V.ndim == 1
+            out = self._matmat(V.reshape(self.shape[0], -1))
+            out = out.detach().cpu().numpy()
+            return out.ravel() if column else out
+
+        return LinearOperator(
+            self.shape, matvec=product, rmatvec=product, matmat=product, dtype=dtype
+        )
+
+    def _check_flat(self, V: Tensor, ndim: int) -> None:
+        if V.ndim != ndim or V.shape[0] != self.shape[0]:
+            expected = "[N]" if ndim == 1 else "[N, K]"
+            raise InvalidArgumentError(
+                f"expected a tensor shaped {expected} with N = {self.shape[0]}, "
+                f"got {tuple(V.shape)}"
+            )
+
+    def _to_flat(self, v: Vector, batch_dims: int) -> tuple[Tensor, str]:
+        if isinstance(v, Tensor):
+            self._check_flat(v, ndim=1 + batch_dims)
+            return v.to(self.dtype), "flat"
+        form = "dict" if isinstance(v, Mapping) else "list"
+        flat = self.layout.flatten(v, batch_dims=batch_dims).to(self.dtype)
+        return flat, form
+
+    def _from_flat(self, flat: Tensor, form: str, batch_dims: int) -> Vector:
+        if form == "flat":
+            return flat
+        pieces = self.layout.unflatten(flat)
+        return pieces if form == "dict" else list(pieces.values())
+
+
+class MatrixOperator(CurvatureOperator):
+    """An explicit symmetric matrix as an operator (for tests, and for small dense problems)."""
+
+    def __init__(self, matrix: Tensor, layout: ParameterLayout | None = None, psd: bool = False):
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise InvalidArgumentError(f"expected a square matrix, got {tuple(matrix.shape)}")
+        layout = layout or ParameterLayout(("x",), (torch.Size([matrix.shape[0]]),))
+        super().__init__(layout, matrix.dtype, matrix.device)
+        self.matrix = matrix
+        self.psd = psd
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.matrix @ V
+
+
+class ProblemOperator(CurvatureOperator):
+    """A curvature matrix of a ``Problem``: A = Σ_b w_b A_b over the batches.
+
+    Subclasses implement ``_matmat_batch(batch, V)`` returning A_b V for parameter-shaped
+    ``V`` (dict of ``[K, *shape]`` tensors) and may cache per-batch work (the linearization)
+    keyed by ``batch.index``, since the operator is fixed at the parameters it was built at.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.layout, problem.dtype, problem.device)
+        self.problem = problem
+        self.params = {name: p.detach().clone() for name, p in problem.parameters().items()}
+
+    @abstractmethod
+    def _matmat_batch(self, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A_b V for one batch's loss (unweighted), V a dict of ``[K, *shape]`` tensors."""
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        pieces = self.layout.unflatten(V.T)
+        total = torch.zeros_like(V)
+        for batch in self.problem.batches():
+            product = self._matmat_batch(batch, pieces)
+            total += batch.weight * self.layout.flatten(product, batch_dims=1).T
+        return total

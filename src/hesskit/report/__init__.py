@@ -1,0 +1,1 @@
+"""Plots and reports: figures drawn from computed results, never derivatives."""

@@ -1,15 +1,105 @@
-"""`hesskit bench`: placeholder until its feature lands."""
+"""`hesskit bench`: compare optimizers on one problem under one budget; HTML + JSON report.
+
+Each method runs the same budget (``--budget-seconds`` of optimizer time or
+``--budget-epochs`` of data) on each seed. First-order learning rates are chosen from a
+small grid per method: each lr runs ``--tune-fraction`` of the budget on the first seed and
+the lowest final training error wins. Damped Newton runs only on small models. The report
+(``report.html``, self-contained, and ``report.json``) goes to ``--out``.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from hesskit.cli.options import output_dir, positive_float
+
+DEFAULT_OPTIMIZERS = "hf,newton,rmsprop,adam,sgd,lbfgs"
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """``"3"`` → seeds 0, 1, 2; ``"0,5"`` → seeds 0 and 5."""
+    try:
+        if "," in text:
+            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+        else:
+            seeds = tuple(range(int(text)))
+    except ValueError:
+        message = f"{text!r} is neither a count nor a list like 0,1,2"
+        raise argparse.ArgumentTypeError(message) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} gives no seeds; pass a count >= 1 or a list")
+    return seeds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "bench",
+        help="compare optimizers on a problem; writes an HTML report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--problem", required=True, help="e.g. digits-autoencoder")
+    parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
+                        help=f"comma-separated (default {DEFAULT_OPTIMIZERS})")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget-seconds", type=positive_float,
+                        help="optimizer wall-clock seconds per run (default 10)")
+    budget.add_argument("--budget-epochs", type=positive_float, help="epochs of data per run")
+    parser.add_argument("--seeds", type=seed_list, default=(0,),
+                        help="a count (3 → seeds 0,1,2) or a list (0,5); default 1")
+    parser.add_argument("--tune-fraction", type=positive_float, default=0.2,
+                        help="share of the budget per lr while tuning (default 0.2)")
+    parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
+    parser.add_argument("--out", help="output folder (default hesskit-out/bench/<problem>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("hesskit bench: not yet available")
-    return 1
+    from rich.console import Console
+
+    from hesskit.report.html import write_report
+    from hesskit.training.bench import BenchConfig, run_benchmark
+
+    kind, value = (("epochs", args.budget_epochs) if args.budget_epochs is not None
+                   else ("seconds", args.budget_seconds or 10.0))
+    config = BenchConfig(
+        problem=args.problem,
+        optimizers=tuple(name.strip() for name in args.optimizers.split(",") if name.strip()),
+        budget_kind=kind, budget_value=value, seeds=args.seeds,
+        tune_fraction=args.tune_fraction, data_dir=args.data_dir,
+    )
+    from hesskit.problems import build_model
+
+    build_model(config.problem)  # unknown problem: one line before any work
+    out = output_dir(args.out or Path("hesskit-out", "bench", config.problem))
+    console = Console()
+    report = run_benchmark(config, runs_dir=out / "runs", progress=not args.no_progress,
+                           announce=console.print)
+    html_path, json_path = write_report(report, out)
+    console.print(results_table(report))
+    for skipped in report.skipped:
+        console.print(f"[yellow]note:[/] {skipped.reason}")
+    console.print(f"JSON: {json_path}")
+    console.print(f"HTML report: {html_path}")
+    return 0
+
+
+def results_table(report):
+    """The final table (medians over seeds) as a rich Table."""
+    from rich.table import Table
+
+    from hesskit.report.html import summary_rows
+
+    table = Table(title=f"{report.problem}: {report.error_name} (median over "
+                        f"{len(report.seeds)} seed{'s' if len(report.seeds) > 1 else ''})")
+    for column in ("method", "lr", "train error", "test error", "iterations", "epochs",
+                   "products", "seconds"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in summary_rows(report):
+        lr = "–" if row.lr is None else f"{row.lr:g}"
+        table.add_row(row.title, lr, f"{row.train_error:.4g}", f"{row.test_error:.4g}",
+                      f"{row.iterations:g}", f"{row.epochs:.3g}", f"{row.products:g}",
+                      f"{row.seconds:.3g}")
+    return table

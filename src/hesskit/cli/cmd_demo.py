@@ -1,15 +1,85 @@
-"""`hesskit demo`: placeholder until its feature lands."""
+"""``hesskit demo``: the main job — a tour of hesskit on bundled data, in a few minutes.
+
+It runs the other sub-commands in turn (the CLI stays a thin layer: each step is exactly
+what a user could type) and writes every plot and report under one output folder:
+
+1. transfer functions and their first and second derivatives;
+2. Newton's method on single transfer functions, and why it fails there;
+3. one ReLU neuron with a squared-error objective, whose curvature does vary with w;
+4. the exact Hessian of a small ReLU network on the digits, split H = G + R, with its
+   structure report;
+5. its top eigenvalues and spectral density, matrix-free;
+6. a short benchmark of Hessian-free against RMSProp, Adam and SGD on a digits autoencoder,
+   ending with the path of the HTML report and the results table.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from hesskit.cli.options import output_dir, positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the tour of hesskit on bundled data (the main job)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="hesskit-demo", help="output folder (default hesskit-demo)")
+    parser.add_argument(
+        "--bench-seconds",
+        type=positive_float,
+        default=20.0,
+        help="wall-clock budget per optimizer and seed in the benchmark (default 20)",
+    )
     parser.set_defaults(run=run)
 
 
+def steps(out: Path, bench_seconds: float) -> list[tuple[str, list[str]]]:
+    """The demo as (title, hesskit argv) pairs."""
+    return [
+        ("Transfer functions and their derivatives",
+         ["activations", "--plot", str(out / "activations")]),
+        ("Newton's method on ReLU: zero curvature", ["newton", "--activation", "relu", "--x0", "1.5"]),
+        ("Newton's method on sigmoid: no stationary point",
+         ["newton", "--activation", "sigmoid", "--x0", "-1"]),
+        ("Newton's method on tanh: no stationary point",
+         ["newton", "--activation", "tanh", "--x0", "-1"]),
+        ("One ReLU neuron with a squared error: curvature that varies with w",
+         ["neuron", "--plot", str(out / "neuron")]),
+        ("Exact Hessian of a small ReLU network on the digits, H = G + R",
+         ["hessian", "--layers", "64,12,10", "--activation", "relu", "--samples", "256",
+          "--out", str(out / "hessian")]),
+        ("Top eigenvalues and spectral density, matrix-free",
+         ["spectrum", "--layers", "64,32,10", "--samples", "512", "--top", "5",
+          "--out", str(out / "spectrum")]),
+        ("Hessian-free against RMSProp, Adam and SGD on a digits autoencoder",
+         ["bench", "--problem", "digits-autoencoder", "--optimizers", "hf,rmsprop,adam,sgd",
+          "--budget-seconds", f"{bench_seconds:g}", "--seeds", "1",
+          "--out", str(out / "bench")]),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
-    print("hesskit demo: not yet available")
-    return 1
+    from hesskit.cli.main import main  # imported here: main imports this module
+
+    out = output_dir(args.out)
+    console = Console()
+    started = time.perf_counter()
+    failures = []
+    for number, (title, argv) in enumerate(steps(out, args.bench_seconds), start=1):
+        console.rule(f"[bold]{number}. {title}")
+        console.print(f"[dim]$ hesskit {' '.join(argv)}")
+        if main(argv) != 0:
+            failures.append(title)
+    console.rule()
+    console.print(f"Demo finished in {time.perf_counter() - started:.0f} s; outputs in {out.resolve()}")
+    for title in failures:
+        console.print(f"[red]step failed: {title}")
+    return 1 if failures else 0

@@ -44,8 +44,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def output_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` (and parents) and check that files can be written in it."""
+def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create ``path`` (and parents) and check that files can be written in it.
+
+    ``option`` names the command-line option that chose the folder, for the error message.
+    """
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -55,6 +58,6 @@ def output_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise InvalidArgumentError(
-            f"cannot write to output folder {str(folder)!r} ({reason}); choose another with --out"
+            f"cannot write to output folder {str(folder)!r} ({reason}); choose another with {option}"
         ) from None
     return folder

@@ -1,5 +1,39 @@
 """Curvature matrices as linear operators."""
 
+from hesskit.operators.algebra import (
+    DampedOperator,
+    DiagonalOperator,
+    ScaledOperator,
+    SumOperator,
+    damped,
+)
 from hesskit.operators.base import CurvatureOperator, MatrixOperator, ProblemOperator
+from hesskit.operators.counting import CountingOperator
+from hesskit.operators.fisher import (
+    EmpiricalFisherOperator,
+    FisherOperator,
+    empirical_fisher_operator,
+    fisher_operator,
+)
+from hesskit.operators.gauss_newton import GaussNewtonOperator, gauss_newton_operator
+from hesskit.operators.hessian import HessianOperator, hessian_operator
 
-__all__ = ["CurvatureOperator", "MatrixOperator", "ProblemOperator"]
+__all__ = [
+    "CountingOperator",
+    "CurvatureOperator",
+    "DampedOperator",
+    "DiagonalOperator",
+    "EmpiricalFisherOperator",
+    "FisherOperator",
+    "GaussNewtonOperator",
+    "HessianOperator",
+    "MatrixOperator",
+    "ProblemOperator",
+    "ScaledOperator",
+    "SumOperator",
+    "damped",
+    "empirical_fisher_operator",
+    "fisher_operator",
+    "gauss_newton_operator",
+    "hessian_operator",
+]

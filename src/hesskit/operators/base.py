@@ -13,18 +13,21 @@ build a new one after the parameters change.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
+from torch.func import vmap
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.problem import Batch, Problem
 
 Vector = Tensor | Mapping[str, Tensor] | Sequence[Tensor]
+T = TypeVar("T")
 
 
 class CurvatureOperator(ABC):
@@ -143,10 +146,31 @@ class ProblemOperator(CurvatureOperator):
     keyed by ``batch.index``, since the operator is fixed at the parameters it was built at.
     """
 
-    def __init__(self, problem: Problem) -> None:
+    max_cached_batches: int = 16
+    """With ``cache=None``, per-batch work is kept when the data have at most this many batches."""
+
+    def __init__(self, problem: Problem, cache: bool | None = None) -> None:
         super().__init__(problem.layout, problem.dtype, problem.device)
         self.problem = problem
         self.params = {name: p.detach().clone() for name, p in problem.parameters().items()}
+        self.cache = problem.num_batches <= self.max_cached_batches if cache is None else cache
+        self._per_batch: dict[int, object] = {}
+
+    def per_batch(self, batch: Batch, build: Callable[[Batch], T]) -> T:
+        """``build(batch)``, computed once per batch and kept when ``self.cache`` is on.
+
+        With ``cache=False`` it is rebuilt on every call: memory stays at one batch's
+        worth, at the price of one forward pass per batch per product call.
+        """
+        if not self.cache:
+            return build(batch)
+        if batch.index not in self._per_batch:
+            self._per_batch[batch.index] = build(batch)
+        return self._per_batch[batch.index]  # type: ignore[return-value]
+
+    def clear_cache(self) -> None:
+        """Drop the per-batch work kept so far (it is rebuilt on the next product)."""
+        self._per_batch.clear()
 
     @abstractmethod
     def _matmat_batch(self, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -159,3 +183,19 @@ class ProblemOperator(CurvatureOperator):
             product = self._matmat_batch(batch, pieces)
             total += batch.weight * self.layout.flatten(product, batch_dims=1).T
         return total
+
+
+def apply_columns(
+    product: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+    V: dict[str, Tensor],
+    chunk_size: int | None = 32,
+) -> dict[str, Tensor]:
+    """Apply a one-vector ``product`` to each of the K columns of ``V`` (``[K, *shape]``).
+
+    One vector is passed straight through; several are vectorized with ``torch.func.vmap``
+    (``chunk_size`` columns at a time, to bound the memory of the batched intermediates).
+    """
+    if next(iter(V.values())).shape[0] == 1:
+        out = product({name: t[0] for name, t in V.items()})
+        return {name: t.unsqueeze(0) for name, t in out.items()}
+    return vmap(product, chunk_size=chunk_size)(V)

@@ -1,0 +1,163 @@
+"""Exact curvature diagonals against one gradient, and Hutchinson's trace error.
+
+The classifier of hesskit issue 4: ReLU MLP 784-256-256-10, cross-entropy, batch 512,
+random data, float32, 2 threads. Times (median of repeats, in one process):
+
+* one gradient (``Problem.gradient``), the unit;
+* the exact Hessian diagonal (layer-chain backpropagation; for ReLU it equals diag(G));
+* the exact GGN and empirical-Fisher diagonals by backpropagation and by per-sample vmap;
+* the same exact Hessian diagonal for a tanh network (σ″ terms present);
+* Hutchinson's trace with 100 probes against the exact trace (if the Hessian operator
+  exists), and BackPACK's DiagHessian (if BackPACK is importable).
+
+Run: ``.venv/bin/python benchmarks/diagonal.py``; writes benchmarks/results/diagonal.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hesskit.estimators.exact_diagonal import (
+    empirical_fisher_diagonal,
+    gauss_newton_diagonal,
+    hessian_diagonal,
+)
+from hesskit.models import mlp
+from hesskit.problem import Problem
+
+THREADS = 2
+SIZES = (784, 256, 256, 10)
+BATCH = 512
+PROBES = 100
+RESULTS = Path(__file__).parent / "results" / "diagonal.json"
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Fastest wall time of ``repeats`` calls (after one warm-up) and the last result.
+
+    The minimum, not the median: the machine is shared, and contention only adds time.
+    """
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def make_problem(activation: str, seed: int = 0) -> Problem:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = mlp(SIZES, activation)
+    X = torch.randn(BATCH, SIZES[0], generator=generator)
+    y = torch.randint(0, SIZES[-1], (BATCH,), generator=generator)
+    return Problem(model, nn.CrossEntropyLoss(), (X, y))
+
+
+def hutchinson_trace_error(problem: Problem, exact_trace: float) -> dict | None:
+    try:
+        from hesskit.operators.hessian import hessian_operator
+
+        from hesskit.estimators.trace import hutchinson_trace
+    except ImportError as error:
+        return {"skipped": str(error)}
+    errors, seconds = [], []
+    for seed in range(5):
+        start = time.perf_counter()
+        estimate = hutchinson_trace(hessian_operator(problem), PROBES, seed=seed, progress=False)
+        seconds.append(time.perf_counter() - start)
+        errors.append(abs(estimate.value - exact_trace) / abs(exact_trace))
+    return {"probes": PROBES, "seeds": 5, "relative_errors": errors,
+            "seconds_min": min(seconds)}
+
+
+def backpack_diag_hessian(problem: Problem, repeats: int) -> dict:
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import DiagHessian
+    except ImportError:
+        return {"skipped": "backpack is not installed"}
+    model, loss = extend(problem.model), extend(nn.CrossEntropyLoss())
+    (X, y), = [(b.inputs, b.targets) for b in problem.batches()]
+
+    def run():
+        model.zero_grad()
+        with backpack(DiagHessian()):
+            loss(model(X), y).backward()
+
+    seconds, _ = timed(run, repeats)
+    return {"seconds": seconds}
+
+
+def main() -> None:
+    torch.set_num_threads(THREADS)
+    relu, tanh = make_problem("relu"), make_problem("tanh")
+    repeats = 10
+    t_grad, _ = timed(relu.gradient, 20)
+    t_grad_tanh, _ = timed(tanh.gradient, 20)
+    t_hess, diag_h = timed(lambda: hessian_diagonal(relu), repeats)
+    t_ggn, diag_g = timed(lambda: gauss_newton_diagonal(relu), repeats)
+    t_ef, _ = timed(lambda: empirical_fisher_diagonal(relu), repeats)
+    t_ggn_vmap, diag_g_vmap = timed(lambda: gauss_newton_diagonal(relu, use_chain=False), 1)
+    t_ef_vmap, _ = timed(lambda: empirical_fisher_diagonal(relu, use_chain=False), 1)
+    t_hess_tanh, _ = timed(lambda: hessian_diagonal(tanh), repeats)
+    exact_trace = float(diag_h.double().sum())
+    record = {
+        "benchmark": "exact curvature diagonals",
+        "model": f"mlp {'-'.join(map(str, SIZES))} relu, cross-entropy, batch {BATCH}, float32",
+        "seconds": {
+            "gradient": t_grad,
+            "hessian_diagonal_backprop": t_hess,
+            "ggn_diagonal_backprop": t_ggn,
+            "ef_diagonal_backprop": t_ef,
+            "ggn_diagonal_per_sample_vmap": t_ggn_vmap,
+            "ef_diagonal_per_sample_vmap": t_ef_vmap,
+            "gradient_tanh": t_grad_tanh,
+            "hessian_diagonal_backprop_tanh": t_hess_tanh,
+        },
+        "in_gradients": {
+            "hessian_diagonal_backprop": t_hess / t_grad,
+            "ggn_diagonal_backprop": t_ggn / t_grad,
+            "ef_diagonal_backprop": t_ef / t_grad,
+            "ggn_diagonal_per_sample_vmap": t_ggn_vmap / t_grad,
+            "ef_diagonal_per_sample_vmap": t_ef_vmap / t_grad,
+            "hessian_diagonal_backprop_tanh": t_hess_tanh / t_grad_tanh,
+            "backpack_diag_hessian_reported_in_issue": 15,
+        },
+        "checks": {
+            "relu_hessian_equals_ggn_max_abs_diff": float((diag_h - diag_g).abs().max()),
+            "ggn_backprop_vs_vmap_max_rel_diff": float(
+                (diag_g - diag_g_vmap).abs().max() / diag_g.abs().max()
+            ),
+        },
+        "exact_trace": exact_trace,
+        "hutchinson_trace": hutchinson_trace_error(relu, exact_trace),
+        "backpack": backpack_diag_hessian(relu, repeats),
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("seconds", "in_gradients", "checks",
+                                             "hutchinson_trace", "backpack")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

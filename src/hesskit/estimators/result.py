@@ -1,0 +1,64 @@
+"""What the estimators return: a value with its standard error, or eigenpairs.
+
+Every result carries ``products``, the number of curvature-vector products (columns of
+``op.matmat``) it cost: the unit in which matrix-free methods are compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stochastic estimate and its standard error.
+
+    Attributes:
+        value: the estimate: a float (a trace) or a tensor (a diagonal, shape ``[N]``).
+        stderr: the standard error of ``value``, same form (the sample standard deviation of
+            the per-probe estimates divided by √probes); 0 for a part computed exactly.
+        products: curvature-vector products used.
+    """
+
+    value: float | Tensor
+    stderr: float | Tensor
+    products: int
+
+    def relative_stderr(self) -> float:
+        """One number for the whole estimate: |stderr| / |value| (2-norms for a tensor).
+
+        Returns ``inf`` for a zero value with a non-zero standard error, 0 when both are 0.
+        """
+        if isinstance(self.value, Tensor):
+            num = float(torch.linalg.vector_norm(torch.as_tensor(self.stderr)))
+            den = float(torch.linalg.vector_norm(self.value))
+        else:
+            num, den = abs(float(self.stderr)), abs(float(self.value))
+        if den == 0:
+            return 0.0 if num == 0 else math.inf
+        return num / den
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    """Approximate eigenpairs A v_i ≈ θ_i v_i of a symmetric operator.
+
+    Attributes:
+        values: Ritz values θ, shape ``[k]``, ordered from the requested end of the spectrum
+            (largest first for ``which="largest"``, smallest first for ``"smallest"``).
+        vectors: Ritz vectors, orthonormal columns, shape ``[N, k]``.
+        products: curvature-vector products used.
+        residuals: ‖A v_i − θ_i v_i‖, shape ``[k]``. For a symmetric A some eigenvalue lies
+            within ``residuals[i]`` of ``values[i]`` (Bauer-Fike / Weyl).
+        converged: every pair met the requested tolerance.
+    """
+
+    values: Tensor
+    vectors: Tensor
+    products: int
+    residuals: Tensor
+    converged: bool

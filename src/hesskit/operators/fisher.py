@@ -1,0 +1,139 @@
+"""The Fisher information (Monte-Carlo) and the empirical Fisher as linear operators.
+
+Write the total loss as a weighted sum over the N samples, L(θ) = Σ_i a_i ℓ_i(θ), where
+ℓ_i = ℓ(f(θ, x_i), y_i) is sample i's loss summed over its outputs and a_i = w_b c_b is
+the weight the reduction gives it: a_i = 1/N for ``"sample_mean"`` and for cross-entropy
+with ``"mean"``, 1/(N k) for MSE and BCE with ``"mean"`` (k outputs per sample), 1 for
+``"sum"``. With r_i = ∇_z ℓ_i the (unscaled) gradient in the outputs and J_i = ∂z_i/∂θ:
+
+* Fisher:            F  = Σ_i a_i J_iᵀ E_{ŷ ~ p(y|z_i)}[r_i(ŷ) r_i(ŷ)ᵀ] J_i,
+  estimated with S targets ŷ_is drawn per sample:
+                     F̂  = Σ_i a_i J_iᵀ (1/S Σ_s r_i(ŷ_is) r_i(ŷ_is)ᵀ) J_i;
+* empirical Fisher:  EF = Σ_i a_i ∇ℓ_i ∇ℓ_iᵀ = Σ_i a_i J_iᵀ r_i(y_i) r_i(y_i)ᵀ J_i.
+
+So for cross-entropy with ``"mean"``, EF = (1/N) Σ_i g_i g_iᵀ with g_i the gradient of
+sample i's own loss; it is NOT (Σ_i ĝ_i ĝ_iᵀ) with ĝ_i = g_i/N the sample's share of ∇L.
+These weights make F, EF and the Gauss-Newton matrix G comparable: for the losses here
+(MSE = Gaussian with variance ½, cross-entropy, BCE), E[r rᵀ] = ∂²ℓ_i/∂z², so E[F̂] = G.
+Both are symmetric and positive semi-definite. Kunstner et al. (2019) on the difference.
+
+Cost: as the Gauss-Newton operator (the same cached linearization per batch); the
+output gradients r are drawn once per batch and always kept (S·n·k numbers), so the
+operator is one fixed matrix even with ``cache=False``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from hesskit.errors import InvalidArgumentError
+from hesskit.operators.base import apply_columns
+from hesskit.operators.gauss_newton import LinearizedOutputOperator
+from hesskit.problem import Batch, Problem
+
+Params = dict[str, Tensor]
+
+
+class _OutputOuterProductOperator(LinearizedOutputOperator):
+    """Σ_b w_b J_bᵀ M_b J_b with M_b = c_b/S Σ_s blockdiag_i(r_is r_isᵀ)."""
+
+    symmetric = True
+    psd = True
+
+    def __init__(self, problem: Problem, cache: bool | None = None) -> None:
+        super().__init__(problem, cache=cache)
+        self._output_gradients: dict[int, Tensor] = {}
+
+    @abstractmethod
+    def _targets(self, z: Tensor, batch: Batch) -> Tensor:
+        """Targets for the outer products: ``[S * n, ...]`` (S blocks of n)."""
+
+    def output_gradients(self, batch: Batch, z: Tensor) -> Tensor:
+        """r_is = ∇_z ℓ_i(z_i, ŷ_is), ``[S, *z.shape]``, made once per batch and kept."""
+        if batch.index not in self._output_gradients:
+            targets = self._targets(z, batch)
+            repeats = targets.shape[0] // z.shape[0]
+            z_rep = z.repeat(repeats, *([1] * (z.ndim - 1)))
+            loss = self.problem.loss
+            r = grad(lambda out: loss.value(out, targets))(z_rep) / loss.scale(z_rep)
+            self._output_gradients[batch.index] = r.reshape(repeats, *z.shape)
+        return self._output_gradients[batch.index]
+
+    def _matmat_batch(self, batch: Batch, V: Params) -> Params:
+        lin = self.linearization(batch)
+        z = lin.outputs
+        r = self.output_gradients(batch, z)
+        scale = self.problem.loss.scale(z) / r.shape[0]
+
+        def product(v: Params) -> Params:
+            u = lin.jacobian_vector(v)
+            dots = (r * u).reshape(*r.shape[:2], -1).sum(-1)  # [S, n]
+            weighted = r * dots.reshape(*dots.shape, *([1] * (z.ndim - 1)))
+            return lin.jacobian_transpose_vector(scale * weighted.sum(0))
+
+        return apply_columns(product, V)
+
+
+class FisherOperator(_OutputOuterProductOperator):
+    """F̂ = Σ_i a_i J_iᵀ (1/S Σ_s r_is r_isᵀ) J_i, targets ŷ_is ~ p(y | z_i); E[F̂] = G.
+
+    Args:
+        problem: the model, loss and data.
+        samples: S, the number of targets drawn per data point.
+        generator: a ``torch.Generator`` or an integer seed for the draws; ``None`` uses
+            torch's global random state. Draws happen on the first product, batch by batch.
+        cache: as for ``GaussNewtonOperator``.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        samples: int = 1,
+        generator: torch.Generator | int | None = None,
+        cache: bool | None = None,
+    ) -> None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise InvalidArgumentError(
+                f"samples must be a positive integer, got {samples!r}; pass e.g. samples=1"
+            )
+        super().__init__(problem, cache=cache)
+        self.samples = samples
+        if isinstance(generator, int) and not isinstance(generator, bool):
+            generator = torch.Generator(device=self.device).manual_seed(generator)
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise InvalidArgumentError(
+                f"generator must be a torch.Generator, an int seed or None, got {generator!r}"
+            )
+        self.generator = generator
+
+    def _targets(self, z: Tensor, batch: Batch) -> Tensor:
+        z_rep = z.repeat(self.samples, *([1] * (z.ndim - 1)))
+        return self.problem.loss.sample_targets(z_rep, generator=self.generator)
+
+
+class EmpiricalFisherOperator(_OutputOuterProductOperator):
+    """EF = Σ_i a_i ∇ℓ_i ∇ℓ_iᵀ with the observed targets (see the module docstring)."""
+
+    def _targets(self, z: Tensor, batch: Batch) -> Tensor:
+        return batch.targets
+
+
+def fisher_operator(
+    problem: Problem,
+    samples: int = 1,
+    generator: torch.Generator | int | None = None,
+    cache: bool | None = None,
+) -> FisherOperator:
+    """The Monte-Carlo Fisher of ``problem`` with ``samples`` targets per data point."""
+    return FisherOperator(problem, samples=samples, generator=generator, cache=cache)
+
+
+def empirical_fisher_operator(
+    problem: Problem, cache: bool | None = None
+) -> EmpiricalFisherOperator:
+    """The empirical Fisher Σ_i a_i ∇ℓ_i ∇ℓ_iᵀ of ``problem``."""
+    return EmpiricalFisherOperator(problem, cache=cache)

@@ -1,0 +1,101 @@
+"""Levenberg-Marquardt damping: adapt λ from how well the quadratic model predicted the loss.
+
+Both second-order optimizers minimise a damped quadratic model of the loss L around θ,
+
+    q(p) = ∇Lᵀp + ½ pᵀ(B + λI)p          (Tikhonov damping, Martens 2010 §4.1),
+
+and judge the step p by the reduction ratio ρ = (L(θ + p) − L(θ)) / q(p): ρ ≈ 1 when the
+model is trustworthy (λ can shrink, steps grow), ρ small or negative when it is not (λ grows,
+steps shrink toward gradient descent with step 1/λ). The two functions here are pure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hesskit.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class LevenbergMarquardt:
+    """The damping λ and its adaptation rule (defaults from Martens 2010, §4.1).
+
+    Attributes:
+        initial: λ at the first step. Problem-dependent: the rule adapts it from any start
+            (Martens' released code starts its autoencoders at 45).
+        lower: ρ below this makes λ grow (Martens: 1/4).
+        upper: ρ above this makes λ shrink (Martens: 3/4).
+        increase: λ ← λ · increase when ρ < lower (Martens: 3/2).
+        decrease: λ ← λ · decrease when ρ > upper (Martens: 2/3).
+        floor: the smallest value an increase gives, so that λ = 0 can still grow (not in
+            the paper, which never starts at 0).
+        adapt: False keeps λ fixed at ``initial`` for ablations, also after rejected steps.
+    """
+
+    initial: float = 1.0
+    lower: float = 0.25
+    upper: float = 0.75
+    increase: float = 1.5
+    decrease: float = 2.0 / 3.0
+    floor: float = 1e-6
+    adapt: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.initial) and self.initial >= 0):
+            raise InvalidArgumentError(
+                f"initial damping must be finite and ≥ 0, got {self.initial}"
+            )
+        if not self.lower < self.upper:
+            raise InvalidArgumentError(
+                f"need lower < upper for the ρ thresholds, got {self.lower} and {self.upper}"
+            )
+        if not (self.increase > 1 and 0 < self.decrease < 1):
+            raise InvalidArgumentError(
+                f"need increase > 1 and 0 < decrease < 1, got {self.increase} and {self.decrease}"
+            )
+        if not self.floor > 0:
+            raise InvalidArgumentError(f"the damping floor must be > 0, got {self.floor}")
+
+
+def reduction_ratio(actual: float, predicted: float) -> float:
+    """ρ = actual / predicted: the loss change over the model's predicted change.
+
+    Args:
+        actual: L(θ + p) − L(θ).
+        predicted: q(p) − q(0), negative for a step the model says descends.
+
+    Returns:
+        ρ, or −∞ when it says nothing good about the step: a non-finite input, or a model
+        that predicts no decrease (predicted ≥ 0), so that the damping grows.
+
+    >>> reduction_ratio(-0.5, -1.0)
+    0.5
+    >>> reduction_ratio(float("nan"), -1.0)
+    -inf
+    """
+    if not (math.isfinite(actual) and math.isfinite(predicted)) or predicted >= 0:
+        return -math.inf
+    return actual / predicted
+
+
+def levenberg_marquardt_update(
+    ratio: float, damping: float, rule: LevenbergMarquardt | None = None
+) -> float:
+    """The next λ from the reduction ratio ρ (Martens 2010, §4.1).
+
+    ρ < 1/4: λ ← max(3/2 · λ, floor);  ρ > 3/4: λ ← 2/3 · λ;  otherwise λ is kept.
+
+    >>> levenberg_marquardt_update(0.0, 1.0)
+    1.5
+    >>> levenberg_marquardt_update(1.0, 1.5)
+    1.0
+    """
+    rule = rule or LevenbergMarquardt()
+    if not rule.adapt:
+        return damping
+    if not ratio >= rule.lower:  # also catches NaN
+        return max(damping * rule.increase, rule.floor)
+    if ratio > rule.upper:
+        return damping * rule.decrease
+    return damping

@@ -1,0 +1,247 @@
+"""Damped Newton with the exact dense Hessian, for models small enough to hold H (N×N).
+
+Each step minimises the damped quadratic model around θ,
+
+    q(p) = ∇Lᵀp + ½ pᵀ(H̃ + λI)p,     p = −(H̃ + λI)⁻¹ ∇L,
+
+through the eigendecomposition H = V Λ Vᵀ (O(N³) time, 3 N² numbers of memory), where H̃
+depends on how indefinite Hessians are handled (:class:`Indefinite`):
+
+* ``DAMPING``: H̃ = H; if H + λI is not positive definite, λ is first raised past −λ_min
+  (to 3/2 · (tol − λ_min)), so the step is a descent direction (Levenberg-Marquardt alone);
+* ``SADDLE_FREE``: H̃ = |H| = V |Λ| Vᵀ (Dauphin et al. 2014): negative-curvature directions
+  are followed downhill instead of toward the saddle; eigen-directions with |Λ| + λ below
+  the rank tolerance are left out (pseudo-inverse).
+
+The step is taken when it lowers the loss (ρ > 0) and rejected otherwise (parameters
+restored exactly); λ follows the Levenberg-Marquardt rule on ρ = actual / predicted
+reduction (``damping.py``; Martens 2010 §4.1, Nocedal & Wright §10.3). On a strictly convex
+quadratic with λ = 0 the first step lands on the minimiser.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from hesskit.errors import InvalidArgumentError, TooLargeError
+from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update, reduction_ratio
+from hesskit.optim.safety import (
+    DEFAULT_MAX_REJECTIONS,
+    flat_gradient,
+    init_rejection_state,
+    is_finite,
+    loss_value,
+    move_parameters,
+    record_acceptance,
+    record_rejection,
+    restore_parameters,
+    save_parameters,
+)
+from hesskit.problem import Problem
+
+STATE_KEY = "damped_newton"
+"""Key of the optimizer-wide state in :meth:`DampedNewton.state_dict`."""
+
+NEWTON_DAMPING = LevenbergMarquardt(initial=0.0, floor=1e-4)
+"""Start as pure Newton (λ = 0); the first increase goes to 1e-4."""
+
+MEMORY_BUDGET_BYTES = 2 * 2**30
+"""Largest H plus its eigenvectors and a workspace (3 N² numbers) DampedNewton builds."""
+
+
+class Indefinite(enum.Enum):
+    """What a Newton step does where the Hessian has negative eigenvalues."""
+
+    DAMPING = "damping"
+    """Raise λ until H + λI is positive definite (Levenberg-Marquardt)."""
+
+    SADDLE_FREE = "saddle_free"
+    """Use |H| = V|Λ|Vᵀ, absolute eigenvalues (saddle-free Newton, Dauphin et al. 2014)."""
+
+
+class DampedNewton(Optimizer):
+    """Newton's method with the exact Hessian and Levenberg-Marquardt damping.
+
+    Args:
+        params: the parameters, one group, in the order of the Hessian's rows (pass
+            ``model.parameters()`` for a ``Problem`` built from the same model).
+        hessian: a ``Problem`` (its exact dense Hessian at the current parameters, with a
+            memory guard), or a function returning the N×N Hessian at the current parameters.
+        damping: λ and its rule; default starts at λ = 0 (pure Newton).
+        indefinite: :class:`Indefinite` handling of negative eigenvalues.
+        max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+
+    Raises:
+        TooLargeError: the dense Hessian of ``hessian`` (a Problem) would not fit in memory.
+
+    The closure, as for ``torch.optim.LBFGS``, must clear the gradients, compute the loss,
+    call ``backward()`` and return the loss, on the same data as the Hessian. It is called
+    twice per step: at θ (loss and gradient) and at θ + p (the loss, to compute ρ; its
+    gradient is ignored). The Hessian is built once per step, at θ.
+
+    State: the optimizer-wide state is ``self.newton_state``, and appears in
+    :meth:`state_dict` under ``"damped_newton"`` with keys ``damping``, ``steps``,
+    ``accepted_steps``, ``rejected_steps`` (no decrease), ``nonfinite_rejections``,
+    ``consecutive_nonfinite``, ``last_ratio``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        *,
+        hessian: Problem | Callable[[], Tensor],
+        damping: LevenbergMarquardt = NEWTON_DAMPING,
+        indefinite: Indefinite = Indefinite.DAMPING,
+        max_rejections: int = DEFAULT_MAX_REJECTIONS,
+    ) -> None:
+        super().__init__(params, defaults={})
+        if len(self.param_groups) != 1:
+            raise InvalidArgumentError("DampedNewton takes one parameter group")
+        if not isinstance(indefinite, Indefinite):
+            raise InvalidArgumentError(
+                f"indefinite must be an Indefinite member, got {indefinite!r}"
+            )
+        num_params = sum(p.numel() for p in self._params)
+        if isinstance(hessian, Problem):
+            check_dense_fits(hessian.num_params, hessian.dtype)
+            problem = hessian
+            hessian = lambda: _dense_hessian(problem)  # noqa: E731
+        else:
+            check_dense_fits(num_params, self._params[0].dtype)
+        self.hessian = hessian
+        self.damping = damping
+        self.indefinite = indefinite
+        self.max_rejections = max_rejections
+        self.newton_state: dict[str, object] = {
+            "damping": float(damping.initial),
+            "steps": 0,
+            "accepted_steps": 0,
+            "rejected_steps": 0,
+            "last_ratio": math.nan,
+        }
+        init_rejection_state(self.newton_state)
+
+    @property
+    def _params(self) -> list[Tensor]:
+        return self.param_groups[0]["params"]
+
+    def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
+        """One damped Newton step; returns the loss at the start of the step."""
+        if closure is None:
+            raise InvalidArgumentError(
+                "DampedNewton.step needs a closure that recomputes the loss and calls backward()"
+            )
+        closure = torch.enable_grad()(closure)
+        state = self.newton_state
+        state["steps"] += 1
+        start = save_parameters(self._params)
+        loss = loss_value(closure())
+        gradient = flat_gradient(self._params)
+        if not is_finite(loss, gradient):
+            return self._reject(start, "the loss or its gradient", loss)
+        H = self._hessian(gradient)
+        if not is_finite(H):
+            return self._reject(start, "the Hessian", loss)
+        direction, predicted = self._direction(H, gradient)
+        move_parameters(self._params, start, direction)
+        trial = loss_value(closure())
+        ratio = reduction_ratio(trial - loss, predicted)
+        state["last_ratio"] = ratio
+        state["damping"] = levenberg_marquardt_update(ratio, state["damping"], self.damping)
+        if ratio > 0:
+            state["accepted_steps"] += 1
+            record_acceptance(state)
+            return loss
+        restore_parameters(self._params, start)
+        if not is_finite(trial, direction):
+            record_rejection(state, "the loss at the Newton step", self.max_rejections)
+        else:
+            state["rejected_steps"] += 1
+        return loss
+
+    def _hessian(self, gradient: Tensor) -> Tensor:
+        H = self.hessian().detach()
+        n = gradient.numel()
+        if H.shape != (n, n):
+            raise InvalidArgumentError(
+                f"the Hessian is {tuple(H.shape)} but the optimizer has {n} parameters; "
+                "build it from the same model"
+            )
+        return H.to(gradient.dtype)
+
+    def _direction(self, H: Tensor, gradient: Tensor) -> tuple[Tensor, float]:
+        """p = −(H̃ + λI)⁻¹∇L and the predicted change q(p) = ½∇Lᵀp (since (H̃+λI)p = −∇L)."""
+        eigenvalues, vectors = torch.linalg.eigh(0.5 * (H + H.T))
+        tol = eigenvalues.abs().max().clamp(min=torch.finfo(H.dtype).tiny) * (
+            len(eigenvalues) * torch.finfo(H.dtype).eps
+        )
+        damping = float(self.newton_state["damping"])
+        if self.indefinite is Indefinite.SADDLE_FREE:
+            curvature = eigenvalues.abs() + damping
+        else:
+            smallest = float(eigenvalues.min())
+            if smallest + damping <= float(tol) and self.damping.adapt:
+                damping = max(
+                    damping * self.damping.increase,
+                    self.damping.floor,
+                    self.damping.increase * (float(tol) - smallest),
+                )
+                self.newton_state["damping"] = damping
+            curvature = eigenvalues + damping
+        keep = curvature > tol
+        coefficients = torch.where(keep, -(vectors.T @ gradient) / curvature, 0.0)
+        direction = vectors @ coefficients
+        return direction, 0.5 * float(gradient @ direction)
+
+    def _reject(self, start: list[Tensor], what: str, loss: float) -> float:
+        restore_parameters(self._params, start)
+        state = self.newton_state
+        state["damping"] = levenberg_marquardt_update(-math.inf, state["damping"], self.damping)
+        record_rejection(state, what, self.max_rejections)
+        return loss
+
+    def state_dict(self) -> dict:
+        """Torch's state dict plus the optimizer-wide state under ``"damped_newton"``."""
+        state = super().state_dict()
+        state[STATE_KEY] = dict(self.newton_state)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a :meth:`state_dict`, including λ and the counters."""
+        state_dict = dict(state_dict)
+        if STATE_KEY not in state_dict:
+            raise InvalidArgumentError(
+                f"the state dict has no {STATE_KEY!r} entry; load one saved by DampedNewton"
+            )
+        saved = state_dict.pop(STATE_KEY)
+        super().load_state_dict(state_dict)
+        self.newton_state = dict(saved)
+
+
+def check_dense_fits(num_params: int, dtype: torch.dtype) -> None:
+    """Raise TooLargeError when 3 N² numbers (H, eigenvectors, workspace) exceed the budget."""
+    needed = 3 * num_params**2 * torch.finfo(dtype).bits // 8
+    if needed > MEMORY_BUDGET_BYTES:
+        raise TooLargeError(
+            f"damped Newton on {num_params} parameters needs {needed / 2**30:.1f} GiB for the "
+            f"dense Hessian and its eigenvectors (budget {MEMORY_BUDGET_BYTES / 2**30:.0f} "
+            "GiB); use HessianFree, which needs only curvature-vector products, or a "
+            "smaller model"
+        )
+
+
+def _dense_hessian(problem: Problem) -> Tensor:
+    """The exact N×N Hessian of the problem's total loss at its current parameters."""
+    layout = problem.layout
+    flat = layout.flatten(problem.parameters())
+
+    def total_loss(theta: Tensor) -> Tensor:
+        return problem.total_loss(layout.unflatten(theta))
+
+    return torch.func.hessian(total_loss)(flat)

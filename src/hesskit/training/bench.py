@@ -1,0 +1,219 @@
+"""``run_benchmark``: several optimizers on one problem, same budget, several seeds.
+
+The protocol, step by step (it is also written into the report):
+
+1. **Budget.** Every run gets the same budget: optimizer wall-clock seconds (evaluation
+   excluded) or epoch-equivalents of data passed (every closure call counts).
+2. **Learning rates.** For each first-order method with a grid of several learning rates
+   (:data:`hesskit.training.optimizers.REGISTRY`), each lr is run once, on the first seed,
+   for ``tune_fraction`` of the budget; the lr with the lowest final *training* error wins
+   (a diverged run scores +∞; ties go to the smaller lr; if all diverge, the smallest lr).
+   The test set plays no part in the choice.
+3. **Runs.** Each method then runs the full budget once per seed with its chosen lr; the
+   seed sets the model's initialisation and the mini-batch order.
+4. **Skips.** Damped Newton runs only when the model has at most its ``max_params``
+   parameters; a method whose hesskit class is missing is skipped; both with a note.
+
+The result is a :class:`~hesskit.report.schema.BenchmarkReport`; the final table reports
+medians over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from hesskit import __version__
+from hesskit.errors import InvalidArgumentError
+from hesskit.report.schema import BenchmarkReport, LearningRateSelection, RunResult, Skipped
+from hesskit.training.loop import Budget, TrainConfig, train
+from hesskit.training.optimizers import REGISTRY, get_optimizer_spec
+
+BUDGET_KINDS = ("seconds", "epochs")
+EVAL_POINTS = 40
+"""Full train/test errors are computed each time another 1/40 of the budget is used."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to compare and how long.
+
+    Attributes:
+        problem: a name of :func:`hesskit.problems.make_problem`.
+        optimizers: registry names, in the order the report lists them.
+        budget_kind: ``"seconds"`` (optimizer wall clock) or ``"epochs"`` (data passes).
+        budget_value: the budget of each run, in that unit.
+        seeds: one full run per seed and method.
+        tune_fraction: share of the budget each lr of a grid gets while tuning.
+        data_dir: folder of user-supplied data files (MNIST, CURVES).
+    """
+
+    problem: str
+    optimizers: tuple[str, ...]
+    budget_kind: str
+    budget_value: float
+    seeds: tuple[int, ...] = (0,)
+    tune_fraction: float = 0.2
+    data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget_kind not in BUDGET_KINDS:
+            raise InvalidArgumentError(
+                f"budget kind must be one of {', '.join(BUDGET_KINDS)}, not {self.budget_kind!r}"
+            )
+        if not self.optimizers:
+            raise InvalidArgumentError("no optimizers to compare; pass e.g. --optimizers hf,adam")
+        if not self.seeds:
+            raise InvalidArgumentError("no seeds; pass e.g. --seeds 0,1,2")
+        if not 0.0 < self.tune_fraction <= 1.0:
+            raise InvalidArgumentError(
+                f"tune fraction must be in (0, 1], not {self.tune_fraction}"
+            )
+        for name in self.optimizers:
+            if name not in REGISTRY:
+                get_optimizer_spec(name)  # raises the one-line "unknown optimizer" error
+
+    def budget(self, fraction: float = 1.0) -> Budget:
+        value = fraction * self.budget_value
+        return Budget(seconds=value) if self.budget_kind == "seconds" else Budget(epochs=value)
+
+
+def select_learning_rate(scores: Mapping[float, float]) -> float:
+    """The lr with the lowest score; NaN counts as +∞, ties go to the smaller lr.
+
+    >>> select_learning_rate({0.1: float("nan"), 0.01: 2.0, 0.001: 3.0})
+    0.01
+    """
+    if not scores:
+        raise InvalidArgumentError("no learning rates to choose from; give a non-empty grid")
+
+    def key(lr: float) -> tuple[float, float]:
+        score = scores[lr]
+        return (math.inf if math.isnan(score) else score, lr)
+
+    return min(scores, key=key)
+
+
+def tune_learning_rate(
+    grid: Sequence[float], final_train_error: Callable[[float], float]
+) -> tuple[float, dict[float, float]]:
+    """Run ``final_train_error(lr)`` for each lr of ``grid``; return the chosen lr and scores."""
+    scores = {float(lr): float(final_train_error(lr)) for lr in grid}
+    return select_learning_rate(scores), scores
+
+
+def run_benchmark(
+    config: BenchConfig, *, runs_dir: Path | None = None, progress: bool = True,
+    announce: Callable[[str], None] = lambda line: None,
+) -> BenchmarkReport:
+    """Run the protocol of this module's docstring and return the report (not yet written).
+
+    Args:
+        config: problem, methods, budget, seeds.
+        runs_dir: where each full run writes its ``log.jsonl`` (``<method>-seed<k>/``).
+        progress: show a progress bar per run.
+        announce: receives one line per finished run or tuning step (for the CLI).
+    """
+    from hesskit.problems import make_problem
+
+    def problem_for(seed: int):
+        return make_problem(config.problem, seed=seed, data_dir=config.data_dir)
+
+    first = problem_for(config.seeds[0])
+    num_params = sum(p.numel() for p in first.model.parameters())
+    runs: list[RunResult] = []
+    selections: list[LearningRateSelection] = []
+    skipped: list[Skipped] = []
+    for name in config.optimizers:
+        spec = REGISTRY[name]
+        if not spec.available:
+            skipped.append(Skipped(name, f"{spec.title} is not available in this installation "
+                                         f"(needs {spec.requires})"))
+            continue
+        if spec.max_params is not None and num_params > spec.max_params:
+            skipped.append(Skipped(name, f"{spec.title} skipped: the model has {num_params} "
+                                         f"parameters, more than its limit of {spec.max_params}"))
+            continue
+        lr = spec.default_lr
+        if len(spec.lr_grid) > 1:
+            lr, selection = _tune(config, name, problem_for, progress)
+            selections.append(selection)
+            announce(f"{spec.title}: learning rate {lr:g} chosen from {list(spec.lr_grid)}")
+        for seed in config.seeds:
+            folder = None if runs_dir is None else Path(runs_dir) / f"{name}-seed{seed}"
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            result = train(
+                problem_for(seed),
+                TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS),
+                config.budget(), out_dir=folder, progress=progress,
+            )
+            runs.append(result)
+            announce(f"{spec.title} seed {seed}: train error {result.final_train_error:.4g}, "
+                     f"test error {result.final_test_error:.4g}")
+    return BenchmarkReport(
+        problem=config.problem,
+        problem_description=first.description,
+        error_name=getattr(first, "error_name", "error"),
+        budget_kind=config.budget_kind,
+        budget_value=config.budget_value,
+        seeds=list(config.seeds),
+        optimizers=list(config.optimizers),
+        runs=runs,
+        titles={name: REGISTRY[name].title for name in config.optimizers},
+        lr_selection=selections,
+        skipped=skipped,
+        environment=environment(),
+        method_note=protocol_note(config),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _tune(config: BenchConfig, name: str, problem_for, progress: bool):
+    spec = REGISTRY[name]
+    seed = config.seeds[0]
+
+    def final_train_error(lr: float) -> float:
+        result = train(problem_for(seed), TrainConfig(name, lr=lr, seed=seed, eval_every=10**9),
+                       config.budget(config.tune_fraction), progress=progress)
+        return result.final_train_error
+
+    chosen, scores = tune_learning_rate(spec.lr_grid, final_train_error)
+    return chosen, LearningRateSelection(
+        optimizer=name, grid=list(spec.lr_grid), scores={f"{lr:g}": s for lr, s in scores.items()},
+        chosen=chosen, tuning_budget=config.tune_fraction * config.budget_value, tuning_seed=seed,
+    )
+
+
+def protocol_note(config: BenchConfig) -> str:
+    """The protocol in two sentences, with this benchmark's numbers."""
+    unit = "s of optimizer wall-clock time" if config.budget_kind == "seconds" else "epochs"
+    return (
+        f"Each run gets {config.budget_value:g} {unit} (error evaluation excluded). "
+        f"First-order learning rates are chosen per method from its grid by the lowest final "
+        f"training error after {config.tune_fraction * config.budget_value:g} {unit} on seed "
+        f"{config.seeds[0]}; each method then runs the full budget on seeds "
+        f"{', '.join(map(str, config.seeds))}, and the table reports medians over seeds."
+    )
+
+
+def environment() -> dict[str, str]:
+    """Versions and thread counts, so that timings can be compared fairly."""
+    return {
+        "hesskit": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+    }

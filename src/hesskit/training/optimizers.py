@@ -1,0 +1,267 @@
+"""The optimizers a training run or benchmark can use: one registry, name → factory.
+
+Every optimizer is a ``torch.optim.Optimizer`` driven the same way: ``step(closure)``,
+where the closure recomputes the mini-batch objective (loss + weight decay) and its
+gradient and may be called several times per step (L-BFGS's line search, Hessian-free's
+backtracking). Adding an optimizer is one :class:`OptimizerSpec` in :data:`REGISTRY`.
+
+Learning-rate grids (for ``hesskit bench``; half-decade spacing around the values that are
+customary for each method, checked on the digits problems so that the best lr is inside
+the grid rather than at its edge):
+
+========  ==========================================  =========================
+name      torch optimizer                             lr grid
+========  ==========================================  =========================
+adam      Adam (β = 0.9, 0.999)                       1e-4, 3e-4, 1e-3, 3e-3, 1e-2
+rmsprop   RMSprop (α = 0.99, ε = 1e-8)                1e-4, 3e-4, 1e-3, 3e-3, 1e-2
+sgd       SGD, Nesterov momentum 0.9                  1e-3, 3e-3, 1e-2, 3e-2, 1e-1
+lbfgs     LBFGS, history 20, strong-Wolfe line search 1 (the line search sets the step)
+========  ==========================================  =========================
+
+L-BFGS, Hessian-free and damped Newton run full-batch by default (L-BFGS's curvature pairs
+and line search assume a deterministic objective; Martens 2010 §4 computes HF's gradient
+on large batches). Hessian-free builds the Gauss-Newton operator G on a curvature
+mini-batch that is a subset of the gradient batch (Martens 2010, §4.3), plus the weight-
+decay term: the objective's curvature is G + wd·I.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from hesskit.errors import InvalidArgumentError
+from hesskit.operators.base import CurvatureOperator
+
+
+@dataclass
+class ProductCounter:
+    """Counts curvature-vector products (one per column of every ``A V``)."""
+
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class OptimizerContext:
+    """What a factory may use to build an optimizer for one run.
+
+    Attributes:
+        model: the network being trained.
+        loss: the problem's loss module (per mini-batch reduction as in the objective).
+        weight_decay: wd in the objective ℓ + (wd/2)‖θ‖².
+        lr: the learning rate (``None`` for methods without one).
+        gradient_batch: returns the current gradient mini-batch ``(X, y)``.
+        curvature_batch: returns the current curvature mini-batch ``(X, y)``, a subset of
+            the gradient batch.
+        products: the counter that curvature operators built for this run increment.
+    """
+
+    model: nn.Module
+    loss: nn.Module
+    weight_decay: float
+    lr: float | None
+    gradient_batch: Callable[[], tuple[Tensor, Tensor]]
+    curvature_batch: Callable[[], tuple[Tensor, Tensor]]
+    products: ProductCounter = field(default_factory=ProductCounter)
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What a second-order optimizer reports after a step: λ and the running total of CG
+    iterations (the loop logs the per-step difference)."""
+
+    damping: float | None = None
+    cg_iterations_total: int | None = None
+
+
+def _no_diagnostics(optimizer: torch.optim.Optimizer) -> Diagnostics:
+    return Diagnostics()
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One entry of the registry.
+
+    Attributes:
+        name: the CLI name (``--optimizer NAME``).
+        title: the name shown in reports.
+        build: the factory ``context -> torch.optim.Optimizer``.
+        lr_grid: learning rates ``hesskit bench`` tries (empty: the method has no lr).
+        default_lr: the lr ``hesskit train`` uses without ``--lr``.
+        full_batch: use the whole training set as the gradient batch by default.
+        max_params: the largest model the method handles in reasonable time (``None``: any).
+        requires: ``"module:name"`` entries the method needs beyond torch.
+        diagnostics: optimizer → :class:`Diagnostics` (λ, CG iterations so far).
+    """
+
+    name: str
+    title: str
+    build: Callable[[OptimizerContext], torch.optim.Optimizer]
+    lr_grid: tuple[float, ...] = ()
+    default_lr: float | None = None
+    full_batch: bool = False
+    max_params: int | None = None
+    requires: tuple[str, ...] = ()
+    diagnostics: Callable[[torch.optim.Optimizer], Diagnostics] = _no_diagnostics
+
+    @property
+    def available(self) -> bool:
+        """Whether the hesskit pieces it needs can be imported (Hessian-free, Newton)."""
+        return all(_importable(requirement) for requirement in self.requires)
+
+
+def _importable(requirement: str) -> bool:
+    module, _, attribute = requirement.partition(":")
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except ImportError:
+        return False
+
+
+class _ObjectiveCurvature(CurvatureOperator):
+    """(A + wd·I) for a curvature operator A, counting every product it computes.
+
+    The wd·I term is the Hessian of the weight-decay cost (wd/2)‖θ‖² that the objective
+    adds to the loss; counting here keeps the product tally in one place for every method.
+    """
+
+    def __init__(self, inner: CurvatureOperator, weight_decay: float, counter: ProductCounter):
+        super().__init__(inner.layout, inner.dtype, inner.device)
+        self.inner, self.weight_decay, self.counter = inner, weight_decay, counter
+        self.symmetric, self.psd = inner.symmetric, inner.psd
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        self.counter.count += V.shape[1]
+        product = self.inner._matmat(V)
+        return product + self.weight_decay * V if self.weight_decay else product
+
+
+def gauss_newton_curvature(context: OptimizerContext) -> Callable[[], CurvatureOperator]:
+    """The callable HF calls each step: G + wd·I at the current θ on the curvature batch."""
+    from hesskit.operators import gauss_newton_operator
+    from hesskit.problem import Problem
+
+    def curvature() -> CurvatureOperator:
+        problem = Problem(context.model, context.loss, context.curvature_batch())
+        operator = gauss_newton_operator(problem)
+        return _ObjectiveCurvature(operator, context.weight_decay, context.products)
+
+    return curvature
+
+
+def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
+    """Martens' HF: G on the curvature batch, preconditioned by diag(EF) of the gradient
+    batch (§4.7; the empirical Fisher of the loss, without the weight-decay term)."""
+    from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
+    from hesskit.optim import DiagonalPreconditioner, HessianFree
+    from hesskit.problem import Problem
+
+    def fisher_diagonal() -> Tensor:
+        return empirical_fisher_diagonal(
+            Problem(context.model, context.loss, context.gradient_batch())
+        )
+
+    return HessianFree(
+        context.model.parameters(),
+        curvature=gauss_newton_curvature(context),
+        preconditioner=DiagonalPreconditioner(fisher_diagonal),
+    )
+
+
+def _damped_newton(context: OptimizerContext) -> torch.optim.Optimizer:
+    """Damped Newton with the exact dense Hessian of the objective on the gradient batch
+    (H + wd·I); one build counts as N curvature-vector products (its cost in products)."""
+    from hesskit.optim import DampedNewton
+    from hesskit.problem import Problem
+
+    def hessian() -> Tensor:
+        problem = Problem(context.model, context.loss, context.gradient_batch())
+        layout = problem.layout
+        flat = layout.flatten(problem.parameters())
+        matrix = torch.func.hessian(lambda theta: problem.total_loss(layout.unflatten(theta)))(
+            flat
+        )
+        context.products.count += layout.num_params
+        eye = torch.eye(layout.num_params, dtype=matrix.dtype, device=matrix.device)
+        return matrix + context.weight_decay * eye
+
+    return DampedNewton(context.model.parameters(), hessian=hessian)
+
+
+def _state_diagnostics(attribute: str) -> Callable[[torch.optim.Optimizer], Diagnostics]:
+    """Read λ and the running CG-iteration total from the optimizer-wide state dict
+    ``optimizer.<attribute>`` (``hf_state`` of HessianFree, ``newton_state`` of Newton)."""
+
+    def read(optimizer: torch.optim.Optimizer) -> Diagnostics:
+        state = getattr(optimizer, attribute)
+        total = state.get("cg_iterations")
+        return Diagnostics(
+            damping=float(state["damping"]) if "damping" in state else None,
+            cg_iterations_total=None if total is None else int(total),
+        )
+
+    return read
+
+
+REGISTRY: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in (
+        OptimizerSpec(
+            "hf", "Hessian-free", _hessian_free, full_batch=True,
+            requires=("hesskit.optim:HessianFree", "hesskit.operators:gauss_newton_operator"),
+            diagnostics=_state_diagnostics("hf_state"),
+        ),
+        OptimizerSpec(
+            "newton", "damped Newton", _damped_newton, full_batch=True, max_params=2000,
+            requires=("hesskit.optim:DampedNewton",),
+            diagnostics=_state_diagnostics("newton_state"),
+        ),
+        OptimizerSpec(
+            "rmsprop", "RMSProp",
+            lambda c: torch.optim.RMSprop(c.model.parameters(), lr=c.lr, alpha=0.99, eps=1e-8),
+            lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), default_lr=1e-3,
+        ),
+        OptimizerSpec(
+            "adam", "Adam",
+            lambda c: torch.optim.Adam(c.model.parameters(), lr=c.lr),
+            lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), default_lr=1e-3,
+        ),
+        OptimizerSpec(
+            "sgd", "SGD (Nesterov)",
+            lambda c: torch.optim.SGD(c.model.parameters(), lr=c.lr, momentum=0.9, nesterov=True),
+            lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-2,
+        ),
+        OptimizerSpec(
+            "lbfgs", "L-BFGS",
+            lambda c: torch.optim.LBFGS(
+                c.model.parameters(), lr=c.lr, max_iter=1, history_size=20,
+                line_search_fn="strong_wolfe",
+            ),
+            lr_grid=(1.0,), default_lr=1.0, full_batch=True,
+        ),
+    )
+}
+
+
+def get_optimizer_spec(name: str) -> OptimizerSpec:
+    """The registry entry for ``name``.
+
+    Raises:
+        InvalidArgumentError: unknown name, or a method whose hesskit module is missing.
+    """
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise InvalidArgumentError(
+            f"unknown optimizer {name!r}; choose one of {', '.join(REGISTRY)}"
+        )
+    if not spec.available:
+        raise InvalidArgumentError(
+            f"optimizer {name!r} needs {', '.join(spec.requires)}, which this installation "
+            "lacks; "
+            f"choose one of {', '.join(n for n, s in REGISTRY.items() if s.available)}"
+        )
+    return spec

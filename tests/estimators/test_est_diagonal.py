@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import autograd_hessian
 from torch import nn
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import hutchinson_diagonal
 from hesskit.operators.base import MatrixOperator
+from reference import autograd_hessian
 
 
 class CountingMatrix(MatrixOperator):
@@ -72,8 +72,7 @@ def test_chunking_does_not_change_the_products_or_the_statistics():
     chunked = hutchinson_diagonal(op, 50, chunk_size=7, seed=4)
     whole = hutchinson_diagonal(MatrixOperator(A), 50, chunk_size=50, seed=4)
     assert op.products == chunked.products == 50
-    # same probes drawn in a different grouping (the generator yields the same bits in order
-    # only when chunks are equal; compare the statistics through the closed-form variance)
+    # the chunks draw different probes, so compare each with the closed-form variance
     variance = (A**2).sum(dim=1) - torch.diagonal(A) ** 2
     for result in (chunked, whole):
         assert bool(((result.value - torch.diagonal(A)).abs() <= 5 * (variance / 50).sqrt()).all())
@@ -81,8 +80,8 @@ def test_chunking_does_not_change_the_products_or_the_statistics():
 
 def test_hessian_diagonal_of_a_small_network():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
-    X, y = torch.randn(25, 3, dtype=torch.float64), torch.randn(25, 2, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    X, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
     H = autograd_hessian(model, nn.functional.mse_loss, X, y)
     result = hutchinson_diagonal(MatrixOperator(H), 400, seed=5)
     assert bool(((result.value - torch.diagonal(H)).abs() <= 4 * result.stderr + 1e-12).all())

@@ -118,7 +118,8 @@ def test_exact_diagonals_match_autograd_on_random_mlps(
 
 
 def test_deep_narrow_tanh_network_switches_to_dense_curvature_and_stays_exact():
-    # k = 2 outputs and width 3: the second σ″ residual makes the factor ≥ 2d columns wide.
+    # k = 2 outputs, width 3: after two σ″ residuals the factor has 8 ≥ 2·3 columns, so it
+    # is multiplied out to dense before the middle linear layer; later σ″ add to the dense Q.
     torch.manual_seed(1)
     model = nn.Sequential(
         nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh(),

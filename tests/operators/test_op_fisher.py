@@ -10,7 +10,7 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.operators import empirical_fisher_operator, fisher_operator
 from reference import autograd_gauss_newton, flat_parameters, loss_of_flat
 
-DRAWS = 300
+DRAWS = 100
 
 
 def per_sample_empirical_fisher(model, loss_fn, X, y, weight):

@@ -59,7 +59,8 @@ def lstsq_solution(X, Y):
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_one_step_with_tiny_damping_solves_linear_least_squares(preconditioned):
     model, X, Y = least_squares()
-    precond = martens_preconditioner(Problem(model, nn.MSELoss(), (X, Y))) if preconditioned else None
+    problem = Problem(model, nn.MSELoss(), (X, Y))
+    precond = martens_preconditioner(problem) if preconditioned else None
     optimizer = HessianFree(
         model.parameters(),
         curvature=ggn_of(model, X, Y),
@@ -114,10 +115,10 @@ def test_negative_curvature_with_an_indefinite_curvature_still_lowers_the_loss()
         loss.backward()
         return loss
 
-    before = float(loss_fn())
+    before = float(loss_fn().detach())
     optimizer.step(closure)
     assert optimizer.hf_state["last_cg_status"] == "NEGATIVE_CURVATURE"
-    assert float(loss_fn()) < before
+    assert float(loss_fn().detach()) < before
 
 
 def ill_closure(model, optimizer, X, Y, poison):

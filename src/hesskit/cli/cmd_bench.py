@@ -81,21 +81,21 @@ def run(args: argparse.Namespace) -> int:
     console.print(results_table(report))
     for skipped in report.skipped:
         console.print(f"[yellow]note:[/] {skipped.reason}")
-    console.print(f"JSON: {json_path}")
-    console.print(f"HTML report: {html_path}")
+    print(f"JSON: {json_path}")  # plain print: a path is never wrapped
+    print(f"HTML report: {html_path}")
     return 0
 
 
 def results_table(report):
-    """The final table (medians over seeds) as a rich Table."""
+    """The final table (medians over seeds: final train/test error, steps, epochs,
+    curvature products, optimizer seconds) as a rich Table."""
     from rich.table import Table
 
     from hesskit.report.html import summary_rows
 
     table = Table(title=f"{report.problem}: {report.error_name} (median over "
                         f"{len(report.seeds)} seed{'s' if len(report.seeds) > 1 else ''})")
-    for column in ("method", "lr", "train error", "test error", "iterations", "epochs",
-                   "products", "seconds"):
+    for column in ("method", "lr", "train", "test", "steps", "epochs", "products", "s"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in summary_rows(report):
         lr = "–" if row.lr is None else f"{row.lr:g}"

@@ -1,15 +1,138 @@
-"""`hesskit spectrum`: placeholder until its feature lands."""
+"""`hesskit spectrum`: top eigenvalues, trace, diagonal and spectral density of a curvature matrix.
+
+Lanczos gives the top ``--top`` eigenvalues to relative residual ``--tol``; Hutch++ the
+trace with its standard error; Hutchinson the diagonal; stochastic Lanczos quadrature the
+spectral density. Where an exact diagonal is available (``estimators.exact_diagonal``) the
+exact trace and diagonal are printed beside the estimates. Writes ``spectrum.json``,
+``spectral_density.png`` and ``eigenvalues.png`` to ``--out``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from hesskit.cli.model_spec import add_model_options, problem_from_args
+from hesskit.cli.options import output_dir, positive_float, positive_int
+from hesskit.estimators import (
+    density_on_grid,
+    hutchinson_diagonal,
+    hutchpp_trace,
+    spectral_density,
+    top_eigenpairs,
+)
+from hesskit.operators import gauss_newton_operator, hessian_operator
+
+MATRICES = {
+    "hessian": ("Hessian", hessian_operator),
+    "ggn": ("Gauss-Newton", gauss_newton_operator),
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("spectrum", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "spectrum",
+        help="top eigenvalues, trace, diagonal and spectral density of the Hessian or GGN",
+        description=__doc__.splitlines()[0],
+    )
+    add_model_options(parser)
+    parser.add_argument("--matrix", choices=sorted(MATRICES), default="hessian",
+                        help="curvature matrix (default hessian)")
+    parser.add_argument("--top", type=positive_int, default=5,
+                        help="number of top eigenvalues (default 5)")
+    parser.add_argument("--tol", type=positive_float, default=1e-3,
+                        help="relative residual tolerance of the eigenpairs (default 1e-3)")
+    parser.add_argument("--probes", type=positive_int, default=60,
+                        help="Hutch++ product budget and Hutchinson diagonal probes (default 60)")
+    parser.add_argument("--density-probes", type=positive_int, default=4,
+                        help="probes of the spectral density (default 4)")
+    parser.add_argument("--density-steps", type=positive_int, default=64,
+                        help="Lanczos steps per density probe (default 64)")
+    parser.add_argument("--out", default="hesskit-out/spectrum",
+                        help="output folder (default hesskit-out/spectrum)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("hesskit spectrum: not yet available")
-    return 1
+    folder = output_dir(args.out)
+    problem = problem_from_args(args)
+    name, build = MATRICES[args.matrix]
+    op = build(problem)
+    n = problem.num_params
+    print(f"{name} of {n} parameters on {problem.num_data} samples (seed {args.seed})")
+    top = min(args.top, n)
+    eig = top_eigenpairs(op, top, tol=args.tol, seed=args.seed)
+    state = "converged" if eig.converged else "NOT converged (raise the budget or --tol)"
+    print(f"top {top} eigenvalues (Lanczos, tol {args.tol:g}, {eig.products} products, {state}):")
+    pairs = zip(eig.values.tolist(), eig.residuals.tolist(), strict=True)
+    for i, (value, residual) in enumerate(pairs):
+        print(f"  {i + 1:2d}  {value: .6e}   residual {residual:.1e}")
+    trace = hutchpp_trace(op, max(args.probes, 6), seed=args.seed)
+    print(f"trace: {trace.value:.6g} ± {trace.stderr:.2g} (Hutch++, {trace.products} products)")
+    probes = max(args.probes, 2)
+    diag = hutchinson_diagonal(op, probes, seed=args.seed)
+    print(f"diagonal (Hutchinson, {probes} probes): {_summary(diag.value)}, "
+          f"relative stderr {diag.relative_stderr():.2g}")
+    exact = _exact_diagonal(problem, args.matrix)
+    if exact is not None:
+        print(f"exact trace: {float(exact.sum()):.6g}; exact diagonal: {_summary(exact)}")
+    quadrature = spectral_density(op, probes=args.density_probes, steps=args.density_steps,
+                                  seed=args.seed)
+    grid, density = density_on_grid(quadrature)
+    print(f"spectral density: {args.density_probes} probes × {quadrature.nodes.shape[1]} "
+          f"steps ({quadrature.products} products)")
+    record = {
+        "matrix": args.matrix,
+        "num_params": n,
+        "num_data": problem.num_data,
+        "seed": args.seed,
+        "eigenvalues": {"values": eig.values.tolist(), "residuals": eig.residuals.tolist(),
+                        "products": eig.products, "converged": eig.converged, "tol": args.tol},
+        "trace": {"method": "hutch++", "value": trace.value, "stderr": trace.stderr,
+                  "products": trace.products},
+        "diagonal": {"method": "hutchinson", "probes": probes, **_summary_dict(diag.value),
+                     "relative_stderr": diag.relative_stderr()},
+        "exact": None if exact is None else {"trace": float(exact.sum()), **_summary_dict(exact)},
+        "density": {"grid": grid.tolist(), "density": density.tolist(),
+                    "nodes": quadrature.nodes.tolist(), "weights": quadrature.weights.tolist(),
+                    "products": quadrature.products},
+    }
+    _write(folder, record, name, grid, density, eig)
+    return 0
+
+
+def _write(folder: Path, record: dict, name: str, grid, density, eig) -> None:
+    from hesskit.report.spectrum_plots import plot_eigenvalues, plot_spectral_density
+
+    json_path = folder / "spectrum.json"
+    json_path.write_text(json.dumps(record) + "\n")
+    density_path = plot_spectral_density(
+        grid.tolist(), density.tolist(), folder / "spectral_density.png",
+        eigenvalues=eig.values.tolist(), title=f"{name} spectral density (SLQ)",
+    )
+    eigen_path = plot_eigenvalues(eig.values.tolist(), eig.residuals.tolist(),
+                                  folder / "eigenvalues.png", title=f"{name} top eigenvalues")
+    print(f"wrote {json_path}, {density_path} and {eigen_path}")
+
+
+def _exact_diagonal(problem, matrix: str) -> torch.Tensor | None:
+    """The exact diagonal where ``estimators.exact_diagonal`` has an exact method, else None."""
+    try:
+        from hesskit.estimators.exact_diagonal import diagonal
+    except ImportError:
+        return None
+    result = diagonal(problem, matrix, probes=2)
+    return result.values if result.exact else None
+
+
+def _summary(values: torch.Tensor) -> str:
+    s = _summary_dict(values)
+    return f"min {s['min']:.3g}, median {s['median']:.3g}, max {s['max']:.3g}"
+
+
+def _summary_dict(values: torch.Tensor) -> dict[str, float]:
+    return {"min": float(values.min()), "median": float(values.median()),
+            "max": float(values.max())}

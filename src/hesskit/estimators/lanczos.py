@@ -7,11 +7,20 @@ give Ritz pairs (θ_i, Q_m s_i) whose residual is known without another product:
 
     ‖A Q_m s_i − θ_i Q_m s_i‖ = β_m |e_mᵀ s_i|                     (Parlett, §13.1)
 
-It stops when, for each of the k wanted Ritz values, β_m |e_mᵀ s_i| ≤ tol · max(|θ_i|, floor)
-with floor = ε^{2/3} · max_j |θ_j| (ARPACK's rule, scaled). For symmetric A that guarantees
-an eigenvalue of A within tol·|θ_i| of θ_i (Weyl); in practice the eigenvalue error is
-about residual² / gap, far smaller. Extreme Ritz values converge fastest, so top-k needs
-few products. The basis is kept (N × m numbers) for the reorthogonalisation.
+For a symmetric A an eigenvalue λ lies within the residual r_i of θ_i (Weyl), and, if no
+other eigenvalue lies within gap_i of θ_i, within r_i² / gap_i (Kato-Temple; Parlett §11.7).
+It stops when, for each of the k wanted Ritz values, the error bound
+
+    min(r_i, r_i² / gap_i) ≤ tol · max(|θ_i|, floor),   floor = ε^{2/3} · max_j |θ_j|,
+
+with gap_i = min_{j≠i} (|θ_i − θ_j| − r_j) estimated from the other Ritz values and their
+residual intervals. The r_i term is a guarantee; the r_i²/gap_i term is exact once the
+neighbouring Ritz values have converged, and can be optimistic while an eigenvalue near θ_i
+has no Ritz value yet. ``tol`` is therefore a relative tolerance on the eigenvalues, not on
+the residuals (those are reported: ``Eigenpairs.residuals``). Extreme Ritz values converge
+fastest, so top-k needs few products. The test is applied only after max(2k + 1, 20)
+steps (``MIN_STEPS``, as ARPACK's default ``ncv``), or once the Krylov space is exhausted.
+The basis is kept (N × m numbers).
 
 ``power_iteration`` is block power (subspace) iteration with a Rayleigh-Ritz step and the
 same residual test, k products per iteration. It finds the eigenvalues of largest
@@ -36,6 +45,10 @@ from hesskit.estimators.result import Eigenpairs
 from hesskit.operators.base import CurvatureOperator
 
 WHICH = ("largest", "smallest")
+MIN_STEPS = 20
+"""Lanczos steps before the stopping test is trusted (at least 2k + 1): SciPy's default
+``ncv``. Fewer steps can leave an outlying eigenvalue without any Ritz value, and then a
+well-converged Ritz value of the next one would be reported in its place."""
 
 
 class LanczosRecurrence:
@@ -147,7 +160,8 @@ def top_eigenpairs(
         k: number of eigenpairs, 1 ≤ k ≤ N.
         which: "largest" or "smallest" (algebraic, so negative eigenvalues of an indefinite
             Hessian come out with "smallest").
-        tol: stop when every wanted residual ‖A v_i − θ_i v_i‖ ≤ tol · max(|θ_i|, floor).
+        tol: relative eigenvalue tolerance: stop when every wanted error bound
+            min(r_i, r_i²/gap_i) ≤ tol · max(|θ_i|, floor) (see the module docstring).
         max_products: product budget (default min(N, max(100, 30 k))); the result has
             ``converged=False`` if it runs out first.
         generator: source of the Gaussian start vector; default seeded with ``seed``.
@@ -175,20 +189,24 @@ def top_eigenpairs(
     sign = 1.0 if which == "largest" else -1.0
     recurrence = LanczosRecurrence(op, gaussian((n, 1), generator, op.dtype, op.device))
     block_start = 0  # first step of the current Krylov block (blocks begin at restarts)
+    min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
     with EstimateProgress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
         while True:
             beta = float(recurrence.step()[0])
             bar.advance(1)
             m = recurrence.steps
-            values, vectors_t, residuals = _wanted_ritz_pairs(recurrence, beta, k, sign)
-            converged = len(values) >= k and _meets(values, residuals, tol, recurrence, op)
+            values, vectors_t, residuals, bounds = _wanted_ritz_pairs(recurrence, beta, k, sign)
+            accurate = len(values) >= k and _meets(values, bounds, tol, recurrence, op)
+            converged = accurate and m >= min_steps
             if m >= n or m >= budget:
                 break
             if bool(recurrence.broke_down[0]):
                 if not _block_may_add_wanted(recurrence, block_start, k, sign):
+                    converged = accurate  # the whole Krylov space has been seen
                     break
                 fresh = gaussian((n,), generator, op.dtype, op.device)
                 if not recurrence.restart(0, fresh):
+                    converged = accurate
                     break
                 block_start = m
             elif converged:
@@ -201,18 +219,33 @@ def top_eigenpairs(
         products=m,
         residuals=torch.as_tensor(residuals, dtype=op.dtype),
         converged=bool(converged),
+        error_bounds=torch.as_tensor(bounds, dtype=op.dtype),
     )
 
 
 def _wanted_ritz_pairs(
     recurrence: LanczosRecurrence, beta: float, k: int, sign: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k Ritz values nearest the wanted end, their T-eigenvectors and residual bounds."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The k Ritz values nearest the wanted end, their T-eigenvectors, residuals and
+    eigenvalue error bounds min(r_i, r_i² / gap_i)."""
     alphas, betas = recurrence.tridiagonal(0)
     T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
     theta, S = np.linalg.eigh(T)
+    residuals = abs(beta) * np.abs(S[-1])
     order = np.argsort(-sign * theta, kind="stable")[:k]
-    return theta[order], S[:, order], abs(beta) * np.abs(S[-1, order])
+    bounds = np.array([_error_bound(theta, residuals, i) for i in order])
+    return theta[order], S[:, order], residuals[order], bounds
+
+
+def _error_bound(theta: np.ndarray, residuals: np.ndarray, i: int) -> float:
+    """min(r_i, r_i² / gap_i), gap_i = min_{j≠i} (|θ_i − θ_j| − r_j) (Kato-Temple)."""
+    others = np.delete(np.arange(len(theta)), i)
+    if len(others) == 0:
+        return float(residuals[i])
+    gap = float(np.min(np.abs(theta[i] - theta[others]) - residuals[others]))
+    if gap <= 0:
+        return float(residuals[i])
+    return float(min(residuals[i], residuals[i] ** 2 / gap))
 
 
 def _block_may_add_wanted(
@@ -232,7 +265,7 @@ def _block_may_add_wanted(
 
 def _meets(
     values: np.ndarray,
-    residuals: np.ndarray,
+    bounds: np.ndarray,
     tol: float,
     recurrence: LanczosRecurrence,
     op: CurvatureOperator,
@@ -240,7 +273,7 @@ def _meets(
     alphas, _ = recurrence.tridiagonal(0)
     scale = max(float(np.max(np.abs(values))), float(np.max(np.abs(alphas))))
     floor = torch.finfo(op.dtype).eps ** (2 / 3) * scale
-    return bool(np.all(residuals <= tol * np.maximum(np.abs(values), floor)))
+    return bool(np.all(bounds <= tol * np.maximum(np.abs(values), floor)))
 
 
 def power_iteration(
@@ -257,7 +290,8 @@ def power_iteration(
 
     Each iteration: W = A V (k products), Ritz pairs of Vᵀ W, residuals ‖A y_i − θ_i y_i‖
     from W at no extra cost, then V ← orth(A Y). Converges like (|λ_{k+1}| / |λ_i|)^t, so it
-    needs many more products than Lanczos; the stopping rule is the same residual test.
+    needs many more products than Lanczos. It stops on the residual (Weyl) bound alone,
+    r_i ≤ tol·|θ_i|: the block holds no Ritz value beyond the k-th to estimate a gap from.
 
     Args:
         op: the N×N symmetric operator A.
@@ -297,7 +331,8 @@ def power_iteration(
             if converged or products + k > budget:
                 break
             V, _ = torch.linalg.qr(AY if float(theta.abs().max()) > 0 else Y)
-    return Eigenpairs(theta.to(op.dtype).cpu(), Y, products, residuals.cpu(), converged)
+    residuals = residuals.cpu()
+    return Eigenpairs(theta.to(op.dtype).cpu(), Y, products, residuals, converged, residuals)
 
 
 def _check_k(k: int, n: int) -> int:

@@ -55,6 +55,9 @@ class Eigenpairs:
         residuals: ‖A v_i − θ_i v_i‖, shape ``[k]``. For a symmetric A some eigenvalue lies
             within ``residuals[i]`` of ``values[i]`` (Bauer-Fike / Weyl).
         converged: every pair met the requested tolerance.
+        error_bounds: bounds on |θ_i − λ| for the eigenvalue λ nearest θ_i, shape ``[k]``:
+            min(r_i, r_i² / gap_i) (Kato-Temple, gap estimated from the other Ritz values)
+            for Lanczos; the residual itself for power iteration.
     """
 
     values: Tensor
@@ -62,3 +65,4 @@ class Eigenpairs:
     products: int
     residuals: Tensor
     converged: bool
+    error_bounds: Tensor

@@ -143,7 +143,14 @@ class ProblemOperator(CurvatureOperator):
 
     Subclasses implement ``_matmat_batch(batch, V)`` returning A_b V for parameter-shaped
     ``V`` (dict of ``[K, *shape]`` tensors) and may cache per-batch work (the linearization)
-    keyed by ``batch.index``, since the operator is fixed at the parameters it was built at.
+    with ``per_batch(batch, build)``, since the operator is fixed at the parameters it was
+    built at.
+
+    Args:
+        problem: the model, loss and data.
+        cache: keep per-batch work between products (memory: about one forward and one
+            backward pass of activations per batch). ``None`` keeps it when the data have at
+            most ``max_cached_batches`` batches; ``False`` rebuilds it on every call.
     """
 
     max_cached_batches: int = 16
@@ -177,12 +184,14 @@ class ProblemOperator(CurvatureOperator):
         """A_b V for one batch's loss (unweighted), V a dict of ``[K, *shape]`` tensors."""
 
     def _matmat(self, V: Tensor) -> Tensor:
-        pieces = self.layout.unflatten(V.T)
-        total = torch.zeros_like(V)
+        pieces = self.layout.unflatten(V.T.contiguous())
+        total = None
         for batch in self.problem.batches():
-            product = self._matmat_batch(batch, pieces)
-            total += batch.weight * self.layout.flatten(product, batch_dims=1).T
-        return total
+            product = self.layout.flatten(self._matmat_batch(batch, pieces), batch_dims=1)
+            if batch.weight != 1:
+                product = product.mul_(batch.weight)
+            total = product if total is None else total.add_(product)
+        return total.T
 
 
 def apply_columns(

@@ -21,9 +21,15 @@ class CountingOperator(CurvatureOperator):
     def __init__(self, operator: CurvatureOperator) -> None:
         super().__init__(operator.layout, operator.dtype, operator.device)
         self.operator = operator
-        self.symmetric = operator.symmetric
-        self.psd = operator.psd
         self.reset()
+
+    @property
+    def symmetric(self) -> bool:  # type: ignore[override]
+        return self.operator.symmetric
+
+    @property
+    def psd(self) -> bool:  # type: ignore[override]
+        return self.operator.psd
 
     def reset(self) -> None:
         """Set the counters back to zero."""

@@ -4,11 +4,12 @@ Each step minimises the damped quadratic model around θ,
 
     q(p) = ∇Lᵀp + ½ pᵀ(H̃ + λI)p,     p = −(H̃ + λI)⁻¹ ∇L,
 
-through the eigendecomposition H = V Λ Vᵀ (O(N³) time, 3 N² numbers of memory), where H̃
-depends on how indefinite Hessians are handled (:class:`Indefinite`):
+(O(N³) time, at most 3 N² numbers of memory), where H̃ depends on how indefinite Hessians
+are handled (:class:`Indefinite`):
 
-* ``DAMPING``: H̃ = H; if H + λI is not positive definite, λ is first raised past −λ_min
-  (to 3/2 · (tol − λ_min)), so the step is a descent direction (Levenberg-Marquardt alone);
+* ``DAMPING``: H̃ = H, solved by Cholesky; while H + λI is not positive definite, λ grows
+  by the LM factor 3/2 (from at least the floor), so the step is a descent direction
+  (Levenberg-Marquardt alone);
 * ``SADDLE_FREE``: H̃ = |H| = V |Λ| Vᵀ (Dauphin et al. 2014): negative-curvature directions
   are followed downhill instead of toward the saddle; eigen-directions with |Λ| + λ below
   the rank tolerance are left out (pseudo-inverse).
@@ -29,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hesskit.dense.cost import check_fits, memory_estimate
+from hesskit.dense.hessian import hessian_of
 from hesskit.errors import InvalidArgumentError, TooLargeError
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update, reduction_ratio
 from hesskit.optim.safety import (
@@ -50,6 +53,9 @@ STATE_KEY = "damped_newton"
 
 NEWTON_DAMPING = LevenbergMarquardt(initial=0.0, floor=1e-4)
 """Start as pure Newton (λ = 0); the first increase goes to 1e-4."""
+
+MAX_DAMPING_RAISES = 100
+"""Cholesky attempts per step while raising λ to make H + λI positive definite."""
 
 MEMORY_BUDGET_BYTES = 2 * 2**30
 """Largest H plus its eigenvectors and a workspace (3 N² numbers) DampedNewton builds."""
@@ -110,6 +116,7 @@ class DampedNewton(Optimizer):
         num_params = sum(p.numel() for p in self._params)
         if isinstance(hessian, Problem):
             check_dense_fits(hessian.num_params, hessian.dtype)
+            check_fits(memory_estimate(hessian, split=False))
             problem = hessian
             hessian = lambda: _dense_hessian(problem)  # noqa: E731
         else:
@@ -176,28 +183,45 @@ class DampedNewton(Optimizer):
         return H.to(gradient.dtype)
 
     def _direction(self, H: Tensor, gradient: Tensor) -> tuple[Tensor, float]:
-        """p = −(H̃ + λI)⁻¹∇L and the predicted change q(p) = ½∇Lᵀp (since (H̃+λI)p = −∇L)."""
-        eigenvalues, vectors = torch.linalg.eigh(0.5 * (H + H.T))
-        tol = eigenvalues.abs().max().clamp(min=torch.finfo(H.dtype).tiny) * (
-            len(eigenvalues) * torch.finfo(H.dtype).eps
-        )
-        damping = float(self.newton_state["damping"])
+        """p = −(H̃ + λI)⁻¹∇L and the predicted change q(p) = ½∇Lᵀp (since (H̃+λI)p = −∇L).
+
+        Solved in float64 (float32 factorisations fail on the many near-zero eigenvalues of
+        ReLU networks), then cast back to the parameters' dtype.
+        """
+        H64, g64 = H.to(torch.float64), gradient.to(torch.float64)
+        H64 = 0.5 * (H64 + H64.T)
         if self.indefinite is Indefinite.SADDLE_FREE:
-            curvature = eigenvalues.abs() + damping
+            direction = self._saddle_free_direction(H64, g64, H.dtype)
         else:
-            smallest = float(eigenvalues.min())
-            if smallest + damping <= float(tol) and self.damping.adapt:
-                damping = max(
-                    damping * self.damping.increase,
-                    self.damping.floor,
-                    self.damping.increase * (float(tol) - smallest),
-                )
+            direction = self._damped_direction(H64, g64)
+        return direction.to(gradient.dtype), 0.5 * float(g64 @ direction)
+
+    def _damped_direction(self, H: Tensor, g: Tensor) -> Tensor:
+        """Cholesky of H + λI (N³/3 flops); while it fails (not positive definite), λ grows
+        by the LM factor (from at least the floor) and the new λ is kept."""
+        damping = float(self.newton_state["damping"])
+        eye = torch.eye(len(g), dtype=H.dtype, device=H.device)
+        for _ in range(MAX_DAMPING_RAISES):
+            factor, info = torch.linalg.cholesky_ex(H + damping * eye)
+            if int(info) == 0:
                 self.newton_state["damping"] = damping
-            curvature = eigenvalues + damping
+                return -torch.cholesky_solve(g[:, None], factor)[:, 0]
+            if not self.damping.adapt:
+                break
+            damping = max(damping * self.damping.increase, self.damping.floor)
+        return torch.zeros_like(g)  # no positive-definite H + λI: the step is rejected
+
+    def _saddle_free_direction(self, H: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:
+        """−V (|Λ| + λ)⁻¹ Vᵀ g by eigendecomposition (≈ 9 N³ flops); directions with
+        |Λ| + λ below the rank tolerance N·eps·max|Λ| are left out."""
+        eigenvalues, vectors = torch.linalg.eigh(H)
+        tol = eigenvalues.abs().max().clamp(min=torch.finfo(dtype).tiny) * (
+            len(eigenvalues) * torch.finfo(dtype).eps
+        )
+        curvature = eigenvalues.abs() + float(self.newton_state["damping"])
         keep = curvature > tol
-        coefficients = torch.where(keep, -(vectors.T @ gradient) / curvature, 0.0)
-        direction = vectors @ coefficients
-        return direction, 0.5 * float(gradient @ direction)
+        coefficients = torch.where(keep, -(vectors.T @ g) / curvature, 0.0)
+        return vectors @ coefficients
 
     def _reject(self, start: list[Tensor], what: str, loss: float) -> float:
         restore_parameters(self._params, start)
@@ -237,11 +261,9 @@ def check_dense_fits(num_params: int, dtype: torch.dtype) -> None:
 
 
 def _dense_hessian(problem: Problem) -> Tensor:
-    """The exact N×N Hessian of the problem's total loss at its current parameters."""
-    layout = problem.layout
-    flat = layout.flatten(problem.parameters())
+    """The exact N×N Hessian of the problem's total loss at its current parameters.
 
-    def total_loss(theta: Tensor) -> Tensor:
-        return problem.total_loss(layout.unflatten(theta))
-
-    return torch.func.hessian(total_loss)(flat)
+    Built by :func:`hesskit.dense.hessian.hessian_of` (≈ 2·n·N² flops for a Linear chain),
+    which refuses with ``TooLargeError`` before allocating if it would not fit.
+    """
+    return hessian_of(problem, split=False).matrix()

@@ -3,7 +3,8 @@
 Drawn from an :class:`~hesskit.analysis.rmsprop.RMSPropAnalysis` (or its JSON) alone; no
 derivative is computed here. Top row: rank correlation, cosine similarity and scale
 median(√v / d) over all parameters against the step, one line per diagonal. Bottom: √v
-against diag G at the last recorded step, log-log, one colour per layer.
+against diag G at the last recorded step, log-log, one colour per layer, and the rank
+correlation with diag G per layer against the step.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def plot_rmsprop_analysis(analysis: RMSPropAnalysis, path: Path) -> Path:
             ax.set_yscale("log")
         ax.legend(fontsize=7)
     _scatter(fig.add_subplot(grid[1, :2]), analysis)
+    _per_layer(fig.add_subplot(grid[1, 2]), analysis)
     fig.suptitle(f"{analysis.optimizer}: √v against curvature diagonals", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -67,3 +69,14 @@ def _scatter(ax: plt.Axes, analysis: RMSPropAnalysis) -> None:
     ax.set_title(f"step {analysis.final_step}: √v against diag G (log-log){note}", fontsize=10)
     if positive.any():
         ax.legend(fontsize=7, markerscale=3, ncol=max(1, math.ceil(len(set(layers)) / 6)))
+
+
+def _per_layer(ax: plt.Axes, analysis: RMSPropAnalysis) -> None:
+    layers = dict.fromkeys(c.layer for c in analysis.comparisons if c.layer != ALL)
+    for index, layer in enumerate(layers):
+        steps, values = analysis.series(layer, "diag G", "spearman")
+        ax.plot(steps, values, marker="o", markersize=3, color=f"C{index % 10}", label=layer)
+    ax.set_xlabel("step")
+    ax.set_title("Spearman rank correlation with diag G, per layer", fontsize=10)
+    if layers:
+        ax.legend(fontsize=7)

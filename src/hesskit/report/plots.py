@@ -89,7 +89,8 @@ def plot_second_order(report: BenchmarkReport) -> bytes | None:
         label = f"{_title(report, run)} seed {run.seed}"
         damping = [(r.iteration, r.damping) for r in run.records if r.damping is not None]
         if damping:
-            left.plot(*zip(*damping, strict=True), color=colour, label=label, linewidth=1.2)
+            left.plot(*zip(*damping, strict=True), color=colour, label=label, marker=".",
+                      linewidth=1.2)
         cg = [(r.iteration, r.cg_iterations) for r in run.records if r.cg_iterations is not None]
         if cg:
             right.plot(*zip(*cg, strict=True), color=colour, marker=".", linewidth=0.8)

@@ -1,4 +1,4 @@
-"""Atomic checkpoints of a training run, for an exact resume.
+"""What a training run leaves on disk: atomic checkpoints and the run log, for an exact resume.
 
 A checkpoint holds everything the next iteration depends on: the model's ``state_dict``,
 the optimizer's ``state_dict`` (for Hessian-free: λ, the CG warm start, counters), the
@@ -15,6 +15,7 @@ either the old checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -25,8 +26,16 @@ import numpy as np
 import torch
 
 from hesskit.errors import DataError
+from hesskit.report.schema import (
+    SCHEMA_VERSION,
+    IterationRecord,
+    RunHeader,
+    to_json_dict,
+    validate_log_line,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -104,3 +113,40 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def _python_state_to_lists(state: tuple) -> list:
     version, internal, gauss = state
     return [version, list(internal), gauss]
+
+
+class RunLog:
+    """The append-only JSON-lines run log, mirrored in memory (``records``).
+
+    A checkpoint stores the log's byte ``size()``; :meth:`resume` cuts the file back to it,
+    dropping records written after the checkpoint (they will be written again). With
+    ``folder=None`` the log lives in memory only.
+    """
+
+    def __init__(self, folder: Path | None, header: RunHeader) -> None:
+        self.path = None if folder is None else Path(folder) / LOG_NAME
+        self.header = header
+        self.records: list[IterationRecord] = []
+
+    def start(self, first: IterationRecord) -> None:
+        if self.path is not None:
+            header = {"kind": "header", **to_json_dict(self.header), "version": SCHEMA_VERSION}
+            self.path.write_text(json.dumps(header, allow_nan=False) + "\n")
+        self.append(first)
+
+    def resume(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (the checkpoint's iteration) and reload it."""
+        with self.path.open("r+b") as stream:
+            stream.truncate(size)
+        lines = self.path.read_text().splitlines()
+        self.records = [validate_log_line(json.loads(line)) for line in lines[1:]]
+
+    def append(self, record: IterationRecord) -> None:
+        self.records.append(record)
+        if self.path is not None:
+            line = json.dumps({"kind": "iteration", **to_json_dict(record)}, allow_nan=False)
+            with self.path.open("a") as stream:
+                stream.write(line + "\n")
+
+    def size(self) -> int:
+        return 0 if self.path is None else self.path.stat().st_size

@@ -17,7 +17,6 @@ optimizer state, sampler, RNGs) lives outside the checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -29,29 +28,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.report.schema import (
-    SCHEMA_VERSION,
-    IterationRecord,
-    RunHeader,
-    RunResult,
-    to_json_dict,
-    validate_log_line,
-)
+from hesskit.report.schema import IterationRecord, RunHeader, RunResult
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
+    RunLog,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from hesskit.training.optimizers import (
-    Diagnostics,
     OptimizerContext,
     ProductCounter,
     get_optimizer_spec,
 )
-
-LOG_NAME = "log.jsonl"
 
 
 class TrainingProblem(Protocol):
@@ -121,7 +111,8 @@ class TrainConfig:
             (``None``: only by ``eval_every``); gives evenly spread points on time plots.
         checkpoint_every: write a checkpoint every this many iterations (``None``: only at
             the end, when ``out_dir`` is given).
-        curvature_fraction: share of the gradient batch used as HF's curvature batch.
+        curvature_fraction: share of the gradient batch used as HF's curvature batch (its
+            first rows; the batch is already a random draw). Martens 2010 §4.3: 1/10.
     """
 
     optimizer: str
@@ -131,7 +122,7 @@ class TrainConfig:
     eval_every: int = 10
     eval_points: int | None = None
     checkpoint_every: int | None = None
-    curvature_fraction: float = 0.25
+    curvature_fraction: float = 0.1
 
 
 DEFAULT_BATCH_SIZE = 128
@@ -206,146 +197,161 @@ def train(
         InvalidArgumentError: unknown optimizer, a bad setting, or a checkpoint made with
             different settings.
     """
-    spec = get_optimizer_spec(config.optimizer)
-    train_x, train_y = problem.train
-    num_train = len(train_x)
-    lr = config.lr if config.lr is not None else spec.default_lr
-    batch_size = config.batch_size or (num_train if spec.full_batch else DEFAULT_BATCH_SIZE)
-    batch_size = min(batch_size, num_train)
-    if config.eval_every < 1:
-        raise InvalidArgumentError(f"eval_every must be at least 1, not {config.eval_every}")
     if resume and out_dir is None:
         raise InvalidArgumentError("resume needs the output folder of the run (--out)")
-    model_params = sum(p.numel() for p in problem.model.parameters())
-    if spec.max_params is not None and model_params > spec.max_params:
-        raise InvalidArgumentError(
-            f"{spec.title} is limited to {spec.max_params} parameters and this model has "
-            f"{model_params}; use hf instead"
-        )
-
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    sampler = BatchSampler(num_train, batch_size, config.seed)
-    current: dict[str, Tensor] = {}
-    curvature_size = max(1, math.ceil(config.curvature_fraction * batch_size))
-    context = OptimizerContext(
-        model=problem.model, loss=problem.loss, weight_decay=problem.weight_decay, lr=lr,
-        gradient_batch=lambda: (current["x"], current["y"]),
-        curvature_batch=lambda: (current["x"][:curvature_size], current["y"][:curvature_size]),
-        products=ProductCounter(),
-    )
-    optimizer = spec.build(context)
-    header = RunHeader(
-        problem=problem.name, optimizer=spec.name, seed=config.seed, batch_size=batch_size,
-        num_train=num_train, eval_every=config.eval_every, lr=lr,
-        weight_decay=problem.weight_decay,
-        note=(f"train_error and test_error are evaluated every {config.eval_every} iterations "
-              "and at the last one (null elsewhere); wall_time excludes evaluation and "
-              "checkpoints; epochs count every closure call"),
-    )
-    log = _RunLog(out_dir, header)
-    state = {"iteration": 0, "wall_time": 0.0, "samples": 0}
+    run = _Run(problem, config, None if out_dir is None else Path(out_dir))
     if resume:
-        saved = load_checkpoint(out_dir / CHECKPOINT_NAME)
-        _check_same_settings(saved["header"], asdict(header))
-        problem.model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
-        restore_rng_state(saved["rng"])
-        context.products.count = saved["products"]
-        state = saved["counters"]
-        log.resume(saved["log_bytes"])
+        run.restore()
     else:
-        log.start(_evaluate_record(problem, 0, 0.0, 0.0, 0, None, lr, {}))
+        run.start()
+    stopped_by = budget.exhausted_by(*run.used())
+    with _ProgressBar(f"{problem.name} · {run.spec.name}", enabled=progress) as bar:
+        while stopped_by is None:
+            previous = budget.fraction(*run.used())
+            loss = run.step()
+            stopped_by = "diverged" if not math.isfinite(loss) else budget.exhausted_by(
+                *run.used())
+            fraction = budget.fraction(*run.used())
+            evaluate = (stopped_by is not None or run.counters["iteration"] % config.eval_every == 0
+                        or _passed_mark(fraction, previous, config.eval_points))
+            bar.update(fraction, run.log_step(loss, evaluate))
+            every = config.checkpoint_every
+            if stopped_by is not None or (every and run.counters["iteration"] % every == 0):
+                run.save()
+    return run.result(stopped_by)
 
-    def save() -> None:
-        if out_dir is None:
+
+class _Run:
+    """One run's moving parts: optimizer, sampler, counters and log; each phase a method."""
+
+    def __init__(self, problem: TrainingProblem, config: TrainConfig, out_dir: Path | None):
+        self.problem, self.config, self.out_dir = problem, config, out_dir
+        self.spec = spec = get_optimizer_spec(config.optimizer)
+        if config.eval_every < 1:
+            raise InvalidArgumentError(f"eval_every must be at least 1, not {config.eval_every}")
+        num_params = sum(p.numel() for p in problem.model.parameters())
+        if spec.max_params is not None and num_params > spec.max_params:
+            raise InvalidArgumentError(
+                f"{spec.title} is limited to {spec.max_params} parameters and this model has "
+                f"{num_params}; use hf instead"
+            )
+        self.num_train = num_train = len(problem.train[0])
+        self.lr = config.lr if config.lr is not None else spec.default_lr
+        batch_size = config.batch_size or (num_train if spec.full_batch else DEFAULT_BATCH_SIZE)
+        self.batch_size = min(batch_size, num_train)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self.sampler = BatchSampler(num_train, self.batch_size, config.seed)
+        self.batch: tuple[Tensor, Tensor] = (problem.train[0][:0], problem.train[1][:0])
+        curvature_size = max(1, math.ceil(config.curvature_fraction * self.batch_size))
+        self.context = OptimizerContext(
+            model=problem.model, loss=problem.loss, weight_decay=problem.weight_decay,
+            lr=self.lr, gradient_batch=lambda: self.batch,
+            curvature_batch=lambda: (self.batch[0][:curvature_size],
+                                     self.batch[1][:curvature_size]),
+            products=ProductCounter(),
+        )
+        self.optimizer = spec.build(self.context)
+        self.header = RunHeader(
+            problem=problem.name, optimizer=spec.name, seed=config.seed,
+            batch_size=self.batch_size, num_train=num_train, eval_every=config.eval_every,
+            lr=self.lr, weight_decay=problem.weight_decay,
+            note=(f"train_error and test_error are evaluated every {config.eval_every} "
+                  "iterations and at the last one (null elsewhere); wall_time excludes "
+                  "evaluation and checkpoints; epochs count every closure call"),
+        )
+        self.log = RunLog(out_dir, self.header)
+        self.counters = {"iteration": 0, "wall_time": 0.0, "samples": 0}
+        self.cg_before: int | None = None
+
+    def used(self) -> tuple[int, float, float]:
+        """(iterations, optimizer seconds, epochs) so far: what the budget counts."""
+        c = self.counters
+        return c["iteration"], c["wall_time"], c["samples"] / self.num_train
+
+    def start(self) -> None:
+        self.log.start(self._record(None, evaluate=True))
+
+    def restore(self) -> None:
+        saved = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
+        _check_same_settings(saved["header"], asdict(self.header))
+        self.problem.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.sampler.load_state_dict(saved["sampler"])
+        restore_rng_state(saved["rng"])
+        self.context.products.count = saved["products"]
+        self.counters = saved["counters"]
+        self.log.resume(saved["log_bytes"])
+
+    def save(self) -> None:
+        if self.out_dir is None:
             return
         save_checkpoint({
-            "header": asdict(header), "model": problem.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-            "rng": capture_rng_state(), "products": context.products.count,
-            "counters": dict(state), "log_bytes": log.size(),
-        }, out_dir / CHECKPOINT_NAME)
+            "header": asdict(self.header), "model": self.problem.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
+            "rng": capture_rng_state(), "products": self.context.products.count,
+            "counters": dict(self.counters), "log_bytes": self.log.size(),
+        }, self.out_dir / CHECKPOINT_NAME)
 
-    def closure() -> Tensor:
-        state["samples"] += len(current["x"])
-        optimizer.zero_grad()
-        value = objective(problem, current["x"], current["y"])
+    def closure(self) -> Tensor:
+        """The objective on the current batch, with its gradient (called ≥ 1 time a step)."""
+        self.counters["samples"] += len(self.batch[0])
+        self.optimizer.zero_grad()
+        value = objective(self.problem, *self.batch)
         value.backward()
         return value
 
-    stopped_by = budget.exhausted_by(state["iteration"], state["wall_time"],
-                                     state["samples"] / num_train)
-    previous_fraction = budget.fraction(state["iteration"], state["wall_time"],
-                                        state["samples"] / num_train)
-    with _ProgressBar(f"{problem.name} · {spec.name}", enabled=progress) as bar:
-        while stopped_by is None:
-            indices = sampler.next()
-            current["x"], current["y"] = train_x[indices], train_y[indices]
-            cg_before = spec.diagnostics(optimizer).cg_iterations_total
-            started = time.perf_counter()
-            loss = float(torch.as_tensor(optimizer.step(closure)).detach())
-            state["wall_time"] += time.perf_counter() - started
-            state["iteration"] += 1
-            epochs = state["samples"] / num_train
-            stopped_by = "diverged" if not math.isfinite(loss) else budget.exhausted_by(
-                state["iteration"], state["wall_time"], epochs)
-            diagnostics = _step_diagnostics(spec.diagnostics(optimizer), cg_before)
-            arguments = (state["iteration"], state["wall_time"], epochs,
-                         context.products.count, loss, lr, diagnostics)
-            fraction = budget.fraction(state["iteration"], state["wall_time"], epochs)
-            if (stopped_by is not None or state["iteration"] % config.eval_every == 0
-                    or _passed_mark(fraction, previous_fraction, config.eval_points)):
-                record = _evaluate_record(problem, *arguments)
-            else:
-                record = _record(*arguments)
-            log.append(record)
-            bar.update(fraction, record)
-            previous_fraction = fraction
-            every = config.checkpoint_every
-            if stopped_by is not None or (every and state["iteration"] % every == 0):
-                save()
-    final = log.records[-1]
-    if final.train_error is None:  # resumed with a budget already used up
-        final = _evaluate_record(problem, final.iteration, final.wall_time, final.epochs,
-                                 final.products, final.loss, lr, {})
-    diverged = stopped_by == "diverged"
-    return RunResult(
-        optimizer=spec.name, seed=config.seed, lr=lr, batch_size=batch_size,
-        stopped_by=stopped_by, records=log.records, diverged=diverged,
-        final_train_error=math.inf if diverged else float(final.train_error),
-        final_test_error=math.inf if diverged else float(final.test_error),
-    )
+    def step(self) -> float:
+        """Draw a batch, take one optimizer step (timed); return the loss it reports."""
+        indices = self.sampler.next()
+        self.batch = (self.problem.train[0][indices], self.problem.train[1][indices])
+        self.cg_before = self.spec.diagnostics(self.optimizer).cg_iterations_total
+        started = time.perf_counter()
+        loss = float(torch.as_tensor(self.optimizer.step(self.closure)).detach())
+        self.counters["wall_time"] += time.perf_counter() - started
+        self.counters["iteration"] += 1
+        return loss
 
+    def log_step(self, loss: float, evaluate: bool) -> IterationRecord:
+        record = self._record(loss, evaluate=evaluate)
+        self.log.append(record)
+        return record
 
-def _step_diagnostics(after: Diagnostics, cg_before: int | None) -> dict[str, Any]:
-    cg = after.cg_iterations_total
-    return {"damping": after.damping,
-            "cg_iterations": None if cg is None else cg - (cg_before or 0)}
+    def _record(self, loss: float | None, *, evaluate: bool) -> IterationRecord:
+        iteration, seconds, epochs = self.used()
+        after = self.spec.diagnostics(self.optimizer)
+        cg = after.cg_iterations_total
+        record = IterationRecord(
+            iteration=iteration, wall_time=seconds, epochs=epochs,
+            products=self.context.products.count, loss=loss, lr=self.lr,
+            damping=after.damping if iteration else None,
+            cg_iterations=None if cg is None or not iteration else cg - (self.cg_before or 0),
+        )
+        if evaluate:
+            with torch.no_grad():
+                model = self.problem.model
+                record.train_error = float(self.problem.error_fn(model, *self.problem.train))
+                record.test_error = float(self.problem.error_fn(model, *self.problem.test))
+        return record
+
+    def result(self, stopped_by: str) -> RunResult:
+        final = self.log.records[-1]
+        if final.train_error is None:  # resumed with a budget already used up
+            final = self._record(final.loss, evaluate=True)
+        diverged = stopped_by == "diverged"
+        return RunResult(
+            optimizer=self.spec.name, seed=self.config.seed, lr=self.lr,
+            batch_size=self.batch_size, stopped_by=stopped_by, records=self.log.records,
+            diverged=diverged,
+            final_train_error=math.inf if diverged else final.train_error,
+            final_test_error=math.inf if diverged else final.test_error,
+        )
 
 
 def _passed_mark(fraction: float, previous: float, points: int | None) -> bool:
     """Whether the budget fraction crossed a multiple of 1/points in the last step."""
     return points is not None and math.floor(fraction * points) > math.floor(previous * points)
-
-
-def _record(iteration: int, wall_time: float, epochs: float, products: int, loss: float | None,
-            lr: float | None, diagnostics: dict[str, Any]) -> IterationRecord:
-    return IterationRecord(
-        iteration=iteration, wall_time=wall_time, epochs=epochs, products=products, loss=loss,
-        lr=lr, damping=diagnostics.get("damping"), cg_iterations=diagnostics.get("cg_iterations"),
-    )
-
-
-def _evaluate_record(problem: TrainingProblem, *arguments: Any) -> IterationRecord:
-    record = _record(*arguments)
-    with torch.no_grad():
-        record.train_error = float(problem.error_fn(problem.model, *problem.train))
-        record.test_error = float(problem.error_fn(problem.model, *problem.test))
-    return record
 
 
 def _check_same_settings(saved: dict[str, Any], now: dict[str, Any]) -> None:
@@ -357,39 +363,6 @@ def _check_same_settings(saved: dict[str, Any], now: dict[str, Any]) -> None:
             f"the checkpoint was made with different settings ({details}); resume with the "
             "same settings or choose another --out"
         )
-
-
-class _RunLog:
-    """The JSON-lines log, mirrored in memory (``records``); file-less when ``folder`` is None."""
-
-    def __init__(self, folder: Path | None, header: RunHeader) -> None:
-        self.path = None if folder is None else Path(folder) / LOG_NAME
-        self.header = header
-        self.records: list[IterationRecord] = []
-
-    def start(self, first: IterationRecord) -> None:
-        if self.path is not None:
-            header = {"kind": "header", **to_json_dict(self.header), "version": SCHEMA_VERSION}
-            self.path.write_text(json.dumps(header, allow_nan=False) + "\n")
-        self.append(first)
-
-    def resume(self, size: int) -> None:
-        """Cut the file back to ``size`` bytes (the checkpoint's iteration) and reload it."""
-        with self.path.open("r+b") as stream:
-            stream.truncate(size)
-        lines = self.path.read_text().splitlines()
-        self.records = [validate_log_line(json.loads(line)) for line in lines[1:]]
-
-    def append(self, record: IterationRecord) -> None:
-        self.records.append(record)
-        if self.path is not None:
-            line = json.dumps({"kind": "iteration", **to_json_dict(record)}, allow_nan=False)
-            with self.path.open("a") as stream:
-                stream.write(line + "\n")
-
-    def size(self) -> int:
-        return 0 if self.path is None else self.path.stat().st_size
-
 
 
 class _ProgressBar:

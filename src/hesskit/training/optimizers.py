@@ -12,9 +12,9 @@ the grid rather than at its edge):
 ========  ==========================================  =========================
 name      torch optimizer                             lr grid
 ========  ==========================================  =========================
-adam      Adam (β = 0.9, 0.999)                       1e-4, 3e-4, 1e-3, 3e-3, 1e-2
-rmsprop   RMSprop (α = 0.99, ε = 1e-8)                1e-4, 3e-4, 1e-3, 3e-3, 1e-2
-sgd       SGD, Nesterov momentum 0.9                  1e-3, 3e-3, 1e-2, 3e-2, 1e-1
+adam      Adam (β = 0.9, 0.999)                       1e-3, 3e-3, 1e-2, 3e-2, 1e-1
+rmsprop   RMSprop (α = 0.99, ε = 1e-8)                3e-4, 1e-3, 3e-3, 1e-2, 3e-2
+sgd       SGD, Nesterov momentum 0.9                  3e-3, 1e-2, 3e-2, 1e-1, 3e-1
 lbfgs     LBFGS, history 20, strong-Wolfe line search 1 (the line search sets the step)
 ========  ==========================================  =========================
 
@@ -36,13 +36,30 @@ from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import CurvatureOperator
+from hesskit.operators.counting import CountingOperator
 
 
-@dataclass
 class ProductCounter:
-    """Counts curvature-vector products (one per column of every ``A V``)."""
+    """Counts a run's curvature-vector products across the operators built step by step.
 
-    count: int = 0
+    Each step's operator is a :class:`~hesskit.operators.CountingOperator`; ``track`` folds
+    the previous one's tally into the total, so only the latest operator is kept alive.
+    """
+
+    def __init__(self, count: int = 0) -> None:
+        self._base, self._latest = count, None
+
+    @property
+    def count(self) -> int:
+        return self._base + (0 if self._latest is None else self._latest.products)
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self._base, self._latest = value, None
+
+    def track(self, operator: CountingOperator) -> CountingOperator:
+        self._base, self._latest = self.count, operator
+        return operator
 
 
 @dataclass(frozen=True)
@@ -122,33 +139,16 @@ def _importable(requirement: str) -> bool:
         return False
 
 
-class _ObjectiveCurvature(CurvatureOperator):
-    """(A + wd·I) for a curvature operator A, counting every product it computes.
-
-    The wd·I term is the Hessian of the weight-decay cost (wd/2)‖θ‖² that the objective
-    adds to the loss; counting here keeps the product tally in one place for every method.
-    """
-
-    def __init__(self, inner: CurvatureOperator, weight_decay: float, counter: ProductCounter):
-        super().__init__(inner.layout, inner.dtype, inner.device)
-        self.inner, self.weight_decay, self.counter = inner, weight_decay, counter
-        self.symmetric, self.psd = inner.symmetric, inner.psd
-
-    def _matmat(self, V: Tensor) -> Tensor:
-        self.counter.count += V.shape[1]
-        product = self.inner._matmat(V)
-        return product + self.weight_decay * V if self.weight_decay else product
-
-
 def gauss_newton_curvature(context: OptimizerContext) -> Callable[[], CurvatureOperator]:
-    """The callable HF calls each step: G + wd·I at the current θ on the curvature batch."""
-    from hesskit.operators import gauss_newton_operator
+    """The callable HF calls each step: G + wd·I at the current θ on the curvature batch
+    (wd·I is the Hessian of the weight cost (wd/2)‖θ‖²), its products counted."""
+    from hesskit.operators import damped, gauss_newton_operator
     from hesskit.problem import Problem
 
     def curvature() -> CurvatureOperator:
         problem = Problem(context.model, context.loss, context.curvature_batch())
-        operator = gauss_newton_operator(problem)
-        return _ObjectiveCurvature(operator, context.weight_decay, context.products)
+        operator = damped(gauss_newton_operator(problem), context.weight_decay)
+        return context.products.track(CountingOperator(operator))
 
     return curvature
 
@@ -223,17 +223,17 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "rmsprop", "RMSProp",
             lambda c: torch.optim.RMSprop(c.model.parameters(), lr=c.lr, alpha=0.99, eps=1e-8),
-            lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), default_lr=1e-3,
+            lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
         ),
         OptimizerSpec(
             "adam", "Adam",
             lambda c: torch.optim.Adam(c.model.parameters(), lr=c.lr),
-            lr_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), default_lr=1e-3,
+            lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-3,
         ),
         OptimizerSpec(
             "sgd", "SGD (Nesterov)",
             lambda c: torch.optim.SGD(c.model.parameters(), lr=c.lr, momentum=0.9, nesterov=True),
-            lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-2,
+            lr_grid=(3e-3, 1e-2, 3e-2, 1e-1, 3e-1), default_lr=1e-2,
         ),
         OptimizerSpec(
             "lbfgs", "L-BFGS",

@@ -1,0 +1,198 @@
+"""Curvature-vector products against one gradient, measured side by side in one process.
+
+For each model the script times, on one fixed batch and interleaved round by round:
+one gradient (forward + backward with torch's own loss: the baseline), hesskit's Hessian-
+and Gauss-Newton-vector products "fresh" (operator built, then one product: includes the
+forward pass) and "reused" (one more product on the already built operator: the cached
+linearization), and two plain-autograd Hessian-vector products for context (double
+backward from scratch; PyHessian-style double backward with the gradient graph kept).
+Ratios are per-round (product time / gradient time of the same round), medians over the
+rounds. It also counts forward passes of the model during 50 products.
+
+Run:  .venv/bin/python benchmarks/products.py [--repeats 15] [--quick]
+Writes benchmarks/results/products.json (with an environment record) and prints a table.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported
+
+import argparse
+import datetime
+import itertools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from hesskit import losses
+from hesskit.operators import gauss_newton_operator, hessian_operator
+from hesskit.problem import Problem
+
+THREADS = 2
+RESULTS = Path(__file__).parent / "results" / "products.json"
+PEERS = ("curvlinops", "backpack", "hessian_eigenthings")
+
+
+def autoencoder() -> tuple[nn.Module, nn.Module, Callable, torch.Tensor, torch.Tensor]:
+    """784-1000-500-250-30-250-500-1000-784, logistic hidden units, linear code, BCE."""
+    sizes = [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2 and fan_out != 30:
+            layers.append(nn.Sigmoid())
+    X = torch.rand(1000, 784)
+    return (
+        nn.Sequential(*layers),
+        losses.BCEWithLogitsLoss(),
+        functional.binary_cross_entropy_with_logits,
+        X,
+        X.clone(),
+    )
+
+
+def classifier() -> tuple[nn.Module, nn.Module, Callable, torch.Tensor, torch.Tensor]:
+    """784-256-256-10 ReLU network with softmax cross-entropy."""
+    model = nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+    X, y = torch.rand(512, 784), torch.randint(0, 10, (512,))
+    return model, losses.CrossEntropyLoss(), functional.cross_entropy, X, y
+
+
+MODELS = {"autoencoder": autoencoder, "classifier": classifier}
+
+
+def methods(model, loss, torch_loss, X, y) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables, one per measurement, all on the same batch."""
+    params = list(model.parameters())
+    problem = Problem(model, loss, (X, y))
+    v = torch.randn(problem.num_params)
+    hessian, gauss_newton = hessian_operator(problem), gauss_newton_operator(problem)
+    hessian.matvec(v), gauss_newton.matvec(v)  # build the cached linearizations
+
+    def gradient():
+        return torch.autograd.grad(torch_loss(model(X), y), params)
+
+    vs = [t.detach() for t in problem.layout.unflatten(v).values()]
+
+    def autograd_hvp_fresh():
+        g = torch.autograd.grad(torch_loss(model(X), y), params, create_graph=True)
+        return torch.autograd.grad(g, params, vs)
+
+    kept = torch.autograd.grad(torch_loss(model(X), y), params, create_graph=True)
+
+    def autograd_hvp_graph_kept():
+        return torch.autograd.grad(kept, params, vs, retain_graph=True)
+
+    return {
+        "gradient": gradient,
+        "hesskit HVP fresh": lambda: hessian_operator(problem).matvec(v),
+        "hesskit HVP reused": lambda: hessian.matvec(v),
+        "hesskit GGN-vp fresh": lambda: gauss_newton_operator(problem).matvec(v),
+        "hesskit GGN-vp reused": lambda: gauss_newton.matvec(v),
+        "autograd HVP fresh (double backward)": autograd_hvp_fresh,
+        "autograd HVP graph kept (PyHessian-style)": autograd_hvp_graph_kept,
+    }
+
+
+def forward_passes_per_50_products(model, loss, X, y) -> dict[str, int]:
+    counter = {"n": 0}
+    handle = model.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    problem = Problem(model, loss, (X, y))
+    counts = {}
+    for name, build in (("hessian", hessian_operator), ("gauss_newton", gauss_newton_operator)):
+        counter["n"] = 0
+        op = build(problem)
+        for _ in range(50):
+            op.matvec(torch.randn(problem.num_params))
+        counts[name] = counter["n"]
+    handle.remove()
+    return counts
+
+
+def measure(name: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model, loss, torch_loss, X, y = MODELS[name]()
+    calls = methods(model, loss, torch_loss, X, y)
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for call in calls.values():  # warm-up
+        call()
+    for _ in range(repeats):
+        for key, call in calls.items():  # interleaved: every method once per round
+            start = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - start)
+    ratios = {
+        key: statistics.median(t / g for t, g in zip(ts, times["gradient"], strict=True))
+        for key, ts in times.items()
+    }
+    return {
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "batch_size": len(X),
+        "median_seconds": {key: statistics.median(ts) for key, ts in times.items()},
+        "ratio_to_gradient": ratios,
+        "forward_passes_per_50_products": forward_passes_per_50_products(model, loss, X, y),
+    }
+
+
+def peers() -> dict[str, str]:
+    found = {}
+    for module in PEERS:
+        try:
+            __import__(module)
+            found[module] = "installed (not benchmarked here)"
+        except ImportError:
+            found[module] = "not installed"
+    return found
+
+
+def environment() -> dict:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "dtype": "float32",
+        "load_average_at_start": os.getloadavg(),
+        "note": "CPU shared with other jobs while measured; compare ratios, not seconds",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--quick", action="store_true", help="3 rounds (a smoke run)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    env = environment()
+    repeats = 3 if args.quick else args.repeats
+    results = {name: measure(name, repeats) for name in MODELS}
+    env["load_average_at_end"] = os.getloadavg()
+    record = {"environment": env, "repeats": repeats, "peers": peers(), "models": results}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    for name, result in results.items():
+        print(f"\n{name}: N = {result['num_params']:,}, batch {result['batch_size']}")
+        for key, ratio in result["ratio_to_gradient"].items():
+            seconds = result["median_seconds"][key]
+            print(f"  {key:45s} {1e3 * seconds:9.1f} ms   {ratio:5.2f}x gradient")
+        print(f"  forward passes per 50 products: {result['forward_passes_per_50_products']}")
+    print(f"\npeers: {record['peers']}\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Figures for ``hesskit spectrum``: the spectral density and the top eigenvalues.
+
+Drawn from numbers already computed (a density on a grid, Ritz values and residuals); no
+derivative is computed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+DPI = 110
+
+
+def plot_spectral_density(
+    grid: Sequence[float],
+    density: Sequence[float],
+    path: Path,
+    *,
+    eigenvalues: Sequence[float] = (),
+    title: str = "spectral density",
+) -> Path:
+    """Density against eigenvalue on a log y axis (as in PyHessian's figures).
+
+    ``eigenvalues`` (e.g. the Lanczos top-k) are marked with vertical lines. Values below
+    1e-12 of the peak are clipped so the log axis shows the bulk and the outliers.
+    """
+    grid = np.asarray(grid, dtype=float)
+    density = np.asarray(density, dtype=float)
+    floor = max(float(density.max()), 1e-300) * 1e-12
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.semilogy(grid, np.maximum(density, floor), color="C0", label="SLQ density")
+    for index, value in enumerate(eigenvalues):
+        ax.axvline(value, color="C3", linewidth=0.8, alpha=0.7,
+                   label="Lanczos top eigenvalues" if index == 0 else None)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_eigenvalues(
+    values: Sequence[float],
+    residuals: Sequence[float],
+    path: Path,
+    *,
+    title: str = "top eigenvalues",
+) -> Path:
+    """Eigenvalue against its index, with the residual ‖Av − θv‖ as an error bar.
+
+    For a symmetric matrix an eigenvalue lies within the residual of each Ritz value.
+    """
+    values = np.asarray(values, dtype=float)
+    residuals = np.asarray(residuals, dtype=float)
+    index = np.arange(1, len(values) + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(index, values, yerr=residuals, fmt="o", color="C0", capsize=3)
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.set_xticks(index)
+    ax.set_xlabel("index i")
+    ax.set_ylabel("θ_i")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

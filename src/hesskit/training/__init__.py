@@ -1,0 +1,35 @@
+"""Training runs and optimizer benchmarks, with JSON logs, checkpoints and exact resume.
+
+* :func:`train` (``loop.py``): one optimizer on one problem under a :class:`Budget`;
+  JSON-lines log, atomic checkpoints, exact resume.
+* :data:`REGISTRY` (``optimizers.py``): optimizer name → factory and learning-rate grid.
+* :func:`run_benchmark` (``bench.py``): several optimizers, same budget, several seeds,
+  learning rates chosen from the grid; returns the report that ``hesskit.report.html``
+  renders.
+"""
+
+from hesskit.training.bench import (
+    BenchConfig,
+    run_benchmark,
+    select_learning_rate,
+    tune_learning_rate,
+)
+from hesskit.training.checkpoint import load_checkpoint, save_checkpoint
+from hesskit.training.loop import Budget, TrainConfig, objective, train
+from hesskit.training.optimizers import REGISTRY, OptimizerSpec, get_optimizer_spec
+
+__all__ = [
+    "REGISTRY",
+    "BenchConfig",
+    "Budget",
+    "OptimizerSpec",
+    "TrainConfig",
+    "get_optimizer_spec",
+    "load_checkpoint",
+    "objective",
+    "run_benchmark",
+    "save_checkpoint",
+    "select_learning_rate",
+    "train",
+    "tune_learning_rate",
+]

@@ -1,0 +1,66 @@
+"""Benchmark protocol: learning-rate selection, skips, and the report it produces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hesskit.errors import InvalidArgumentError
+from hesskit.training.bench import (
+    BenchConfig,
+    run_benchmark,
+    select_learning_rate,
+    tune_learning_rate,
+)
+
+
+def test_selection_takes_the_lowest_score_with_nan_as_worst_and_ties_to_smaller_lr():
+    assert select_learning_rate({1e-3: 2.0, 1e-2: 1.0, 1e-1: math.nan}) == 1e-2
+    assert select_learning_rate({1e-3: 1.0, 1e-2: 1.0}) == 1e-3
+    assert select_learning_rate({1e-2: math.inf, 1e-1: math.nan}) == 1e-2
+    with pytest.raises(InvalidArgumentError, match="no learning rates"):
+        select_learning_rate({})
+
+
+def test_tuning_picks_the_grid_lr_closest_to_the_optimal_step_on_a_quadratic():
+    """Gradient descent on ½·a·w² contracts w by |1 − lr·a| per step, so after k steps the
+    best lr of the grid is the one with the smallest |1 − lr·a| (here a = 40: lr 0.03)."""
+    a, steps = 40.0, 10
+
+    def final_error(lr):
+        w = torch.tensor([1.0], requires_grad=True)
+        optimizer = torch.optim.SGD([w], lr=lr)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (0.5 * a * w**2).sum().backward()
+            optimizer.step()
+        return float(0.5 * a * w.detach() ** 2)
+
+    grid = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    chosen, scores = tune_learning_rate(grid, final_error)
+    assert chosen == min(grid, key=lambda lr: abs(1 - lr * a))  # == 0.03
+    assert scores[0.1] == pytest.approx(0.5 * a * 3.0 ** (2 * steps))  # |1 − 4| = 3: diverges
+
+
+def test_config_rejects_unknown_optimizer_and_budget_kind():
+    with pytest.raises(InvalidArgumentError, match="unknown optimizer 'adamw'"):
+        BenchConfig("digits-autoencoder", ("adam", "adamw"), "seconds", 1.0)
+    with pytest.raises(InvalidArgumentError, match="budget kind"):
+        BenchConfig("digits-autoencoder", ("adam",), "steps", 1.0)
+
+
+def test_small_benchmark_tunes_first_order_lrs_and_skips_newton_on_a_large_model(tmp_path):
+    config = BenchConfig("digits-classifier", ("newton", "adam", "lbfgs"), "epochs", 0.2,
+                         seeds=(0, 1), tune_fraction=0.5)
+    report = run_benchmark(config, runs_dir=tmp_path, progress=False)
+    assert [s.optimizer for s in report.skipped] == ["newton"]
+    assert "3466 parameters" in report.skipped[0].reason  # 64·32+32 + 32·32+32 + 32·10+10
+    (adam,) = report.lr_selection  # L-BFGS has a single lr: nothing to tune
+    assert adam.chosen == select_learning_rate({float(k): v for k, v in adam.scores.items()})
+    assert [(r.optimizer, r.seed) for r in report.runs] == [
+        ("adam", 0), ("adam", 1), ("lbfgs", 0), ("lbfgs", 1)]
+    assert all(r.lr == adam.chosen for r in report.runs if r.optimizer == "adam")
+    assert all(r.records[-1].epochs >= 0.2 for r in report.runs)
+    assert (tmp_path / "adam-seed1" / "log.jsonl").is_file()

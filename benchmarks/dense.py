@@ -1,13 +1,14 @@
 """Dense Hessian build: hesskit against torch.func.hessian, autograd.functional.hessian and a
 loop of double-backward HVPs, side by side, in float64 on 2 threads.
 
-Every timed build runs in a fresh subprocess: a warm-up build (not for the HVP loop, which has
-nothing to warm up), then one timed build and the peak resident memory above the process's
-baseline (VmHWM after resetting it through /proc/self/clear_refs, minus VmRSS before the
-build). The methods take turns, ROUNDS times,
-so that load from other processes hits them alike; the median over rounds is reported.
-hesskit's time estimate (estimate_cost) is taken before its builds. Writes
-benchmarks/results/dense.json.
+Each (round, method) runs in a fresh subprocess: a warm-up build (not for the HVP loop, which
+has nothing to warm up), then REPEATS timed builds (1 for the loop) whose median is the
+round's time, and the peak resident memory above the process's baseline (VmHWM after
+resetting it through /proc/self/clear_refs, minus VmRSS before the build). The methods take
+turns, ROUNDS times, so that load from other processes hits them alike; reported are the
+median over rounds and, per reference, the median over rounds of the same-round speed-up.
+hesskit's time estimate (estimate_cost) is taken in each of its subprocesses before its
+builds. Writes benchmarks/results/dense.json.
 
 Run: .venv/bin/python benchmarks/dense.py
 """
@@ -34,6 +35,7 @@ import torch
 
 THREADS = 2
 ROUNDS = 3
+REPEATS = 3
 MODELS = {
     "relu_ce": {"sizes": [64, 32, 32, 10], "activation": "relu", "loss": "cross_entropy"},
     "tanh_mse": {"sizes": [64, 32, 32, 10], "activation": "tanh", "loss": "mse"},
@@ -113,15 +115,22 @@ def _worker(model_name, method, out_path):
         estimate = estimate_cost(problem, split=method == "hesskit_split").seconds
     if method != "hvp_loop":  # warm-up; the loop has nothing to warm up and takes longest
         build()
-    baseline = _status("VmRSS")
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
-    started = time.perf_counter()
-    matrix = build()
-    seconds = time.perf_counter() - started
-    peak = _status("VmHWM") - baseline
+    times, peaks = [], []
+    for _ in range(1 if method == "hvp_loop" else REPEATS):
+        matrix = None
+        baseline = _status("VmRSS")
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
+        started = time.perf_counter()
+        matrix = build()
+        times.append(time.perf_counter() - started)
+        peaks.append(_status("VmHWM") - baseline)
     np.save(out_path, matrix.numpy())
-    return {"seconds": seconds, "peak_bytes_above_baseline": peak, "estimated_seconds": estimate}
+    return {
+        "seconds": statistics.median(times),
+        "peak_bytes_above_baseline": max(peaks),
+        "estimated_seconds": estimate,
+    }
 
 
 def _summarise(runs):
@@ -129,7 +138,7 @@ def _summarise(runs):
     estimates = [r["estimated_seconds"] for r in runs if r["estimated_seconds"] is not None]
     return {
         "seconds": statistics.median(r["seconds"] for r in runs),
-        "all_seconds": [r["seconds"] for r in runs],
+        "round_seconds": [r["seconds"] for r in runs],
         "peak_bytes_above_baseline": max(r["peak_bytes_above_baseline"] for r in runs),
         "estimated_seconds": statistics.median(estimates) if estimates else None,
     }
@@ -175,7 +184,16 @@ def main():
             summary = {"num_params": n, "matrix_bytes": matrix_bytes, "methods": rows}
             for ours in ("hesskit", "hesskit_split"):
                 t = rows[ours]["seconds"]
+
+                def per_round(ref, ours=ours, runs=runs):
+                    pairs = zip(runs[ref], runs[ours], strict=True)
+                    return statistics.median(r["seconds"] / o["seconds"] for r, o in pairs)
+
                 summary[ours] = {
+                    "speedup_per_round_median": {
+                        ref: per_round(ref)
+                        for ref in ("torch_func", "autograd_vectorize", "hvp_loop")
+                    },
                     "speedup_vs_torch_func": rows["torch_func"]["seconds"] / t,
                     "speedup_vs_autograd_vectorize": rows["autograd_vectorize"]["seconds"] / t,
                     "speedup_vs_hvp_loop": rows["hvp_loop"]["seconds"] / t,

@@ -1,3 +1,129 @@
-"""hesskit: second-order derivatives of neural networks and the optimizers that use them."""
+"""hesskit: second-order derivatives of neural networks and the optimizers that use them.
+
+The public API, grouped as data flows through it (see each module for the mathematics)::
+
+    Problem                      model + loss + data as pure functions of the parameters
+    operators                    curvature matrices as N×N linear operators (H, G, F, EF)
+    dense                        exact dense H = G + R, structure report, cost guard
+    estimators                   diagonals, traces, eigenpairs (Lanczos), spectral density
+    solvers                      conjugate gradient with Martens' hooks
+    optim                        DampedNewton and HessianFree (torch.optim.Optimizer)
+    analysis                     RMSProp's second moment against the exact diagonals
+"""
+
+from hesskit.activations import ACTIVATION_NAMES, Activation, get_activation
+from hesskit.analysis import RMSPropAnalysis, rmsprop_curvature_analysis
+from hesskit.dense import (
+    CostEstimate,
+    DenseHessian,
+    StructureReport,
+    check_fits,
+    estimate_cost,
+    hessian,
+    hessian_of,
+    structure_report,
+)
+from hesskit.errors import (
+    DataError,
+    HesskitError,
+    InvalidArgumentError,
+    NonFiniteError,
+    TooLargeError,
+)
+from hesskit.estimators import (
+    Eigenpairs,
+    Estimate,
+    exact_trace,
+    hutchinson_diagonal,
+    hutchinson_trace,
+    hutchpp_trace,
+    power_iteration,
+    spectral_density,
+    top_eigenpairs,
+)
+from hesskit.estimators.exact_diagonal import (
+    diagonal,
+    empirical_fisher_diagonal,
+    gauss_newton_diagonal,
+    hessian_diagonal,
+)
+from hesskit.layout import ParameterLayout
+from hesskit.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from hesskit.newton import NewtonResult, NewtonStatus, newton
+from hesskit.operators import (
+    CountingOperator,
+    CurvatureOperator,
+    MatrixOperator,
+    damped,
+    empirical_fisher_operator,
+    fisher_operator,
+    gauss_newton_operator,
+    hessian_operator,
+)
+from hesskit.optim import DampedNewton, HessianFree
+from hesskit.problem import Problem
+from hesskit.solvers import conjugate_gradient
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # problem and losses
+    "ACTIVATION_NAMES",
+    "Activation",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "Loss",
+    "MSELoss",
+    "ParameterLayout",
+    "Problem",
+    "get_activation",
+    # one variable
+    "NewtonResult",
+    "NewtonStatus",
+    "newton",
+    # operators
+    "CountingOperator",
+    "CurvatureOperator",
+    "MatrixOperator",
+    "damped",
+    "empirical_fisher_operator",
+    "fisher_operator",
+    "gauss_newton_operator",
+    "hessian_operator",
+    # dense
+    "CostEstimate",
+    "DenseHessian",
+    "StructureReport",
+    "check_fits",
+    "estimate_cost",
+    "hessian",
+    "hessian_of",
+    "structure_report",
+    # estimators
+    "Eigenpairs",
+    "Estimate",
+    "diagonal",
+    "empirical_fisher_diagonal",
+    "exact_trace",
+    "gauss_newton_diagonal",
+    "hessian_diagonal",
+    "hutchinson_diagonal",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "power_iteration",
+    "spectral_density",
+    "top_eigenpairs",
+    # solvers and optimizers
+    "DampedNewton",
+    "HessianFree",
+    "conjugate_gradient",
+    # analysis
+    "RMSPropAnalysis",
+    "rmsprop_curvature_analysis",
+    # errors
+    "DataError",
+    "HesskitError",
+    "InvalidArgumentError",
+    "NonFiniteError",
+    "TooLargeError",
+]

@@ -138,3 +138,17 @@ def test_linear_chain_is_refused_for_a_model_it_does_not_describe():
     with pytest.raises(InvalidArgumentError, match="autodiff"):
         hessian(model, nn.MSELoss(), data, method="linear_chain")
     assert hessian(model, nn.MSELoss(), data).method is Method.AUTODIFF
+
+
+def test_relu_pre_activation_exactly_at_the_kink_follows_autograd():
+    torch.manual_seed(0)
+    model = mlp([2, 3, 2], "relu").double()
+    with torch.no_grad():
+        model[0].bias.zero_()
+    X = torch.randn(5, 2, dtype=torch.float64)
+    X[0] = 0.0  # every first-layer pre-activation of sample 0 is exactly 0
+    y = torch.randn(5, 2, dtype=torch.float64)
+    reference = autograd_hessian(model, nn.MSELoss(), X, y)
+    for method in (Method.LINEAR_CHAIN, Method.AUTODIFF):
+        H = hessian(model, nn.MSELoss(), (X, y), method=method).matrix()
+        torch.testing.assert_close(H, reference, atol=1e-12, rtol=0)

@@ -4,6 +4,10 @@ Writes ``log.jsonl`` (one JSON record per iteration; see ``hesskit.report.schema
 atomic ``checkpoint.pt`` into ``--out`` (default ``hesskit-out/train/<problem>-<optimizer>``);
 ``--resume`` continues from that checkpoint exactly. The budget is the first of
 ``--iterations``, ``--time-limit`` (optimizer seconds) and ``--epochs`` reached.
+
+Data parallel (Hessian-free): ``torchrun --nproc-per-node 2 -m hesskit train ...`` runs one
+process per rank (gloo on the CPU, NCCL with ``--device cuda``); each works on its shard of
+every batch and only rank 0 writes the log and checkpoints (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -42,11 +46,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue from the checkpoint in --out")
     parser.add_argument("--out",
                         help="output folder (default hesskit-out/train/<problem>-<optimizer>)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to train (under torchrun: cuda uses NCCL, cpu gloo)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from hesskit.distributed import init_from_environment
+
+    started_group = init_from_environment(args.device)
+    try:
+        return _train(args)
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hesskit.distributed import rank
     from hesskit.problems import make_problem
     from hesskit.training.loop import Budget, TrainConfig, train
     from hesskit.training.optimizers import get_optimizer_spec
@@ -54,15 +74,34 @@ def run(args: argparse.Namespace) -> int:
     get_optimizer_spec(args.optimizer)  # unknown name: one line before loading any data
     budget = Budget(iterations=args.iterations, seconds=args.time_limit, epochs=args.epochs)
     problem = make_problem(args.problem, seed=args.seed, data_dir=args.data_dir)
+    if args.device != "cpu":
+        _move_to(problem, args.device)
     out = output_dir(args.out or Path("hesskit-out", "train", f"{args.problem}-{args.optimizer}"))
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
     result = train(problem, config, budget, out_dir=out, resume=args.resume,
                    progress=not args.no_progress)
     last = result.records[-1]
+    if rank() != 0:
+        return 1 if result.diverged else 0
     print(f"stopped by {result.stopped_by} after {last.iteration} iterations, "
           f"{last.epochs:.3g} epochs, {last.wall_time:.3g} s, {last.products} curvature products")
     print(f"train error {result.final_train_error:.6g}, test error {result.final_test_error:.6g}")
     print(f"log: {out / 'log.jsonl'}")
     print(f"checkpoint: {out / 'checkpoint.pt'}")
     return 1 if result.diverged else 0
+
+
+def _move_to(problem, device: str) -> None:
+    """Model and data to ``device`` (under torchrun with NCCL: this process's GPU)."""
+    import torch
+
+    from hesskit.errors import InvalidArgumentError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("--device cuda needs a CUDA GPU and none is visible; "
+                                   "use --device cpu")
+    target = torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
+    problem.model.to(target)
+    problem.train = tuple(t.to(target) for t in problem.train)
+    problem.test = tuple(t.to(target) for t in problem.test)

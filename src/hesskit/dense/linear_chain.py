@@ -17,8 +17,9 @@ Then, for layers l ≤ m (entries Θ_m[k,p], Θ_l[i,j]):
 
 G is the first sum with P^G, R the first sum with P^R plus the second sum (which comes from
 W_m multiplying h_{m-1}(θ): the network's own second derivative). Cost: about
-2·n·N_m·N_l flops per pair of layers, i.e. ≈ 2·n·N² for the lower triangle, in large GEMMs,
-against ≈ 3–4× that in small batched products for forward-over-reverse HVPs.
+2·n·N_m·N_l flops per pair of layers and term, i.e. ≈ n·N² per term over the lower
+triangle, in a few large GEMMs; forward-over-reverse HVPs need several times more flops,
+in small batched products (see ``benchmarks/dense.py`` for the measured ratio).
 
 σ′ and σ″ come from forward-mode autodiff of the activation modules themselves (exact for
 elementwise modules, with PyTorch's convention at kinks), so any listed activation works.

@@ -19,6 +19,9 @@ latter materialises n·m·N numbers per batch (m = 1 for EF), so it is far slowe
 for backpropagation (benchmarks/diagonal.py).
 :func:`diagonal` is the front door: exact where possible, else Hutchinson's estimate with
 its standard error, and it says which it used.
+
+For a distributed ``Problem`` each rank sums over its own samples and one all-reduce of the
+N-vector adds the ranks' parts, so every rank gets the diagonal over all the data.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
+from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.curvature_backprop import (
     UnsupportedArchitectureError,
@@ -214,7 +218,12 @@ def _backprop_diagonal(problem: Problem, kind: DiagonalKind) -> Tensor:
         parts = chain_diagonal(steps, output, batch.targets, problem.loss, names, kind.value)
         for name, part in parts.items():
             total[name] += batch.weight * part
-    return problem.layout.flatten(total)
+    return _summed_over_ranks(problem, problem.layout.flatten(total))
+
+
+def _summed_over_ranks(problem: Problem, local: Tensor) -> Tensor:
+    """A per-sample sum over this rank's data, summed over the ranks (one all-reduce)."""
+    return all_reduce_sum(local.contiguous()) if problem.distributed else local
 
 
 def _per_sample_diagonal(problem: Problem, kind: DiagonalKind) -> Tensor:
@@ -229,7 +238,7 @@ def _per_sample_diagonal(problem: Problem, kind: DiagonalKind) -> Tensor:
     total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
     for batch in problem.batches():
         total += batch.weight * _per_sample_batch(problem, params, batch, kind)
-    return total
+    return _summed_over_ranks(problem, total)
 
 
 def _per_sample_batch(problem: Problem, params: dict, batch: Batch, kind: DiagonalKind) -> Tensor:

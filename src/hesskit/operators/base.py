@@ -7,7 +7,9 @@
 ``ProblemOperator`` is the base of the matrices of a ``Problem`` (Hessian, Gauss-Newton,
 Fisher): it sums per-batch products with the batch weights, so a subclass implements only
 ``_matmat_batch(batch, V)``. The operator is the matrix at the parameters it was built at;
-build a new one after the parameters change.
+build a new one after the parameters change. For a distributed ``Problem`` the per-rank
+sums are added by ONE all-reduce of the ``[N, K]`` product per call, so every rank gets
+the product of the matrix of all ranks' data (every rank must call it, with the same V).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 from torch.func import vmap
 
+from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.problem import Batch, Problem
@@ -191,6 +194,10 @@ class ProblemOperator(CurvatureOperator):
             if batch.weight != 1:
                 product = product.mul_(batch.weight)
             total = product if total is None else total.add_(product)
+        if total is None:  # a rank without data (distributed) contributes zero
+            total = torch.zeros(V.shape[1], V.shape[0], dtype=self.dtype, device=self.device)
+        if self.problem.distributed:
+            total = all_reduce_sum(total.contiguous())
         return total.T
 
 

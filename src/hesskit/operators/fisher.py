@@ -20,6 +20,12 @@ Both are symmetric and positive semi-definite. Kunstner et al. (2019) on the dif
 Cost: as the Gauss-Newton operator (the same cached linearization per batch); the
 output gradients r are drawn once per batch and always kept (S·n·k numbers), so the
 operator is one fixed matrix even with ``cache=False``.
+
+Reproducible draws: with ``seed=s`` the S targets of sample i are drawn from a generator
+seeded with a hash of (s, global index of i), so F̂ does not depend on how the data are
+split into batches or over ``torch.distributed`` ranks (one generator re-seed per sample;
+a distributed problem requires it). With ``generator`` the draws follow one stream, batch
+by batch, as they come.
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ class FisherOperator(_OutputOuterProductOperator):
         generator: a ``torch.Generator`` or an integer seed for the draws; ``None`` uses
             torch's global random state. Draws happen on the first product, batch by batch.
         cache: as for ``GaussNewtonOperator``.
+        seed: instead of ``generator``: key each sample's draws by (seed, its global
+            index), independent of the batching and of the number of ranks (see the module
+            docstring). Required when the problem is distributed.
     """
 
     def __init__(
@@ -95,6 +104,8 @@ class FisherOperator(_OutputOuterProductOperator):
         samples: int = 1,
         generator: torch.Generator | int | None = None,
         cache: bool | None = None,
+        *,
+        seed: int | None = None,
     ) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise InvalidArgumentError(
@@ -109,10 +120,56 @@ class FisherOperator(_OutputOuterProductOperator):
                 f"generator must be a torch.Generator, an int seed or None, got {generator!r}"
             )
         self.generator = generator
+        self.seed = _check_seed(seed, generator, problem)
 
     def _targets(self, z: Tensor, batch: Batch) -> Tensor:
+        if self.seed is not None:
+            return self._keyed_targets(z, batch)
         z_rep = z.repeat(self.samples, *([1] * (z.ndim - 1)))
         return self.problem.loss.sample_targets(z_rep, generator=self.generator)
+
+    def _keyed_targets(self, z: Tensor, batch: Batch) -> Tensor:
+        """S targets per sample, sample i's from a generator keyed by (seed, global i)."""
+        generator = torch.Generator(device=self.device)
+        draws = []
+        for i in range(z.shape[0]):
+            generator.manual_seed(sample_key(self.seed, batch.start + i))
+            z_i = z[i : i + 1].expand(self.samples, *z.shape[1:])
+            draws.append(self.problem.loss.sample_targets(z_i, generator=generator))
+        targets = torch.stack(draws, dim=1)  # [S, n, ...]
+        return targets.reshape(self.samples * z.shape[0], *targets.shape[2:])
+
+
+_MASK64 = 2**64 - 1
+
+
+def sample_key(seed: int, index: int) -> int:
+    """A 64-bit seed for sample ``index`` under ``seed`` (splitmix64 of the pair).
+
+    Its low 32 bits are well mixed, which matters because torch's CPU generator keeps only
+    those: two of n samples share a stream with probability about n²/2³³, harmless for a
+    Monte-Carlo average.
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + index + 1) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _check_seed(seed: int | None, generator: object, problem: Problem) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidArgumentError(f"seed must be an integer or None, got {seed!r}")
+    if seed is not None and generator is not None:
+        raise InvalidArgumentError(
+            "pass either generator or seed to the Fisher operator, not both"
+        )
+    if seed is None and problem.distributed:
+        raise InvalidArgumentError(
+            "a Fisher operator on a distributed problem needs seed=INT, so that each "
+            "sample's targets are keyed by its global index and no rank repeats another's "
+            "draws; pass e.g. seed=0"
+        )
+    return seed
 
 
 class EmpiricalFisherOperator(_OutputOuterProductOperator):
@@ -127,9 +184,11 @@ def fisher_operator(
     samples: int = 1,
     generator: torch.Generator | int | None = None,
     cache: bool | None = None,
+    *,
+    seed: int | None = None,
 ) -> FisherOperator:
     """The Monte-Carlo Fisher of ``problem`` with ``samples`` targets per data point."""
-    return FisherOperator(problem, samples=samples, generator=generator, cache=cache)
+    return FisherOperator(problem, samples=samples, generator=generator, cache=cache, seed=seed)
 
 
 def empirical_fisher_operator(

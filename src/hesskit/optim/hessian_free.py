@@ -24,6 +24,13 @@ gradient mini-batch, and ``curvature`` build B on a smaller subset (Martens: 1/1
 
     def curvature():
         return gauss_newton_operator(Problem(model, loss_fn, (X[idx_small], Y[idx_small])))
+
+Data parallel (``torch.distributed``): each rank holds a shard of both batches. The
+objective, its gradient and every product are sums over samples, so HF all-reduces the
+closure's [loss, gradient] in one collective, each trial loss in one, and the curvature
+operator of a distributed ``Problem`` reduces its own products. CG, backtracking and the
+damping rule then see identical numbers on every rank and take identical decisions: the
+parameters stay bitwise identical across ranks. See the class docstring for the closure.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import CurvatureOperator
 from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
@@ -110,6 +118,9 @@ class HessianFree(Optimizer):
         line_search: Armijo settings, or None to take the chosen iterate at step size 1
             (still rejected if its loss is not finite).
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+        distributed: sum the closure's loss and gradient over the ranks of the
+            ``torch.distributed`` process group. ``None`` (default): when one with more than
+            one rank is initialised.
 
     The closure, as for ``torch.optim.LBFGS``, must clear the gradients, compute the loss on
     the gradient mini-batch, call ``backward()`` and return the loss. It is called several
@@ -118,6 +129,16 @@ class HessianFree(Optimizer):
     must therefore use the same data every time within a step. After ``step`` the
     parameters hold the accepted point; ``.grad`` holds the gradient of the last trial, not
     necessarily of the new parameters.
+
+    Distributed, the closure returns this rank's SHARE of the objective, so that the shares
+    sum to it over the ranks: ``Problem(..., shard).local_loss(θ)``, or for a torch loss
+    that averages over samples ``hesskit.distributed.sample_fraction(len(X)) *
+    loss_fn(model(X), y)``, with a term such as the weight cost (λ/2)‖θ‖² added on one rank
+    only. (A closure that returns each rank's plain mean loss gets the objective times the
+    number of ranks.) HF sums loss and gradient over the ranks; ``curvature`` must return
+    the operator over all ranks (that of a distributed ``Problem``), and a preconditioner
+    statistic the global diagonal (``martens_preconditioner`` of a distributed ``Problem``
+    is). Every rank must start from identical parameters and call ``step`` together.
 
     State: per-parameter state is empty; the optimizer-wide state is ``self.hf_state`` and
     appears in :meth:`state_dict` under ``"hessian_free"`` with keys ``damping`` (λ),
@@ -138,6 +159,7 @@ class HessianFree(Optimizer):
         backtracking: bool = True,
         line_search: ArmijoSearch | None = HF_LINE_SEARCH,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__(params, defaults={})
         if len(self.param_groups) != 1:
@@ -151,6 +173,9 @@ class HessianFree(Optimizer):
         self.backtracking = backtracking
         self.line_search = line_search
         self.max_rejections = max_rejections
+        self.distributed = is_distributed() if distributed is None else (
+            bool(distributed) and is_distributed()
+        )
         self.hf_state: dict[str, object] = {
             "damping": float(damping.initial),
             "warm_start": None,
@@ -205,8 +230,24 @@ class HessianFree(Optimizer):
     # -- the phases of a step ------------------------------------------------------------
 
     def _loss_and_gradient(self, closure: Callable[[], Tensor]) -> tuple[float, Tensor]:
+        """Phase 1: L(θ) and ∇L(θ); distributed, both summed in ONE all-reduce."""
         loss = loss_value(closure())
-        return loss, flat_gradient(self._params)
+        gradient = flat_gradient(self._params)
+        if not self.distributed:
+            return loss, gradient
+        packed = torch.cat([gradient.new_tensor([loss]), gradient])
+        all_reduce_sum(packed)
+        return float(packed[0]), packed[1:]
+
+    def _trial_loss(self, closure: Callable[[], Tensor]) -> float:
+        """L at the current (trial) parameters; distributed, summed over the ranks (in the
+        parameters' dtype, as the loss at θ is, so that ρ and Armijo compare like with like)."""
+        loss = loss_value(closure())
+        if not self.distributed:
+            return loss
+        reference = self._params[0]
+        total = torch.tensor([loss], dtype=reference.dtype, device=reference.device)
+        return float(all_reduce_sum(total)[0])
 
     def _solve(self, gradient: Tensor) -> CGResult:
         """Phase 2: CG on (B + λI) p = −∇L from the decayed warm start (§4.4–4.7)."""
@@ -259,7 +300,7 @@ class HessianFree(Optimizer):
 
         def loss_at(candidate: tuple[int, Tensor]) -> float:
             move_parameters(self._params, start, candidate[1])
-            return loss_value(closure())
+            return self._trial_loss(closure)
 
         index, value, _ = choose_iterate(candidates, loss_at)
         iteration, direction = candidates[index]
@@ -282,7 +323,7 @@ class HessianFree(Optimizer):
 
         def loss_along(step: float) -> float:
             move_parameters(self._params, start, direction, step)
-            return loss_value(closure())
+            return self._trial_loss(closure)
 
         slope = float(gradient @ direction)
         result = armijo_line_search(

@@ -36,7 +36,9 @@ class DiagonalPreconditioner:
 
     Attributes:
         statistic: returns d(θ) as a flat ``[N]`` tensor at the current parameters, e.g.
-            the empirical-Fisher diagonal on the gradient mini-batch.
+            the empirical-Fisher diagonal on the gradient mini-batch. In a data-parallel
+            run it must return the diagonal over all ranks' data, identical on every rank
+            (``empirical_fisher_diagonal`` of a distributed ``Problem`` does).
         exponent: α (Martens 2010, §4.7: 0.75; 1 is Jacobi with the statistic, 0 no
             preconditioning).
     """

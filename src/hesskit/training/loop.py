@@ -13,10 +13,19 @@ Exact resume: with ``checkpoint_every`` the run writes an atomic checkpoint (see
 that iteration and continues. On CPU with fixed seeds, a run stopped and resumed ends with
 parameters bit-identical to an uninterrupted one: nothing the next step reads (parameters,
 optimizer state, sampler, RNGs) lives outside the checkpoint.
+
+Data parallel (Hessian-free only): inside a ``torch.distributed`` process group (``torchrun
+-m hesskit train ...``) every rank draws the same global mini-batch (same seed) and works
+on its ``shard_range`` of it, and on its share of the curvature batch; the closure returns
+the rank's share of the objective (the weight cost on rank 0 only) and Hessian-free sums
+over the ranks, so the run follows the single-process one on the same batches. Only rank 0
+writes the log and checkpoints and shows the progress bar; the time budget uses the
+slowest rank's time, so that all ranks stop at the same iteration.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -27,10 +36,13 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
+from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, world_size
 from hesskit.errors import InvalidArgumentError
-from hesskit.report.schema import IterationRecord, RunHeader, RunResult
+from hesskit.losses import as_loss
+from hesskit.report.schema import IterationRecord, RunHeader, RunResult, validate_log_line
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
+    LOG_NAME,
     RunLog,
     capture_rng_state,
     load_checkpoint,
@@ -161,10 +173,19 @@ class BatchSampler:
         self.permutation, self.cursor = state["permutation"], int(state["cursor"])
 
 
-def objective(problem: TrainingProblem, inputs: Tensor, targets: Tensor) -> Tensor:
-    """ℓ(f(θ, X), y) + (wd/2)‖θ‖², the function every optimizer minimises."""
+def objective(
+    problem: TrainingProblem, inputs: Tensor, targets: Tensor, *, share: float = 1.0,
+    penalty: bool = True,
+) -> Tensor:
+    """ℓ(f(θ, X), y) + (wd/2)‖θ‖², the function every optimizer minimises.
+
+    Data parallel, a rank's share of it: ``share`` · ℓ on its shard (share = its weight in
+    the batch's reduction) plus the weight cost when ``penalty`` (rank 0 only).
+    """
     value = problem.loss(problem.model(inputs), targets)
-    if problem.weight_decay:
+    if share != 1.0:
+        value = value * share
+    if problem.weight_decay and penalty:
         squares = sum(p.pow(2).sum() for p in problem.model.parameters())
         value = value + 0.5 * problem.weight_decay * squares
     return value
@@ -205,7 +226,7 @@ def train(
     else:
         run.start()
     stopped_by = budget.exhausted_by(*run.used())
-    with _ProgressBar(f"{problem.name} · {run.spec.name}", enabled=progress) as bar:
+    with _ProgressBar(f"{problem.name} · {run.spec.name}", enabled=progress and run.is_main) as bar:
         while stopped_by is None:
             previous = budget.fraction(*run.used())
             loss = run.step()
@@ -239,17 +260,19 @@ class _Run:
         self.lr = config.lr if config.lr is not None else spec.default_lr
         batch_size = config.batch_size or (num_train if spec.full_batch else DEFAULT_BATCH_SIZE)
         self.batch_size = min(batch_size, num_train)
+        self.ranks, self.is_main = world_size(), rank() == 0
+        if self.ranks > 1:
+            _check_data_parallel(spec.name, self.batch_size, self.ranks)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         self.sampler = BatchSampler(num_train, self.batch_size, config.seed)
         self.batch: tuple[Tensor, Tensor] = (problem.train[0][:0], problem.train[1][:0])
-        curvature_size = max(1, math.ceil(config.curvature_fraction * self.batch_size))
+        self.curvature_size = max(1, math.ceil(config.curvature_fraction * self.batch_size))
+        self.curvature_shard, self.global_batch_size = self.batch, 0
         self.context = OptimizerContext(
             model=problem.model, loss=problem.loss, weight_decay=problem.weight_decay,
-            lr=self.lr, gradient_batch=lambda: self.batch,
-            curvature_batch=lambda: (self.batch[0][:curvature_size],
-                                     self.batch[1][:curvature_size]),
+            lr=self.lr, gradient_batch=lambda: self.batch, curvature_batch=self.curvature_batch,
             products=ProductCounter(),
         )
         self.optimizer = spec.build(self.context)
@@ -261,9 +284,15 @@ class _Run:
                   "iterations and at the last one (null elsewhere); wall_time excludes "
                   "evaluation and checkpoints; epochs count every closure call"),
         )
-        self.log = RunLog(out_dir, self.header)
+        self.log = RunLog(out_dir if self.is_main else None, self.header)
         self.counters = {"iteration": 0, "wall_time": 0.0, "samples": 0}
         self.cg_before: int | None = None
+
+    def curvature_batch(self) -> tuple[Tensor, Tensor]:
+        """The first rows of the gradient batch (data parallel: this rank's shard of them)."""
+        if self.ranks > 1:
+            return self.curvature_shard
+        return self.batch[0][: self.curvature_size], self.batch[1][: self.curvature_size]
 
     def used(self) -> tuple[int, float, float]:
         """(iterations, optimizer seconds, epochs) so far: what the budget counts."""
@@ -271,6 +300,7 @@ class _Run:
         return c["iteration"], c["wall_time"], c["samples"] / self.num_train
 
     def start(self) -> None:
+        broadcast_(list(self.problem.model.parameters()))  # identical replicas (no-op alone)
         self.log.start(self._record(None, evaluate=True))
 
     def restore(self) -> None:
@@ -282,10 +312,13 @@ class _Run:
         restore_rng_state(saved["rng"])
         self.context.products.count = saved["products"]
         self.counters = saved["counters"]
-        self.log.resume(saved["log_bytes"])
+        if self.is_main:
+            self.log.resume(saved["log_bytes"])
+        else:
+            self.log.records = _read_log(self.out_dir, saved["log_bytes"])
 
     def save(self) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.is_main:
             return
         save_checkpoint({
             "header": asdict(self.header), "model": self.problem.model.state_dict(),
@@ -296,20 +329,30 @@ class _Run:
 
     def closure(self) -> Tensor:
         """The objective on the current batch, with its gradient (called ≥ 1 time a step)."""
-        self.counters["samples"] += len(self.batch[0])
+        self.counters["samples"] += self.global_batch_size
         self.optimizer.zero_grad()
-        value = objective(self.problem, *self.batch)
+        share = 1.0  # data parallel: this rank's weight in the batch's reduction
+        if self.ranks > 1:
+            share = as_loss(self.problem.loss).batch_weight(len(self.batch[0]),
+                                                            self.global_batch_size)
+        value = objective(self.problem, *self.batch, share=share, penalty=self.is_main)
         value.backward()
         return value
 
     def step(self) -> float:
         """Draw a batch, take one optimizer step (timed); return the loss it reports."""
         indices = self.sampler.next()
-        self.batch = (self.problem.train[0][indices], self.problem.train[1][indices])
+        self.global_batch_size = len(indices)
+        X, y = self.problem.train
+        if self.ranks > 1:  # this rank's shard of the batch and of the curvature batch
+            curvature = shard_of(indices[: self.curvature_size])
+            self.curvature_shard = (X[curvature], y[curvature])
+            indices = shard_of(indices)
+        self.batch = (X[indices], y[indices])
         self.cg_before = self.spec.diagnostics(self.optimizer).cg_iterations_total
         started = time.perf_counter()
         loss = float(torch.as_tensor(self.optimizer.step(self.closure)).detach())
-        self.counters["wall_time"] += time.perf_counter() - started
+        self.counters["wall_time"] += max_over_ranks(time.perf_counter() - started)
         self.counters["iteration"] += 1
         return loss
 
@@ -347,6 +390,21 @@ class _Run:
             final_train_error=math.inf if diverged else final.train_error,
             final_test_error=math.inf if diverged else final.test_error,
         )
+
+
+def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
+    if optimizer != "hf":
+        raise InvalidArgumentError(f"data-parallel training (torchrun with {ranks} processes) "
+                                   f"supports --optimizer hf only; run {optimizer} in one process")
+    if batch_size < ranks:
+        raise InvalidArgumentError(f"a batch of {batch_size} samples cannot be split over "
+                                   f"{ranks} processes; use a larger --batch-size")
+
+
+def _read_log(out_dir: Path, size: int) -> list[IterationRecord]:
+    """The records in the first ``size`` bytes of rank 0's run log (for the other ranks)."""
+    with (out_dir / LOG_NAME).open("rb") as stream:
+        return [validate_log_line(json.loads(line)) for line in stream.read(size).splitlines()[1:]]
 
 
 def _passed_mark(fraction: float, previous: float, points: int | None) -> bool:

@@ -66,7 +66,7 @@ from hesskit.solvers import conjugate_gradient
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by topic, as the module docstring
     # problem and losses
     "ACTIVATION_NAMES",
     "Activation",

@@ -57,7 +57,9 @@ class ParameterLayout:
         start = self.offsets[index]
         return slice(start, start + self.sizes[index])
 
-    def flatten(self, tensors: Mapping[str, Tensor] | Sequence[Tensor], batch_dims: int = 0) -> Tensor:
+    def flatten(
+        self, tensors: Mapping[str, Tensor] | Sequence[Tensor], batch_dims: int = 0
+    ) -> Tensor:
         """Concatenate parameter-shaped tensors into a flat vector (or ``[*batch, N]``).
 
         Args:

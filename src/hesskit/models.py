@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import nn
@@ -10,7 +11,9 @@ from hesskit.activations import get_activation
 from hesskit.errors import InvalidArgumentError
 
 
-def mlp(sizes: Sequence[int], activation: str = "relu", **activation_params: float) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int], activation: str = "relu", **activation_params: float
+) -> nn.Sequential:
     """``Linear(sizes[0], sizes[1]) → σ → … → Linear(sizes[-2], sizes[-1])``.
 
     The activation σ follows every linear layer but the last. Modules are named ``"0"``,
@@ -22,7 +25,7 @@ def mlp(sizes: Sequence[int], activation: str = "relu", **activation_params: flo
         )
     act = get_activation(activation, **activation_params)
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(int(fan_in), int(fan_out)))
         if i < len(sizes) - 2:
             layers.append(act.module())

@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="hesskit-demo", help="output folder (default hesskit-demo)")
+    parser.add_argument(
+        "--out", default="hesskit-demo", help="output folder (default hesskit-demo)"
+    )
     parser.add_argument(
         "--bench-seconds",
         type=positive_float,
@@ -44,25 +46,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def steps(out: Path, bench_seconds: float) -> list[tuple[str, list[str]]]:
     """The demo as (title, hesskit argv) pairs."""
     return [
-        ("Transfer functions and their derivatives",
-         ["activations", "--plot", str(out / "activations")]),
-        ("Newton's method on ReLU: zero curvature", ["newton", "--activation", "relu", "--x0", "1.5"]),
-        ("Newton's method on sigmoid: no stationary point",
-         ["newton", "--activation", "sigmoid", "--x0", "-1"]),
-        ("Newton's method on tanh: no stationary point",
-         ["newton", "--activation", "tanh", "--x0", "-1"]),
-        ("One ReLU neuron with a squared error: curvature that varies with w",
-         ["neuron", "--plot", str(out / "neuron")]),
-        ("Exact Hessian of a small ReLU network on the digits, H = G + R",
-         ["hessian", "--layers", "64,12,10", "--activation", "relu", "--samples", "256",
-          "--out", str(out / "hessian")]),
-        ("Top eigenvalues and spectral density, matrix-free",
-         ["spectrum", "--layers", "64,32,10", "--samples", "512", "--top", "5",
-          "--out", str(out / "spectrum")]),
-        ("Hessian-free against RMSProp, Adam and SGD on a digits autoencoder",
-         ["bench", "--problem", "digits-autoencoder", "--optimizers", "hf,rmsprop,adam,sgd",
-          "--budget-seconds", f"{bench_seconds:g}", "--seeds", "1",
-          "--out", str(out / "bench")]),
+        (
+            "Transfer functions and their derivatives",
+            ["activations", "--plot", str(out / "activations")],
+        ),
+        (
+            "Newton's method on ReLU: zero curvature",
+            ["newton", "--activation", "relu", "--x0", "1.5"],
+        ),
+        (
+            "Newton's method on sigmoid: no stationary point",
+            ["newton", "--activation", "sigmoid", "--x0", "-1"],
+        ),
+        (
+            "Newton's method on tanh: no stationary point",
+            ["newton", "--activation", "tanh", "--x0", "-1"],
+        ),
+        (
+            "One ReLU neuron with a squared error: curvature that varies with w",
+            ["neuron", "--plot", str(out / "neuron")],
+        ),
+        (
+            "Exact Hessian of a small ReLU network on the digits, H = G + R",
+            [
+                "hessian",
+                "--layers",
+                "64,12,10",
+                "--activation",
+                "relu",
+                "--samples",
+                "256",
+                "--out",
+                str(out / "hessian"),
+            ],
+        ),
+        (
+            "Top eigenvalues and spectral density, matrix-free",
+            [
+                "spectrum",
+                "--layers",
+                "64,32,10",
+                "--samples",
+                "512",
+                "--top",
+                "5",
+                "--out",
+                str(out / "spectrum"),
+            ],
+        ),
+        (
+            "Hessian-free against RMSProp, Adam and SGD on a digits autoencoder",
+            [
+                "bench",
+                "--problem",
+                "digits-autoencoder",
+                "--optimizers",
+                "hf,rmsprop,adam,sgd",
+                "--budget-seconds",
+                f"{bench_seconds:g}",
+                "--seeds",
+                "1",
+                "--out",
+                str(out / "bench"),
+            ],
+        ),
     ]
 
 
@@ -79,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         if main(argv) != 0:
             failures.append(title)
     console.rule()
-    console.print(f"Demo finished in {time.perf_counter() - started:.0f} s; outputs in {out.resolve()}")
+    console.print(
+        f"Demo finished in {time.perf_counter() - started:.0f} s; outputs in {out.resolve()}"
+    )
     for title in failures:
         console.print(f"[red]step failed: {title}")
     return 1 if failures else 0

@@ -37,20 +37,41 @@ def layer_sizes(text: str) -> list[int]:
 
 def add_model_options(parser: argparse.ArgumentParser, default_layers: str = "64,16,10") -> None:
     group = parser.add_argument_group("model (built-in MLP, or your own with --model)")
-    group.add_argument("--layers", type=layer_sizes, default=layer_sizes(default_layers),
-                       help=f"layer sizes of the MLP (default {default_layers})")
+    group.add_argument(
+        "--layers",
+        type=layer_sizes,
+        default=layer_sizes(default_layers),
+        help=f"layer sizes of the MLP (default {default_layers})",
+    )
     group.add_argument("--activation", default="relu", help="hidden activation (default relu)")
-    group.add_argument("--loss", choices=sorted(LOSSES), default="cross_entropy",
-                       help="loss (default cross_entropy)")
-    group.add_argument("--data", choices=DATA_SOURCES, default="digits",
-                       help="bundled scikit-learn digits or random data (default digits)")
-    group.add_argument("--samples", type=positive_int, default=256,
-                       help="number of samples (default 256)")
-    group.add_argument("--dtype", choices=("float32", "float64"), default="float64",
-                       help="floating-point type (default float64)")
+    group.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="cross_entropy",
+        help="loss (default cross_entropy)",
+    )
+    group.add_argument(
+        "--data",
+        choices=DATA_SOURCES,
+        default="digits",
+        help="bundled scikit-learn digits or random data (default digits)",
+    )
+    group.add_argument(
+        "--samples", type=positive_int, default=256, help="number of samples (default 256)"
+    )
+    group.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float64",
+        help="floating-point type (default float64)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seed for weights and data")
-    group.add_argument("--model", metavar="MODULE:FUNCTION", default=None,
-                       help="your own model: a function returning (model, loss, data)")
+    group.add_argument(
+        "--model",
+        metavar="MODULE:FUNCTION",
+        default=None,
+        help="your own model: a function returning (model, loss, data)",
+    )
 
 
 def problem_from_args(args: argparse.Namespace) -> Problem:

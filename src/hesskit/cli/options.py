@@ -58,6 +58,7 @@ def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise InvalidArgumentError(
-            f"cannot write to output folder {str(folder)!r} ({reason}); choose another with {option}"
+            f"cannot write to output folder {str(folder)!r} ({reason}); "
+            f"choose another with {option}"
         ) from None
     return folder

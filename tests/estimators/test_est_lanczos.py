@@ -5,33 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import power_iteration, top_eigenpairs
 from hesskit.operators.base import MatrixOperator
-from reference import autograd_hessian
-
-
-class CountingMatrix(MatrixOperator):
-    """Counts the columns it multiplies: the products an estimator really used."""
-
-    def __init__(self, matrix: torch.Tensor) -> None:
-        super().__init__(matrix)
-        self.products = 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self.products += V.shape[1]
-        return super()._matmat(V)
-
-
-def with_spectrum(eigenvalues, seed: int = 0) -> torch.Tensor:
-    """Q diag(λ) Qᵀ for a random orthogonal Q (float64)."""
-    values = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=generator,
-                                       dtype=torch.float64))
-    return Q @ torch.diag(values) @ Q.T
+from known_spectra import CountingMatrix, classifier_hessian, with_spectrum
 
 
 def decaying_spectrum(n: int = 300) -> np.ndarray:
@@ -158,11 +136,7 @@ def test_same_seed_gives_identical_results_and_float32_works():
 
 
 def test_hessian_of_small_network_top_and_bottom_eigenvalues():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    X = torch.randn(16, 3, dtype=torch.float64)
-    y = torch.randint(0, 3, (16,))
-    H = autograd_hessian(model, nn.functional.cross_entropy, X, y)
+    H = classifier_hessian()
     expected = np.linalg.eigvalsh(H.numpy())
     op = MatrixOperator(H)
     top = top_eigenpairs(op, 3, tol=1e-6)

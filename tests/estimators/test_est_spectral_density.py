@@ -14,25 +14,7 @@ from hesskit.estimators import (
     spectral_density,
 )
 from hesskit.operators.base import MatrixOperator
-
-
-class CountingMatrix(MatrixOperator):
-    def __init__(self, matrix: torch.Tensor) -> None:
-        super().__init__(matrix)
-        self.products = 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self.products += V.shape[1]
-        return super()._matmat(V)
-
-
-def with_spectrum(eigenvalues, seed: int = 0) -> torch.Tensor:
-    values = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=generator,
-                                       dtype=torch.float64))
-    return Q @ torch.diag(values) @ Q.T
-
+from known_spectra import CountingMatrix, with_spectrum
 
 SPECTRUM = np.concatenate([[6.0, 4.0], np.linspace(-1.0, 1.0, 38)])
 

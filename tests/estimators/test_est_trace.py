@@ -6,30 +6,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import exact_trace, hutchinson_trace, hutchpp_trace
 from hesskit.operators.base import MatrixOperator
-from reference import autograd_hessian
-
-
-class CountingMatrix(MatrixOperator):
-    def __init__(self, matrix: torch.Tensor) -> None:
-        super().__init__(matrix)
-        self.products = 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self.products += V.shape[1]
-        return super()._matmat(V)
-
-
-def with_spectrum(eigenvalues, seed: int = 0) -> torch.Tensor:
-    values = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=generator,
-                                       dtype=torch.float64))
-    return Q @ torch.diag(values) @ Q.T
+from known_spectra import CountingMatrix, classifier_hessian, with_spectrum
 
 
 def decaying(n: int = 120) -> torch.Tensor:
@@ -107,10 +88,7 @@ def test_hutchpp_on_a_tiny_matrix_is_exact_with_zero_stderr():
 
 
 def test_hutchpp_trace_of_a_network_hessian():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    X, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 3, (16,))
-    H = autograd_hessian(model, nn.functional.cross_entropy, X, y)
+    H = classifier_hessian()
     result = hutchpp_trace(MatrixOperator(H), 30, seed=5)
     assert abs(result.value - float(torch.trace(H))) <= 4 * result.stderr
 

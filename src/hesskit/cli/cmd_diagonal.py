@@ -14,7 +14,13 @@ import torch
 
 from hesskit.analysis.rmsprop import diagonal_summary, rmsprop_curvature_analysis, summarize
 from hesskit.cli.model_spec import add_model_options, problem_from_args
-from hesskit.cli.options import finite_float, output_dir, positive_float, positive_int
+from hesskit.cli.options import (
+    finite_float,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+)
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
@@ -28,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop",
                         help="optimizer to train with (default rmsprop)")
-    parser.add_argument("--steps", type=_non_negative_int, default=200,
+    parser.add_argument("--steps", type=non_negative_int, default=200,
                         help="training steps; 0 only prints the diagonals (default 200)")
     parser.add_argument("--every", type=positive_int, default=20,
                         help="compare every this many steps (default 20)")
@@ -41,17 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="hesskit-out/diagonal",
                         help="output folder (default hesskit-out/diagonal)")
     parser.set_defaults(run=run)
-
-
-def _non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,18 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hesskit.activations import ACTIVATION_NAMES, get_activation
-from hesskit.cli.options import finite_float, output_dir
+from hesskit.cli.options import finite_float, non_negative_int, output_dir
 from hesskit.newton import NewtonMode, diagnose_activation
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--activation", required=True, metavar="NAME", help="e.g. relu, sigmoid")
     parser.add_argument("--x0", required=True, type=finite_float, help="starting point")
     parser.add_argument(
-        "--max-iter", type=_non_negative_int, default=50, help="most Newton steps (default 50)"
+        "--max-iter", type=non_negative_int, default=50, help="most Newton steps (default 50)"
     )
     parser.add_argument(
         "--mode",

@@ -35,12 +35,21 @@ def positive_float(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
+    return _integer_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (e.g. a step count where 0 means "only the start")."""
+    return _integer_at_least(text, 0)
+
+
+def _integer_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {lowest}")
     return value
 
 

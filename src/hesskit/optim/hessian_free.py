@@ -41,13 +41,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
+from hesskit.operators.algebra import damped
 from hesskit.operators.base import CurvatureOperator
 from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update, reduction_ratio
+from hesskit.optim.global_state import GlobalStateOptimizer
 from hesskit.optim.preconditioners import DiagonalPreconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -58,7 +59,6 @@ from hesskit.optim.safety import (
     move_parameters,
     record_acceptance,
     record_rejection,
-    restore_parameters,
     save_parameters,
 )
 from hesskit.solvers.cg import CGResult, StopRule, conjugate_gradient, geometric_snapshots
@@ -100,7 +100,7 @@ HF_CG = CGSettings()
 HF_LINE_SEARCH = ArmijoSearch()
 
 
-class HessianFree(Optimizer):
+class HessianFree(GlobalStateOptimizer):
     """Martens' Hessian-free optimizer as a ``torch.optim.Optimizer``.
 
     Args:
@@ -148,6 +148,9 @@ class HessianFree(Optimizer):
     ``last_step_size`` and ``last_cg_status``.
     """
 
+    global_state_key = STATE_KEY
+    global_state_attribute = "hf_state"
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
@@ -189,10 +192,6 @@ class HessianFree(Optimizer):
             "last_cg_status": "",
         }
         init_rejection_state(self.hf_state)
-
-    @property
-    def _params(self) -> list[Tensor]:
-        return self.param_groups[0]["params"]
 
     def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
         """One Hessian-free step; returns the loss at the start of the step (as LBFGS)."""
@@ -259,9 +258,10 @@ class HessianFree(Optimizer):
                 f"the curvature operator is {operator.shape[0]}×{operator.shape[0]} but the "
                 f"optimizer has {gradient.numel()} parameters; build it from the same model"
             )
+        damped_operator = damped(operator, damping)
 
         def damped_product(v: Tensor) -> Tensor:
-            return operator.matvec(v).to(v.dtype) + damping * v
+            return damped_operator.matvec(v).to(v.dtype)
 
         inverse = None
         if self.preconditioner is not None:
@@ -332,35 +332,6 @@ class HessianFree(Optimizer):
         return result.step_size
 
     def _reject(self, start: list[Tensor], what: str, loss: float) -> float:
-        """Safety: restore θ exactly, grow λ, count; raises after too many in a row."""
-        restore_parameters(self._params, start)
-        state = self.hf_state
-        state["damping"] = levenberg_marquardt_update(-math.inf, state["damping"], self.damping)
-        state["last_step_size"] = 0.0
-        record_rejection(state, what, self.max_rejections)
-        return loss
-
-    # -- state -----------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        """Torch's state dict plus the optimizer-wide state under ``"hessian_free"``."""
-        state = super().state_dict()
-        state[STATE_KEY] = _copy(self.hf_state)
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict`, including λ, the warm start and the counters."""
-        state_dict = dict(state_dict)
-        if STATE_KEY not in state_dict:
-            raise InvalidArgumentError(
-                f"the state dict has no {STATE_KEY!r} entry; load one saved by HessianFree"
-            )
-        saved = state_dict.pop(STATE_KEY)
-        super().load_state_dict(state_dict)
-        self.hf_state = _copy(saved)
-        if self.hf_state["warm_start"] is not None:
-            self.hf_state["warm_start"] = self.hf_state["warm_start"].to(self._params[0].device)
-
-
-def _copy(state: dict) -> dict:
-    return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+        """Safety: as the base class (restore θ, grow λ, count), with no step taken."""
+        self.hf_state["last_step_size"] = 0.0
+        return super()._reject(start, what, loss)

@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from hesskit.dense.cost import check_fits, memory_estimate
 from hesskit.dense.hessian import hessian_of
 from hesskit.errors import InvalidArgumentError, TooLargeError
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update, reduction_ratio
+from hesskit.optim.global_state import GlobalStateOptimizer
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     flat_gradient,
@@ -71,7 +71,7 @@ class Indefinite(enum.Enum):
     """Use |H| = V|Λ|Vᵀ, absolute eigenvalues (saddle-free Newton, Dauphin et al. 2014)."""
 
 
-class DampedNewton(Optimizer):
+class DampedNewton(GlobalStateOptimizer):
     """Newton's method with the exact Hessian and Levenberg-Marquardt damping.
 
     Args:
@@ -96,6 +96,9 @@ class DampedNewton(Optimizer):
     ``accepted_steps``, ``rejected_steps`` (no decrease), ``nonfinite_rejections``,
     ``consecutive_nonfinite``, ``last_ratio``.
     """
+
+    global_state_key = STATE_KEY
+    global_state_attribute = "newton_state"
 
     def __init__(
         self,
@@ -133,10 +136,6 @@ class DampedNewton(Optimizer):
             "last_ratio": math.nan,
         }
         init_rejection_state(self.newton_state)
-
-    @property
-    def _params(self) -> list[Tensor]:
-        return self.param_groups[0]["params"]
 
     def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
         """One damped Newton step; returns the loss at the start of the step."""
@@ -222,30 +221,6 @@ class DampedNewton(Optimizer):
         keep = curvature > tol
         coefficients = torch.where(keep, -(vectors.T @ g) / curvature, 0.0)
         return vectors @ coefficients
-
-    def _reject(self, start: list[Tensor], what: str, loss: float) -> float:
-        restore_parameters(self._params, start)
-        state = self.newton_state
-        state["damping"] = levenberg_marquardt_update(-math.inf, state["damping"], self.damping)
-        record_rejection(state, what, self.max_rejections)
-        return loss
-
-    def state_dict(self) -> dict:
-        """Torch's state dict plus the optimizer-wide state under ``"damped_newton"``."""
-        state = super().state_dict()
-        state[STATE_KEY] = dict(self.newton_state)
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict`, including λ and the counters."""
-        state_dict = dict(state_dict)
-        if STATE_KEY not in state_dict:
-            raise InvalidArgumentError(
-                f"the state dict has no {STATE_KEY!r} entry; load one saved by DampedNewton"
-            )
-        saved = state_dict.pop(STATE_KEY)
-        super().load_state_dict(state_dict)
-        self.newton_state = dict(saved)
 
 
 def check_dense_fits(num_params: int, dtype: torch.dtype) -> None:

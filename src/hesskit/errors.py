@@ -25,3 +25,7 @@ class DataError(HesskitError, OSError):
 
 class NonFiniteError(HesskitError, FloatingPointError):
     """A loss, gradient or curvature product is NaN or infinite where a finite value is needed."""
+
+
+class UnsupportedArchitectureError(InvalidArgumentError):
+    """The model is not a chain of supported layers, so no exact diagonal by backpropagation."""

@@ -152,7 +152,16 @@ def hessian_of(
 
 
 def hessian(
-    model: nn.Module, loss: nn.Module, data: Data, params: Iterable[str] | None = None, **options
+    model: nn.Module,
+    loss: nn.Module,
+    data: Data,
+    params: Iterable[str] | None = None,
+    *,
+    split: bool = True,
+    method: Method | str = Method.AUTO,
+    memory_budget: int | str | None = None,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
 ) -> DenseHessian:
     """The dense H = G + R of ``loss(model(X), y)`` over ``data`` (see :func:`hessian_of`).
 
@@ -162,9 +171,23 @@ def hessian(
             ``hesskit.losses.Loss``.
         data: ``(inputs, targets)`` or a list of such batches (sizes may differ).
         params: names of the parameters (default: all that require grad).
-        **options: ``split``, ``method``, ``memory_budget``, ``chunk_size``, ``progress``.
+        split: as for :func:`hessian_of` (also compute G and R).
+        method: as for :func:`hessian_of`.
+        memory_budget: as for :func:`hessian_of`.
+        chunk_size: as for :func:`hessian_of`.
+        progress: as for :func:`hessian_of`.
+
+    Raises:
+        TooLargeError: before any allocation, if the build would exceed the budget.
     """
-    return hessian_of(Problem(model, loss, data, params), **options)
+    return hessian_of(
+        Problem(model, loss, data, params),
+        split=split,
+        method=method,
+        memory_budget=memory_budget,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
 
 
 def _part(part: Part | str) -> Part:

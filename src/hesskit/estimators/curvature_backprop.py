@@ -29,7 +29,8 @@ first layer with parameters.
 A model qualifies when a forward pass, recorded with hooks on its leaf modules, is such a
 chain: it need not be an ``nn.Sequential``. Anything else (residual connections, functional
 operations between modules, unsupported layers, a layer used twice) raises
-:class:`UnsupportedArchitectureError`, which the front door turns into a fallback.
+:class:`~hesskit.errors.UnsupportedArchitectureError` (also importable from this module),
+which the front door turns into a fallback.
 """
 
 from __future__ import annotations
@@ -40,15 +41,11 @@ import torch
 from torch import Tensor, nn
 
 from hesskit.activations import Activation, get_activation
-from hesskit.errors import InvalidArgumentError
+from hesskit.errors import UnsupportedArchitectureError
 from hesskit.losses import Loss
 
 PASSTHROUGH = (nn.Identity, nn.Flatten, nn.Dropout)
 KINDS = ("hessian", "ggn", "ef")
-
-
-class UnsupportedArchitectureError(InvalidArgumentError):
-    """The model is not a chain of supported layers, so no exact diagonal by backpropagation."""
 
 
 @dataclass

@@ -34,12 +34,8 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
 from hesskit.distributed import all_reduce_sum
-from hesskit.errors import InvalidArgumentError
-from hesskit.estimators.curvature_backprop import (
-    UnsupportedArchitectureError,
-    chain_diagonal,
-    record_chain,
-)
+from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
+from hesskit.estimators.curvature_backprop import chain_diagonal, record_chain
 from hesskit.layout import ParameterLayout
 from hesskit.operators.base import CurvatureOperator, MatrixOperator
 from hesskit.problem import Batch, Problem

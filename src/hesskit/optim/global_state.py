@@ -7,13 +7,15 @@ keeps it in a plain dict attribute and round-trips it through ``state_dict`` /
 ``load_state_dict`` under a documented key, with tensors copied (never shared with the
 live optimizer) and moved to the parameters' device on load.
 
-The same class holds the step rejection that both optimizers share: restore θ exactly,
-grow λ by the Levenberg-Marquardt rule, count the non-finite rejection (``safety.py``).
+The same class holds what both optimizers' steps share: the start (check the closure,
+count the step, save θ) and the rejection (restore θ exactly, grow λ by the
+Levenberg-Marquardt rule, count the non-finite rejection; see ``safety.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -22,15 +24,16 @@ from torch.optim import Optimizer
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
-from hesskit.optim.safety import record_rejection, restore_parameters
+from hesskit.optim.safety import record_rejection, restore_parameters, save_parameters
 
 
 class GlobalStateOptimizer(Optimizer):
     """A one-group optimizer with an optimizer-wide state dict that round-trips.
 
     A subclass names its state with two class attributes and sets, in ``__init__``, the
-    attribute ``global_state_attribute`` (a dict) and the attributes ``damping`` (a
-    :class:`LevenbergMarquardt`) and ``max_rejections`` used by :meth:`_reject`.
+    attribute ``global_state_attribute`` (a dict with a ``"steps"`` counter) and the
+    attributes ``damping`` (a :class:`LevenbergMarquardt`) and ``max_rejections`` used by
+    :meth:`_reject`.
 
     Attributes:
         global_state_key: the key of the optimizer-wide state in :meth:`state_dict`.
@@ -49,6 +52,21 @@ class GlobalStateOptimizer(Optimizer):
     @property
     def _global_state(self) -> dict[str, object]:
         return getattr(self, self.global_state_attribute)
+
+    def _begin_step(
+        self, closure: Callable[[], Tensor] | None
+    ) -> tuple[Callable[[], Tensor], list[Tensor]]:
+        """Check the closure, count the step, and save θ exactly (for :meth:`_reject`).
+
+        Returns the closure, run with gradients enabled, and the saved parameters.
+        """
+        if closure is None:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}.step needs a closure that recomputes the loss and "
+                "calls backward()"
+            )
+        self._global_state["steps"] += 1
+        return torch.enable_grad()(closure), save_parameters(self._params)
 
     def _reject(self, start: list[Tensor], what: str, loss: float) -> float:
         """Safety: restore θ exactly, grow λ, count; raises after too many in a row.

@@ -59,7 +59,6 @@ from hesskit.optim.safety import (
     move_parameters,
     record_acceptance,
     record_rejection,
-    save_parameters,
 )
 from hesskit.solvers.cg import CGResult, StopRule, conjugate_gradient, geometric_snapshots
 from hesskit.solvers.result import Status
@@ -195,14 +194,8 @@ class HessianFree(GlobalStateOptimizer):
 
     def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
         """One Hessian-free step; returns the loss at the start of the step (as LBFGS)."""
-        if closure is None:
-            raise InvalidArgumentError(
-                "HessianFree.step needs a closure that recomputes the loss and calls backward()"
-            )
-        closure = torch.enable_grad()(closure)
+        closure, start = self._begin_step(closure)
         state = self.hf_state
-        state["steps"] += 1
-        start = save_parameters(self._params)
         loss, gradient = self._loss_and_gradient(closure)
         if not is_finite(loss, gradient):
             return self._reject(start, "the loss or its gradient", loss)

@@ -44,7 +44,6 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
     restore_parameters,
-    save_parameters,
 )
 from hesskit.problem import Problem
 
@@ -139,14 +138,8 @@ class DampedNewton(GlobalStateOptimizer):
 
     def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
         """One damped Newton step; returns the loss at the start of the step."""
-        if closure is None:
-            raise InvalidArgumentError(
-                "DampedNewton.step needs a closure that recomputes the loss and calls backward()"
-            )
-        closure = torch.enable_grad()(closure)
+        closure, start = self._begin_step(closure)
         state = self.newton_state
-        state["steps"] += 1
-        start = save_parameters(self._params)
         loss = loss_value(closure())
         gradient = flat_gradient(self._params)
         if not is_finite(loss, gradient):

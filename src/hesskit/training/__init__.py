@@ -1,7 +1,8 @@
 """Training runs and optimizer benchmarks, with JSON logs, checkpoints and exact resume.
 
-* :func:`train` (``loop.py``): one optimizer on one problem under a :class:`Budget`;
-  JSON-lines log, atomic checkpoints, exact resume.
+* :func:`train` (``loop.py``): one optimizer on one problem under a :class:`Budget`
+  (``budget.py``); JSON-lines log, atomic checkpoints, exact resume; its mini-batches come
+  from ``batch_sampler.py`` and its progress bar from ``progress_bar.py``.
 * :data:`REGISTRY` (``optimizers.py``): optimizer name → factory and learning-rate grid.
 * :func:`run_benchmark` (``bench.py``): several optimizers, same budget, several seeds,
   learning rates chosen from the grid; returns the report that ``hesskit.report.html``
@@ -14,8 +15,9 @@ from hesskit.training.bench import (
     select_learning_rate,
     tune_learning_rate,
 )
+from hesskit.training.budget import Budget
 from hesskit.training.checkpoint import load_checkpoint, save_checkpoint
-from hesskit.training.loop import Budget, TrainConfig, objective, train
+from hesskit.training.loop import TrainConfig, objective, train
 from hesskit.training.optimizers import REGISTRY, OptimizerSpec, get_optimizer_spec
 
 __all__ = [

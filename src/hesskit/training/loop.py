@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
 from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, world_size
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import as_loss
 from hesskit.report.schema import IterationRecord, RunHeader, RunResult, validate_log_line
+from hesskit.training.batch_sampler import BatchSampler
+from hesskit.training.budget import Budget
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
     LOG_NAME,
@@ -54,6 +55,7 @@ from hesskit.training.optimizers import (
     ProductCounter,
     get_optimizer_spec,
 )
+from hesskit.training.progress_bar import RunProgressBar
 
 
 class TrainingProblem(Protocol):
@@ -67,45 +69,6 @@ class TrainingProblem(Protocol):
     weight_decay: float
 
     def error_fn(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> float: ...
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When to stop: the first of the given limits reached (each counted over the whole run,
-    resumed parts included). ``seconds`` counts optimizer time only (no evaluation)."""
-
-    iterations: int | None = None
-    seconds: float | None = None
-    epochs: float | None = None
-
-    def __post_init__(self) -> None:
-        limits = (self.iterations, self.seconds, self.epochs)
-        if all(limit is None for limit in limits):
-            raise InvalidArgumentError(
-                "no budget given; pass --iterations, --time-limit or --epochs"
-            )
-        if any(limit is not None and not limit > 0 for limit in limits):
-            raise InvalidArgumentError(f"budget limits must be positive, not {limits}")
-
-    def fraction(self, iteration: int, seconds: float, epochs: float) -> float:
-        """How much of the budget is used, in [0, 1] (the most advanced limit)."""
-        used = [
-            used / limit
-            for used, limit in ((iteration, self.iterations), (seconds, self.seconds),
-                                (epochs, self.epochs))
-            if limit is not None
-        ]
-        return min(1.0, max(used))
-
-    def exhausted_by(self, iteration: int, seconds: float, epochs: float) -> str | None:
-        """The name of the limit reached, or ``None``."""
-        if self.iterations is not None and iteration >= self.iterations:
-            return "iterations"
-        if self.seconds is not None and seconds >= self.seconds:
-            return "time-limit"
-        if self.epochs is not None and epochs >= self.epochs - 1e-12:
-            return "epochs"
-        return None
 
 
 @dataclass(frozen=True)
@@ -138,39 +101,6 @@ class TrainConfig:
 
 
 DEFAULT_BATCH_SIZE = 128
-
-
-class BatchSampler:
-    """Mini-batches of indices without replacement; a fresh seeded permutation per epoch.
-
-    Its whole state (generator, permutation, cursor) goes into checkpoints, so a resumed
-    run draws the same batches. A batch that would run past the end of the permutation
-    starts a new epoch (drop-last), except when ``batch_size`` covers the whole set.
-    """
-
-    def __init__(self, num_data: int, batch_size: int, seed: int) -> None:
-        self.num_data, self.batch_size = num_data, min(batch_size, num_data)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.permutation = torch.arange(num_data)
-        self.cursor = num_data  # forces a permutation on the first draw
-
-    def next(self) -> Tensor:
-        if self.batch_size == self.num_data:
-            return self.permutation
-        if self.cursor + self.batch_size > self.num_data:
-            self.permutation = torch.randperm(self.num_data, generator=self.generator)
-            self.cursor = 0
-        batch = self.permutation[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "permutation": self.permutation,
-                "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.permutation, self.cursor = state["permutation"], int(state["cursor"])
 
 
 def objective(
@@ -226,7 +156,8 @@ def train(
     else:
         run.start()
     stopped_by = budget.exhausted_by(*run.used())
-    with _ProgressBar(f"{problem.name} · {run.spec.name}", enabled=progress and run.is_main) as bar:
+    title = f"{problem.name} · {run.spec.name}"
+    with RunProgressBar(title, enabled=progress and run.is_main) as bar:
         while stopped_by is None:
             previous = budget.fraction(*run.used())
             loss = run.step()
@@ -421,35 +352,3 @@ def _check_same_settings(saved: dict[str, Any], now: dict[str, Any]) -> None:
             f"the checkpoint was made with different settings ({details}); resume with the "
             "same settings or choose another --out"
         )
-
-
-class _ProgressBar:
-    """A rich progress bar showing the budget used and the latest loss, errors, λ and CG."""
-
-    def __init__(self, title: str, *, enabled: bool) -> None:
-        self.title, self.enabled = title, enabled
-        self.shown: dict[str, str] = {}
-
-    def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
-            )
-            self.progress.start()
-            self.task = self.progress.add_task(self.title, total=1.0, stats="")
-        return self
-
-    def update(self, fraction: float, record: IterationRecord) -> None:
-        if not self.enabled:
-            return
-        for key, label in (("loss", "loss"), ("train_error", "train"), ("test_error", "test"),
-                           ("damping", "λ"), ("cg_iterations", "CG")):
-            value = getattr(record, key)
-            if value is not None:
-                self.shown[key] = f"{label} {value:.4g}"
-        self.progress.update(self.task, completed=fraction, stats="  ".join(self.shown.values()))
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.enabled:
-            self.progress.stop()

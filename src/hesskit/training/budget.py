@@ -1,0 +1,46 @@
+"""The budget of a training run: when to stop, and how much of it is used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hesskit.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When to stop: the first of the given limits reached (each counted over the whole run,
+    resumed parts included). ``seconds`` counts optimizer time only (no evaluation)."""
+
+    iterations: int | None = None
+    seconds: float | None = None
+    epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        limits = (self.iterations, self.seconds, self.epochs)
+        if all(limit is None for limit in limits):
+            raise InvalidArgumentError(
+                "no budget given; pass --iterations, --time-limit or --epochs"
+            )
+        if any(limit is not None and not limit > 0 for limit in limits):
+            raise InvalidArgumentError(f"budget limits must be positive, not {limits}")
+
+    def fraction(self, iteration: int, seconds: float, epochs: float) -> float:
+        """How much of the budget is used, in [0, 1] (the most advanced limit)."""
+        used = [
+            used / limit
+            for used, limit in ((iteration, self.iterations), (seconds, self.seconds),
+                                (epochs, self.epochs))
+            if limit is not None
+        ]
+        return min(1.0, max(used))
+
+    def exhausted_by(self, iteration: int, seconds: float, epochs: float) -> str | None:
+        """The name of the limit reached, or ``None``."""
+        if self.iterations is not None and iteration >= self.iterations:
+            return "iterations"
+        if self.seconds is not None and seconds >= self.seconds:
+            return "time-limit"
+        if self.epochs is not None and epochs >= self.epochs - 1e-12:
+            return "epochs"
+        return None

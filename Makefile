@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,16 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# Every benchmark, one after another (about 20 minutes on 2 cores; run on a quiet machine).
+# Each sets its own thread counts and writes JSON to benchmarks/results/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/dense.py
+	$(BIN)/python benchmarks/products.py
+	$(BIN)/python benchmarks/eigen.py
+	$(BIN)/python benchmarks/diagonal.py
+	$(BIN)/python benchmarks/optimizers.py
+	$(BIN)/python benchmarks/distributed.py
 
 clean:
 	rm -rf $(VENV) $(OUT)

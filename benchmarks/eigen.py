@@ -7,7 +7,13 @@ random inputs (standard normal) and random labels, float64 (so that a relative e
 Compared, each on the same Hessian operator wrapped in a product counter:
   * hesskit Lanczos ``top_eigenpairs`` at its defaults (tol 1e-3), k = 1 and k = 5;
   * SciPy ARPACK ``eigsh(which="LA", tol=1e-3)`` through ``op.to_scipy()``, k = 1 and 5;
-  * hesskit ``power_iteration`` at its defaults (tol 1e-3), k = 1 and 5.
+  * hesskit ``power_iteration`` at its defaults (tol 1e-3), k = 1 and 5;
+  * PyHessian-style power iteration (written here: PyHessian is not a dependency) with its
+    defaults maxIter = 100, tol = 1e-3 on the relative change of the eigenvalue estimate,
+    Gram-Schmidt deflation against the eigenvectors already found, k = 1 and 5.
+If hessian-eigenthings is installed, its ``lanczos`` and ``deflated_power_iteration`` run at
+their defaults (tol 1e-4, Lanczos ``max_iter = 2k``, ``which="LM"``; power ``max_iter = 100``)
+on its own autograd ``HessianOperator`` over the same batch, its products counted the same way.
 The reference eigenvalues come from ``eigsh(k=6, which="LA", tol=1e-10)``. The relative error
 of a method is max_i |θ_i − λ_i| / |λ_i| over its k values. One gradient's time is recorded
 as the baseline for the seconds per product.
@@ -46,13 +52,13 @@ DTYPE = torch.float64
 RESULTS = Path(__file__).parent / "results" / "eigen.json"
 
 
-def relu_classifier_problem() -> Problem:
+def relu_classifier() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = mlp([784, 256, 256, 10], "relu").to(DTYPE)
     generator = torch.Generator().manual_seed(0)
     X = torch.randn(BATCH, 784, generator=generator, dtype=DTYPE)
     y = torch.randint(0, 10, (BATCH,), generator=generator)
-    return Problem(model, nn.CrossEntropyLoss(), (X, y))
+    return model, X, y
 
 
 def gradient_seconds(problem: Problem, repeats: int = 5) -> float:
@@ -78,7 +84,8 @@ def arpack(op: CountingOperator, k: int, tol: float) -> np.ndarray:
 
 def main() -> None:
     torch.set_num_threads(THREADS)
-    problem = relu_classifier_problem()
+    model, X, y = relu_classifier()
+    problem = Problem(model, nn.CrossEntropyLoss(), (X, y))
     op = CountingOperator(hessian_operator(problem))
     print(f"ReLU classifier 784-256-256-10: N = {problem.num_params}, batch {BATCH}, {DTYPE}")
     baseline = gradient_seconds(problem)
@@ -90,14 +97,19 @@ def main() -> None:
         methods[f"hesskit lanczos top-{k}"] = lambda k=k: _values(top_eigenpairs(op, k))
         methods[f"scipy eigsh top-{k} (tol 1e-3)"] = lambda k=k: arpack(op, k, 1e-3)
         methods[f"hesskit power iteration top-{k}"] = lambda k=k: _values(power_iteration(op, k))
+    for k in (1, 5):
+        methods[f"pyhessian-style power iteration top-{k}"] = lambda k=k: pyhessian_power(op, k)
+    counted = CountingOperator(hessian_operator(problem))  # products of hessian-eigenthings
+    methods.update(eigenthings_methods(model, X, y, counted))
     rows = {}
     for name, method in methods.items():
-        row = run_method(op, method)
+        counter = counted if name.startswith("hessian-eigenthings") else op
+        row = run_method(counter, method)
         k = len(row["values"])
         row["relative_error"] = float(np.max(np.abs(np.asarray(row["values"]) - exact[:k])
                                              / np.abs(exact[:k])))
         rows[name] = row
-        print(f"{name:36s} products {row['products']:5d}  rel. error {row['relative_error']:.2e}"
+        print(f"{name:42s} products {row['products']:5d}  rel. error {row['relative_error']:.2e}"
               f"  {row['seconds']:.1f} s")
     record = {
         "model": "ReLU MLP 784-256-256-10, cross-entropy, random data",
@@ -107,6 +119,7 @@ def main() -> None:
         "reference": {"method": "scipy eigsh k=6 which=LA tol=1e-10", **reference},
         "gradient_seconds": baseline,
         "methods": rows,
+        "hessian_eigenthings": _eigenthings_version(),
         "environment": _environment(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +127,70 @@ def main() -> None:
     print(f"gradient {baseline * 1e3:.1f} ms; wrote {RESULTS}")
 
 
+def pyhessian_power(op: CountingOperator, k: int, max_iter: int = 100,
+                    tol: float = 1e-3) -> np.ndarray:
+    """Top-k eigenvalues as PyHessian's ``hessian.eigenvalues`` computes them.
+
+    For each eigenvalue: a standard normal start, then up to ``max_iter`` steps of
+    v ← orthonormalize(v against found eigenvectors), Hv, θ = vᵀHv, v = Hv / ‖Hv‖, stopping
+    when |θ − θ_prev| / (|θ_prev| + 1e-6) < tol. One product per step.
+    """
+    generator = torch.Generator().manual_seed(0)
+    found: list[torch.Tensor] = []
+    values = []
+    for _ in range(k):
+        v = torch.randn(op.shape[0], generator=generator, dtype=DTYPE)
+        v = v / v.norm()
+        value = None
+        for _ in range(max_iter):
+            for u in found:  # PyHessian's orthnormal(): Gram-Schmidt, then normalize
+                v = v - torch.dot(v, u) * u
+            v = v / v.norm()
+            Hv = op.matvec(v)
+            estimate = float(torch.dot(Hv, v))
+            v = Hv / Hv.norm()
+            if value is not None and abs(value - estimate) / (abs(value) + 1e-6) < tol:
+                value = estimate
+                break
+            value = estimate
+        found.append(v)
+        values.append(value)
+    return np.asarray(values)
+
+
+def eigenthings_methods(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
+                        counted: CountingOperator) -> dict[str, Callable]:
+    """hessian-eigenthings' top-k at its defaults, on its own operator (``counted`` counts)."""
+    try:
+        import hessian_eigenthings as he
+    except ImportError:
+        return {}
+    own = he.HessianOperator(model, [(X, y)], he.supervised_loss(nn.CrossEntropyLoss()))
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        counted.products += 1
+        return own.matvec(v)
+
+    wrapped = he.LambdaOperator(product, size=own.size, device=own.device, dtype=own.dtype)
+    methods = {}
+    for k in (1, 5):
+        methods[f"hessian-eigenthings lanczos top-{k}"] = (
+            lambda k=k: he.lanczos(wrapped, k=k).eigenvalues.double().numpy())
+        methods[f"hessian-eigenthings power iteration top-{k}"] = (
+            lambda k=k: he.deflated_power_iteration(wrapped, k=k).eigenvalues.double().numpy())
+    return methods
+
+
 def _values(result) -> np.ndarray:
     return result.values.double().numpy()
+
+
+def _eigenthings_version() -> str:
+    try:
+        import hessian_eigenthings
+    except ImportError:
+        return "not installed"
+    return hessian_eigenthings.__version__
 
 
 def _environment() -> dict:

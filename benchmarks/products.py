@@ -8,7 +8,12 @@ linearization). For the Hessian it times the hand-written chain product (the def
 these MLPs) as a matvec and as a matmat of 8 vectors (time / 8), and the fallback
 ``use_chain=False`` (``torch.func.vjp(grad(ℓ))``: hesskit's previous implementation). Two
 plain-autograd Hessian-vector products give context: double backward from scratch, and
-PyHessian-style double backward with the gradient graph kept (the peer).
+PyHessian-style double backward with the gradient graph kept (the peer). Installed peers are
+timed in the same rounds: curvlinops ``HessianLinearOperator`` / ``GGNLinearOperator`` matvec
+(operator built once without its determinism probe; every product runs its own forward, as
+curvlinops always does) and BackPACK's ``ggn_vector_product_from_plist`` fresh (forward +
+product) and with the forward kept (one graph reused, ``retain_graph``). A peer that is not
+installed is reported as such; one that fails records its error string instead of a time.
 Ratios are per-round (product time / gradient time of the same round), medians over the
 rounds. It also counts forward passes of the model during 50 products.
 
@@ -24,6 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported
 
 import argparse
 import datetime
+import importlib.metadata
 import itertools
 import json
 import platform
@@ -43,8 +49,9 @@ from hesskit.problem import Problem
 THREADS = 2
 RESULTS = Path(__file__).parent / "results" / "products.json"
 PEERS = ("curvlinops", "backpack", "hessian_eigenthings")
+BENCHMARKED_PEERS = ("curvlinops", "backpack")  # hessian_eigenthings: see eigen.py
+PEER_PREFIXES = ("curvlinops ", "backpack ")
 MATMAT_COLUMNS = 8
-
 
 
 def autoencoder() -> tuple[nn.Module, nn.Module, Callable, torch.Tensor, torch.Tensor]:
@@ -102,7 +109,7 @@ def methods(model, loss, torch_loss, X, y) -> dict[str, Callable[[], object]]:
     def autograd_hvp_graph_kept():
         return torch.autograd.grad(kept, params, vs, retain_graph=True)
 
-    return {
+    calls = {
         "gradient": gradient,
         "hesskit HVP fresh": lambda: hessian_operator(problem).matvec(v),
         "hesskit HVP reused": lambda: hessian.matvec(v),
@@ -113,6 +120,72 @@ def methods(model, loss, torch_loss, X, y) -> dict[str, Callable[[], object]]:
         "autograd HVP fresh (double backward)": autograd_hvp_fresh,
         "autograd HVP graph kept (PyHessian-style)": autograd_hvp_graph_kept,
     }
+    calls.update(peer_methods(model, torch_loss, X, y, vs))
+    return calls
+
+
+def peer_methods(model, torch_loss, X, y, vs) -> dict[str, Callable[[], object]]:
+    """The installed peers' products on the same batch and vector (list format)."""
+    params = list(model.parameters())
+    calls: dict[str, Callable[[], object]] = {}
+    criterion = _loss_module(torch_loss)
+    try:
+        import curvlinops
+    except ImportError:
+        pass
+    else:
+        for name in ("HessianLinearOperator", "GGNLinearOperator"):
+            try:
+                op = getattr(curvlinops, name)(
+                    model, criterion, params, [(X, y)], check_deterministic=False,
+                    num_data=len(X),
+                )
+            except Exception as error:  # recorded by _guarded when the call runs
+                calls[f"curvlinops {name} matvec"] = lambda error=error: _reraise(error)
+            else:
+                calls[f"curvlinops {name} matvec"] = lambda op=op: op @ vs
+    try:
+        from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
+    except ImportError:
+        pass
+    else:
+        def backpack_ggnvp_fresh():
+            output = model(X)
+            return ggn_vector_product_from_plist(torch_loss(output, y), output, params, vs)
+
+        kept_output = model(X)
+        kept_loss = torch_loss(kept_output, y)
+        calls["backpack ggn_vector_product fresh"] = backpack_ggnvp_fresh
+        calls["backpack ggn_vector_product forward kept"] = (
+            lambda: ggn_vector_product_from_plist(kept_loss, kept_output, params, vs)
+        )
+    return calls
+
+
+def _loss_module(torch_loss: Callable) -> nn.Module:
+    """The ``nn.Module`` criterion (mean reduction) that curvlinops needs for a functional loss."""
+    if torch_loss is functional.cross_entropy:
+        return nn.CrossEntropyLoss()
+    return nn.BCEWithLogitsLoss()
+
+
+def _reraise(error: Exception) -> None:
+    raise error
+
+
+def _guarded(call: Callable[[], object], errors: dict[str, str], key: str) -> Callable[[], object]:
+    """``call`` that records its first exception's message in ``errors`` instead of raising."""
+
+    def run():
+        if key in errors:
+            return None
+        try:
+            return call()
+        except Exception as error:  # a peer's failure is a result, not a crash
+            errors[key] = f"{type(error).__name__}: {error}"
+            return None
+
+    return run
 
 
 def forward_passes_per_50_products(model, loss, X, y) -> dict[str, int]:
@@ -140,7 +213,10 @@ def hessian_method(model, loss, X, y) -> str:
 def measure(name: str, repeats: int) -> dict:
     torch.manual_seed(0)
     model, loss, torch_loss, X, y = MODELS[name]()
+    errors: dict[str, str] = {}
     calls = methods(model, loss, torch_loss, X, y)
+    calls = {key: _guarded(call, errors, key) if key.startswith(PEER_PREFIXES) else call
+             for key, call in calls.items()}
     times: dict[str, list[float]] = {key: [] for key in calls}
     for call in calls.values():  # warm-up
         call()
@@ -149,6 +225,8 @@ def measure(name: str, repeats: int) -> dict:
             start = time.perf_counter()
             call()
             times[key].append(time.perf_counter() - start)
+    for key in errors:
+        times.pop(key, None)
     for key, ts in times.items():
         if "matmat" in key:
             times[key] = [t / MATMAT_COLUMNS for t in ts]
@@ -163,6 +241,7 @@ def measure(name: str, repeats: int) -> dict:
         "median_seconds": {key: statistics.median(ts) for key, ts in times.items()},
         "ratio_to_gradient": ratios,
         "forward_passes_per_50_products": forward_passes_per_50_products(model, loss, X, y),
+        "peer_errors": errors,
     }
 
 
@@ -171,10 +250,21 @@ def peers() -> dict[str, str]:
     for module in PEERS:
         try:
             __import__(module)
-            found[module] = "installed (not benchmarked here)"
+            version = _version(module)
+            found[module] = f"installed {version}" + (
+                "" if module in BENCHMARKED_PEERS else " (not benchmarked here)")
         except ImportError:
             found[module] = "not installed"
     return found
+
+
+def _version(module: str) -> str:
+    distributions = {"curvlinops": "curvlinops-for-pytorch", "backpack": "backpack-for-pytorch",
+                     "hessian_eigenthings": "hessian-eigenthings"}
+    try:
+        return importlib.metadata.version(distributions[module])
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 def environment() -> dict:
@@ -215,6 +305,8 @@ def main() -> None:
             seconds = result["median_seconds"][key]
             print(f"  {key:58s} {1e3 * seconds:9.1f} ms   {ratio:5.2f}x gradient")
         print(f"  forward passes per 50 products: {result['forward_passes_per_50_products']}")
+        for key, message in result["peer_errors"].items():
+            print(f"  {key}: FAILED {message}")
     print(f"\npeers: {record['peers']}\nwrote {args.output}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from hesskit.optim import (
     levenberg_marquardt_update,
     reduction_ratio,
 )
+from hesskit.optim.damping import loss_resolution
 from hesskit.optim.safety import (
     init_rejection_state,
     move_parameters,
@@ -38,7 +40,7 @@ def test_reduction_ratio_is_actual_over_predicted_and_minus_infinity_when_meanin
 @pytest.mark.parametrize(
     ("ratio", "factor"),
     [(-5.0, 1.5), (0.0, 1.5), (0.2499, 1.5), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0),
-     (0.7501, 2 / 3), (3.0, 2 / 3), (math.nan, 1.5), (-math.inf, 1.5)],
+     (0.7501, 2 / 3), (3.0, 2 / 3), (math.nan, 1.0), (-math.inf, 1.5)],
 )
 def test_levenberg_marquardt_thresholds_and_factors_are_martens(ratio, factor):
     assert levenberg_marquardt_update(ratio, 2.0) == pytest.approx(2.0 * factor, rel=1e-15)
@@ -129,3 +131,17 @@ def test_rejection_counter_raises_on_the_limit_and_resets_on_acceptance():
     assert state == {"nonfinite_rejections": 3, "consecutive_nonfinite": 2}
     with pytest.raises(NonFiniteError, match=r"3 steps in a row .* the loss was NaN or infinite"):
         record_rejection(state, "the loss", max_rejections=3)
+
+
+def test_a_predicted_decrease_within_rounding_gives_no_information_and_keeps_the_damping():
+    # In float32 near a minimum, L(θ + p) = L(θ) to the last bit while q(p) = −1e-9: ρ = 0
+    # would grow λ forever. Within the loss's resolution ρ is NaN and λ stays.
+    resolution = loss_resolution(2.7, 2.7, dtype_eps=float(np.finfo(np.float32).eps))
+    assert resolution == pytest.approx(16 * 2.7 * 2.0**-23)
+    ratio = reduction_ratio(0.0, -1e-9, resolution)
+    assert math.isnan(ratio)
+    assert levenberg_marquardt_update(ratio, 3.0) == 3.0
+    # Above the resolution the ratio is the ordinary one, and a failure still grows λ.
+    assert reduction_ratio(0.0, -1e-3, resolution) == 0.0
+    assert levenberg_marquardt_update(0.0, 3.0) == pytest.approx(4.5)
+    assert reduction_ratio(math.nan, -1e-9, resolution) == -math.inf

@@ -203,3 +203,23 @@ def test_operator_and_function_give_identical_iterates():
 def test_a_matrix_right_hand_side_is_refused_with_a_clear_message():
     with pytest.raises(InvalidArgumentError, match=r"b must be a flat \[N\] tensor"):
         conjugate_gradient(MatrixOperator(spd_matrix(3)), torch.ones(3, 1, dtype=DTYPE))
+
+
+def test_martens_stop_alone_reports_convergence_when_the_residual_vanishes_exactly():
+    # A = I: one CG step solves the system exactly, so r = 0. Only the progress rule is on,
+    # which never fires on a vanished residual; CG must not divide by rᵀz = 0 or mistake the
+    # zero direction that follows for negative curvature.
+    A = MatrixOperator(torch.eye(4, dtype=torch.float64))
+    b = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    result = conjugate_gradient(A, b, stop=StopRule.MARTENS, maxiter=10)
+    assert result.status is Status.CONVERGED
+    assert result.iterations == 1
+    torch.testing.assert_close(result.x, b, rtol=0, atol=0)
+
+
+def test_martens_stop_alone_returns_at_once_on_a_zero_right_hand_side():
+    A = MatrixOperator(torch.eye(3, dtype=torch.float64))
+    result = conjugate_gradient(A, torch.zeros(3, dtype=torch.float64), stop=StopRule.MARTENS)
+    assert result.status is Status.CONVERGED
+    assert result.products == 0
+    assert not result.x.any()

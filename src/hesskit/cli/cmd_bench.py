@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(results_table(report))
     for skipped in report.skipped:
         console.print(f"[yellow]note:[/] {skipped.reason}")
-    print(f"JSON: {json_path}")  # plain print: a path is never wrapped
-    print(f"HTML report: {html_path}")
+    print(f"JSON: {Path(json_path).resolve()}")  # plain print: a path is never wrapped
+    print(f"HTML report: {Path(html_path).resolve()}")
     return 0
 
 

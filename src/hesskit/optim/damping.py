@@ -58,25 +58,41 @@ class LevenbergMarquardt:
             raise InvalidArgumentError(f"the damping floor must be > 0, got {self.floor}")
 
 
-def reduction_ratio(actual: float, predicted: float) -> float:
+def reduction_ratio(actual: float, predicted: float, resolution: float = 0.0) -> float:
     """ρ = actual / predicted: the loss change over the model's predicted change.
 
     Args:
         actual: L(θ + p) − L(θ).
         predicted: q(p) − q(0), negative for a step the model says descends.
+        resolution: the smallest loss change that is not rounding (a few ulps of L in its
+            dtype). A predicted decrease no larger than this cannot be checked against the
+            loss — near a minimum in float32, L(θ + p) = L(θ) to the last bit — so ρ then
+            carries no information.
 
     Returns:
-        ρ, or −∞ when it says nothing good about the step: a non-finite input, or a model
-        that predicts no decrease (predicted ≥ 0), so that the damping grows.
+        ρ; NaN when the predicted decrease is within ``resolution`` (no information: the
+        damping is kept); −∞ when it says nothing good about the step: a non-finite input, or
+        a model that predicts no decrease (predicted ≥ 0), so that the damping grows.
 
     >>> reduction_ratio(-0.5, -1.0)
     0.5
     >>> reduction_ratio(float("nan"), -1.0)
     -inf
+    >>> reduction_ratio(0.0, -1e-12, resolution=1e-9)
+    nan
     """
-    if not (math.isfinite(actual) and math.isfinite(predicted)) or predicted >= 0:
+    if not (math.isfinite(actual) and math.isfinite(predicted)):
+        return -math.inf
+    if resolution > 0 and -predicted <= resolution:
+        return math.nan
+    if predicted >= 0:
         return -math.inf
     return actual / predicted
+
+
+def loss_resolution(*losses: float, dtype_eps: float) -> float:
+    """A few ulps of the largest |loss|: changes below it are rounding, not curvature."""
+    return 16.0 * dtype_eps * max(abs(value) for value in losses)
 
 
 def levenberg_marquardt_update(
@@ -84,7 +100,8 @@ def levenberg_marquardt_update(
 ) -> float:
     """The next λ from the reduction ratio ρ (Martens 2010, §4.1).
 
-    ρ < 1/4: λ ← max(3/2 · λ, floor);  ρ > 3/4: λ ← 2/3 · λ;  otherwise λ is kept.
+    ρ < 1/4: λ ← max(3/2 · λ, floor);  ρ > 3/4: λ ← 2/3 · λ;  otherwise, or when ρ is NaN
+    (no information, see :func:`reduction_ratio`), λ is kept.
 
     >>> levenberg_marquardt_update(0.0, 1.0)
     1.5
@@ -92,9 +109,9 @@ def levenberg_marquardt_update(
     1.0
     """
     rule = rule or LevenbergMarquardt()
-    if not rule.adapt:
+    if not rule.adapt or math.isnan(ratio):
         return damping
-    if not ratio >= rule.lower:  # also catches NaN
+    if ratio < rule.lower:
         return max(damping * rule.increase, rule.floor)
     if ratio > rule.upper:
         return damping * rule.decrease

@@ -47,7 +47,12 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.operators.algebra import damped
 from hesskit.operators.base import CurvatureOperator
 from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
-from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update, reduction_ratio
+from hesskit.optim.damping import (
+    LevenbergMarquardt,
+    levenberg_marquardt_update,
+    loss_resolution,
+    reduction_ratio,
+)
 from hesskit.optim.global_state import GlobalStateOptimizer
 from hesskit.optim.preconditioners import DiagonalPreconditioner
 from hesskit.optim.safety import (
@@ -203,7 +208,8 @@ class HessianFree(GlobalStateOptimizer):
         if solve.status is Status.NON_FINITE:
             return self._reject(start, "a curvature or preconditioner product", loss)
         direction, value, model_value = self._backtrack(solve, start, closure)
-        state["last_ratio"] = reduction_ratio(value - loss, model_value)
+        resolution = loss_resolution(loss, value, dtype_eps=torch.finfo(gradient.dtype).eps)
+        state["last_ratio"] = reduction_ratio(value - loss, model_value, resolution)
         state["damping"] = levenberg_marquardt_update(
             state["last_ratio"], state["damping"], self.damping
         )

@@ -32,7 +32,12 @@ from torch import Tensor
 from hesskit.dense.cost import check_fits, memory_estimate
 from hesskit.dense.hessian import hessian_of
 from hesskit.errors import InvalidArgumentError, TooLargeError
-from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update, reduction_ratio
+from hesskit.optim.damping import (
+    LevenbergMarquardt,
+    levenberg_marquardt_update,
+    loss_resolution,
+    reduction_ratio,
+)
 from hesskit.optim.global_state import GlobalStateOptimizer
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -150,7 +155,8 @@ class DampedNewton(GlobalStateOptimizer):
         direction, predicted = self._direction(H, gradient)
         move_parameters(self._params, start, direction)
         trial = loss_value(closure())
-        ratio = reduction_ratio(trial - loss, predicted)
+        resolution = loss_resolution(loss, trial, dtype_eps=torch.finfo(gradient.dtype).eps)
+        ratio = reduction_ratio(trial - loss, predicted, resolution)
         state["last_ratio"] = ratio
         state["damping"] = levenberg_marquardt_update(ratio, state["damping"], self.damping)
         if ratio > 0:

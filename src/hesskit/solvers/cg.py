@@ -154,6 +154,8 @@ def conjugate_gradient(
     z = apply_M(r)
     p = z.clone()
     rz = float(r @ z)
+    if rz == 0:  # r = 0 (or below the dtype's resolution): x is already the solution
+        return _finish(result, x, Status.CONVERGED, wanted)
     for i in range(1, maxiter + 1):
         Ap = apply_A(p)
         result.products += 1
@@ -179,6 +181,8 @@ def conjugate_gradient(
             return _finish(result, x, Status.PROGRESS_STALLED, wanted)
         z = apply_M(r)
         rz_next = float(r @ z)
+        if rz_next == 0:  # the residual vanished exactly: no further direction exists
+            return _finish(result, x, Status.CONVERGED, wanted)
         p = z + (rz_next / rz) * p
         rz = rz_next
     return _finish(result, x, Status.MAX_ITERATIONS, wanted)

@@ -4,7 +4,8 @@ Trains the same autoencoder (same initial weights, same data) with DampedNewton,
 (Martens 2010: GGN, CG, preconditioner, backtracking, LM damping, line search), RMSProp,
 Adam and SGD with momentum, each for a fixed wall-clock budget, and records the full
 training loss against wall-clock time and against epochs. One epoch = one pass of gradient
-data: a second-order step on the full batch counts 1; a mini-batch step batch/n.
+data: every closure call of a second-order optimizer on the full batch counts 1 (HF calls it
+several times per step, for backtracking and its line search); a mini-batch step batch/n.
 
 The model is small enough for DampedNewton's dense Hessian (N ≈ 1.2k parameters). The loss
 is Martens' per-case objective (``sample_mean``: squared error summed over the 64 pixels,
@@ -66,7 +67,11 @@ def run_second_order(
     name: str, model: nn.Module, optimizer: torch.optim.Optimizer, X: torch.Tensor,
     loss_fn: nn.Module, seconds: float, before_step: Callable[[int], None] | None = None,
 ) -> dict:
+    passes = 0  # full-data passes: the closure runs several times per step (line search)
+
     def closure() -> torch.Tensor:
+        nonlocal passes
+        passes += 1
         optimizer.zero_grad()
         loss = loss_fn(model(X), X)
         loss.backward()
@@ -82,7 +87,7 @@ def run_second_order(
         elapsed += time.perf_counter() - start
         step += 1
         log["time"].append(elapsed)
-        log["epoch"].append(float(step))
+        log["epoch"].append(float(passes))
         log["loss"].append(full_loss(model, X, loss_fn))
     return _summary(name, log, step)
 

@@ -49,6 +49,8 @@ def test_config_rejects_unknown_optimizer_and_budget_kind():
         BenchConfig("digits-autoencoder", ("adam", "adamw"), "seconds", 1.0)
     with pytest.raises(InvalidArgumentError, match="budget kind"):
         BenchConfig("digits-autoencoder", ("adam",), "steps", 1.0)
+    with pytest.raises(InvalidArgumentError, match="jobs must be at least 1"):
+        BenchConfig("digits-autoencoder", ("adam",), "epochs", 1.0, jobs=0)
 
 
 def test_small_benchmark_tunes_first_order_lrs_and_skips_newton_on_a_large_model(tmp_path):
@@ -64,3 +66,24 @@ def test_small_benchmark_tunes_first_order_lrs_and_skips_newton_on_a_large_model
     assert all(r.lr == adam.chosen for r in report.runs if r.optimizer == "adam")
     assert all(r.records[-1].epochs >= 0.2 for r in report.runs)
     assert (tmp_path / "adam-seed1" / "log.jsonl").is_file()
+
+
+def test_methods_run_in_parallel_processes_give_the_same_report_as_one_after_another(tmp_path):
+    """An epoch budget makes each run a fixed sequence of steps, so running the methods in
+    two worker processes (1 thread each) must reproduce the sequential runs up to float
+    rounding, keep the report's method order, and say that the machine was shared."""
+    common = dict(problem="digits-classifier", optimizers=("newton", "sgd", "lbfgs"),
+                  budget_kind="epochs", budget_value=0.3, tune_fraction=0.5)
+    sequential = run_benchmark(BenchConfig(**common), progress=False)
+    parallel = run_benchmark(BenchConfig(**common, jobs=2), runs_dir=tmp_path, progress=False)
+    assert [r.optimizer for r in parallel.runs] == [r.optimizer for r in sequential.runs] == [
+        "sgd", "lbfgs"]
+    assert [s.optimizer for s in parallel.skipped] == ["newton"]
+    assert parallel.lr_selection[0].chosen == sequential.lr_selection[0].chosen
+    for one, other in zip(parallel.runs, sequential.runs, strict=True):
+        assert len(one.records) == len(other.records)
+        assert one.final_train_error == pytest.approx(other.final_train_error, rel=1e-4)
+    assert parallel.environment["torch_threads"] == str(max(1, torch.get_num_threads() // 2))
+    assert "2 methods ran at a time" in parallel.method_note
+    assert "ran at a time" not in sequential.method_note
+    assert (tmp_path / "lbfgs-seed0" / "log.jsonl").is_file()

@@ -25,6 +25,9 @@ from hesskit.cli.main import main
         (["bench", "--problem", "digits-classifier", "--seeds", "x"], "neither a count"),
         (["bench", "--problem", "digits-classifier", "--budget-seconds", "1",
           "--budget-epochs", "1"], "not allowed with argument"),
+        (["bench", "--problem", "digits-classifier", "--jobs", "0"], "must be at least 1"),
+        (["train", "--problem", "digits-classifier", "--optimizer", "hf", "--iterations", "1",
+          "--initial-damping", "-1"], "must not be negative"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, capsys):

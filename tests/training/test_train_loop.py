@@ -183,3 +183,20 @@ def test_newton_counts_one_dense_hessian_as_n_products_per_step():
     assert [r.products for r in result.records] == [num_params * i for i in range(5)]
     assert all(r.damping is not None for r in result.records[1:])
     assert result.final_train_error < result.records[0].train_error
+
+
+@pytest.mark.parametrize(("configured", "problem_default", "expected"),
+                         [(None, None, 1.0), (None, 45.0, 45.0), (7.0, 45.0, 7.0)])
+def test_hessian_free_starts_from_the_configured_then_the_problems_damping(
+    configured, problem_default, expected
+):
+    """λ after one step is the start times one of the Levenberg-Marquardt factors 2/3, 1,
+    3/2: which start was used shows through, since the three starts are far apart."""
+    problem = toy_problem()
+    if problem_default is not None:
+        problem.hf_initial_damping = problem_default
+    result = train(problem, TrainConfig("hf", initial_damping=configured), Budget(iterations=1),
+                   progress=False)
+    damping = result.records[-1].damping
+    assert any(damping == pytest.approx(expected * factor) for factor in (2 / 3, 1.0, 1.5)), (
+        damping, expected)

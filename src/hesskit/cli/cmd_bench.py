@@ -3,7 +3,8 @@
 Each method runs the same budget (``--budget-seconds`` of optimizer time or
 ``--budget-epochs`` of data) on each seed. First-order learning rates are chosen from a
 small grid per method: each lr runs ``--tune-fraction`` of the budget on the first seed and
-the lowest final training error wins. Damped Newton runs only on small models. The report
+the lowest final training error wins. Damped Newton runs only on small models. ``--jobs N``
+runs N methods at once, each in its own process on 1/N of the torch threads. The report
 (``report.html``, self-contained, and ``report.json``) goes to ``--out``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hesskit.cli.options import output_dir, positive_float
+from hesskit.cli.options import output_dir, positive_float, positive_int
 
 DEFAULT_OPTIMIZERS = "hf,newton,rmsprop,adam,sgd,lbfgs"
 
@@ -50,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a count (3 → seeds 0,1,2) or a list (0,5); default 1")
     parser.add_argument("--tune-fraction", type=positive_float, default=0.2,
                         help="share of the budget per lr while tuning (default 0.2)")
+    parser.add_argument("--jobs", type=positive_int, default=1,
+                        help="methods run at the same time, each in its own process on an "
+                             "equal share of the torch threads (default 1: one after another)")
     parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
     parser.add_argument("--out", help="output folder (default hesskit-out/bench/<problem>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         problem=args.problem,
         optimizers=tuple(name.strip() for name in args.optimizers.split(",") if name.strip()),
         budget_kind=kind, budget_value=value, seeds=args.seeds,
-        tune_fraction=args.tune_fraction, data_dir=args.data_dir,
+        tune_fraction=args.tune_fraction, data_dir=args.data_dir, jobs=args.jobs,
     )
     from hesskit.problems import build_model
 

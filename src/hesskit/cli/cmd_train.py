@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hesskit.cli.options import output_dir, positive_float, positive_int
+from hesskit.cli.options import non_negative_float, output_dir, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="gradient mini-batch (default: all for hf/newton/lbfgs, else 128)")
     parser.add_argument("--lr", type=positive_float, help="learning rate (default: per optimizer)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    parser.add_argument("--initial-damping", type=non_negative_float, metavar="LAMBDA",
+                        help="Hessian-free's λ at the first step (default: the problem's, "
+                             "45 for Martens' autoencoders, 1 otherwise)")
     parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
     parser.add_argument("--eval-every", type=positive_int, default=10,
                         help="full train/test error every N iterations (default 10) and at the end")
@@ -78,7 +81,8 @@ def _train(args: argparse.Namespace) -> int:
         _move_to(problem, args.device)
     out = output_dir(args.out or Path("hesskit-out", "train", f"{args.problem}-{args.optimizer}"))
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
+                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                         initial_damping=args.initial_damping)
     result = train(problem, config, budget, out_dir=out, resume=args.resume,
                    progress=not args.no_progress)
     last = result.records[-1]

@@ -13,6 +13,9 @@ The protocol, step by step (it is also written into the report):
    seed sets the model's initialisation and the mini-batch order.
 4. **Skips.** Damped Newton runs only when the model has at most its ``max_params``
    parameters; a method whose hesskit class is missing is skipped; both with a note.
+5. **Sharing the machine.** By default methods run one after another. With ``jobs > 1``
+   that many methods run at once, each in its own process on a fixed share of the
+   threads; every method then sees the same (shared) machine, and the report says so.
 
 The result is a :class:`~hesskit.report.schema.BenchmarkReport`; the final table reports
 medians over seeds.
@@ -25,7 +28,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +57,11 @@ class BenchConfig:
         seeds: one full run per seed and method.
         tune_fraction: share of the budget each lr of a grid gets while tuning.
         data_dir: folder of user-supplied data files (MNIST, CURVES).
+        jobs: methods run at the same time, each in its own process. With more than one,
+            runs share the machine: give each ``threads_per_job`` threads so that together
+            they do not oversubscribe the cores.
+        threads_per_job: torch threads of each process when ``jobs > 1`` (``None``: this
+            process's thread count divided by ``jobs``, at least 1).
     """
 
     problem: str
@@ -63,6 +71,8 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0,)
     tune_fraction: float = 0.2
     data_dir: Path | None = None
+    jobs: int = 1
+    threads_per_job: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget_kind not in BUDGET_KINDS:
@@ -77,6 +87,11 @@ class BenchConfig:
             raise InvalidArgumentError(
                 f"tune fraction must be in (0, 1], not {self.tune_fraction}"
             )
+        if self.jobs < 1:
+            raise InvalidArgumentError(f"jobs must be at least 1, not {self.jobs}")
+        if self.threads_per_job is None and self.jobs > 1:
+            threads = max(1, torch.get_num_threads() // self.jobs)
+            object.__setattr__(self, "threads_per_job", threads)
         for name in self.optimizers:
             if name not in REGISTRY:
                 get_optimizer_spec(name)  # raises the one-line "unknown optimizer" error
@@ -117,48 +132,30 @@ def run_benchmark(
     """Run the protocol of this module's docstring and return the report (not yet written).
 
     Args:
-        config: problem, methods, budget, seeds.
+        config: problem, methods, budget, seeds, and how many methods run at a time.
         runs_dir: where each full run writes its ``log.jsonl`` (``<method>-seed<k>/``).
-        progress: show a progress bar per run.
-        announce: receives one line per finished run or tuning step (for the CLI).
+        progress: show a progress bar per run (only when methods run one at a time).
+        announce: receives one line per finished method (for the CLI).
     """
     from hesskit.problems import make_problem
 
-    def problem_for(seed: int):
-        return make_problem(config.problem, seed=seed, data_dir=config.data_dir)
-
-    first = problem_for(config.seeds[0])
+    first = make_problem(config.problem, seed=config.seeds[0], data_dir=config.data_dir)
     num_params = sum(p.numel() for p in first.model.parameters())
-    runs: list[RunResult] = []
-    selections: list[LearningRateSelection] = []
-    skipped: list[Skipped] = []
+    outcomes: dict[str, MethodOutcome] = {}
+    pending: list[str] = []
     for name in config.optimizers:
-        spec = REGISTRY[name]
-        if not spec.available:
-            skipped.append(Skipped(name, f"{spec.title} is not available in this installation "
-                                         f"(needs {spec.requires})"))
-            continue
-        if spec.max_params is not None and num_params > spec.max_params:
-            skipped.append(Skipped(name, f"{spec.title} skipped: the model has {num_params} "
-                                         f"parameters, more than its limit of {spec.max_params}"))
-            continue
-        lr = spec.default_lr
-        if len(spec.lr_grid) > 1:
-            lr, selection = _tune(config, name, problem_for, progress)
-            selections.append(selection)
-            announce(f"{spec.title}: learning rate {lr:g} chosen from {list(spec.lr_grid)}")
-        for seed in config.seeds:
-            folder = None if runs_dir is None else Path(runs_dir) / f"{name}-seed{seed}"
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-            result = train(
-                problem_for(seed),
-                TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS),
-                config.budget(), out_dir=folder, progress=progress,
-            )
-            runs.append(result)
-            announce(f"{spec.title} seed {seed}: train error {result.final_train_error:.4g}, "
-                     f"test error {result.final_test_error:.4g}")
+        reason = _skip_reason(name, num_params)
+        if reason is None:
+            pending.append(name)
+        else:
+            outcomes[name] = MethodOutcome(skipped=Skipped(name, reason))
+    if config.jobs == 1:
+        for name in pending:
+            outcomes[name] = run_method(config, name, runs_dir, progress)
+            _announce(outcomes[name], announce)
+    else:
+        outcomes.update(_run_in_parallel(config, pending, runs_dir, announce))
+    ordered = [outcomes[name] for name in config.optimizers]
     return BenchmarkReport(
         problem=config.problem,
         problem_description=first.description,
@@ -167,14 +164,100 @@ def run_benchmark(
         budget_value=config.budget_value,
         seeds=list(config.seeds),
         optimizers=list(config.optimizers),
-        runs=runs,
+        runs=[run for outcome in ordered for run in outcome.runs],
         titles={name: REGISTRY[name].title for name in config.optimizers},
-        lr_selection=selections,
-        skipped=skipped,
-        environment=environment(),
+        lr_selection=[o.selection for o in ordered if o.selection is not None],
+        skipped=[o.skipped for o in ordered if o.skipped is not None],
+        environment=environment(config.threads_per_job),
         method_note=protocol_note(config),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+@dataclass
+class MethodOutcome:
+    """What one method contributes to the report: its runs and lr choice, or why it was
+    skipped."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    selection: LearningRateSelection | None = None
+    skipped: Skipped | None = None
+
+
+def _skip_reason(name: str, num_params: int) -> str | None:
+    spec = REGISTRY[name]
+    if not spec.available:
+        return f"{spec.title} is not available in this installation (needs {spec.requires})"
+    if spec.max_params is not None and num_params > spec.max_params:
+        return (f"{spec.title} skipped: the model has {num_params} parameters, more than its "
+                f"limit of {spec.max_params}")
+    return None
+
+
+def run_method(
+    config: BenchConfig, name: str, runs_dir: Path | None, progress: bool
+) -> MethodOutcome:
+    """Steps 2 and 3 of the protocol for one method: tune its lr (if it has a grid), then
+    one full run per seed."""
+    from hesskit.problems import make_problem
+
+    def problem_for(seed: int):
+        return make_problem(config.problem, seed=seed, data_dir=config.data_dir)
+
+    spec = REGISTRY[name]
+    outcome = MethodOutcome()
+    lr = spec.default_lr
+    if len(spec.lr_grid) > 1:
+        lr, outcome.selection = _tune(config, name, problem_for, progress)
+    for seed in config.seeds:
+        folder = None if runs_dir is None else Path(runs_dir) / f"{name}-seed{seed}"
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        outcome.runs.append(train(
+            problem_for(seed),
+            TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS),
+            config.budget(), out_dir=folder, progress=progress,
+        ))
+    return outcome
+
+
+def _announce(outcome: MethodOutcome, announce: Callable[[str], None]) -> None:
+    if outcome.selection is not None:
+        selection = outcome.selection
+        title = REGISTRY[selection.optimizer].title
+        announce(f"{title}: learning rate {selection.chosen:g} chosen from {selection.grid}")
+    for run in outcome.runs:
+        announce(f"{REGISTRY[run.optimizer].title} seed {run.seed}: train error "
+                 f"{run.final_train_error:.4g}, test error {run.final_test_error:.4g}")
+
+
+def _run_in_parallel(
+    config: BenchConfig, names: Sequence[str], runs_dir: Path | None,
+    announce: Callable[[str], None],
+) -> dict[str, MethodOutcome]:
+    """``config.jobs`` methods at a time, each in its own process on
+    ``config.threads_per_job`` torch threads (no progress bars: they would interleave).
+
+    Processes, not threads: torch's intra-op pool is per process, and a fresh ``spawn``
+    process gives each method its own pool of a known size."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    outcomes: dict[str, MethodOutcome] = {}
+    with ProcessPoolExecutor(
+        max_workers=config.jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_limit_threads, initargs=(config.threads_per_job,),
+    ) as pool:
+        futures = {pool.submit(run_method, config, name, runs_dir, False): name
+                   for name in names}
+        for future in as_completed(futures):
+            outcomes[futures[future]] = outcome = future.result()
+            _announce(outcome, announce)
+    return outcomes
+
+
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
 
 
 def _tune(config: BenchConfig, name: str, problem_for, progress: bool):
@@ -202,11 +285,15 @@ def protocol_note(config: BenchConfig) -> str:
         f"training error after {config.tune_fraction * config.budget_value:g} {unit} on seed "
         f"{config.seeds[0]}; each method then runs the full budget on seeds "
         f"{', '.join(map(str, config.seeds))}, and the table reports medians over seeds."
+        + ("" if config.jobs == 1 else
+           f" {config.jobs} methods ran at a time, each in its own process on "
+           f"{config.threads_per_job} torch thread(s), sharing the machine.")
     )
 
 
-def environment() -> dict[str, str]:
-    """Versions and thread counts, so that timings can be compared fairly."""
+def environment(threads: int | None = None) -> dict[str, str]:
+    """Versions and thread counts (``threads``: each run's, when not this process's), so
+    that timings can be compared fairly."""
     return {
         "hesskit": __version__,
         "torch": torch.__version__,
@@ -214,6 +301,6 @@ def environment() -> dict[str, str]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
+        "torch_threads": str(threads or torch.get_num_threads()),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
     }

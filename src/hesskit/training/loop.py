@@ -88,6 +88,8 @@ class TrainConfig:
             the end, when ``out_dir`` is given).
         curvature_fraction: share of the gradient batch used as HF's curvature batch (its
             first rows; the batch is already a random draw). Martens 2010 §4.3: 1/10.
+        initial_damping: λ at Hessian-free's first step; ``None`` takes the problem's
+            ``hf_initial_damping`` (45 for Martens' autoencoders, otherwise 1).
     """
 
     optimizer: str
@@ -98,6 +100,7 @@ class TrainConfig:
     eval_points: int | None = None
     checkpoint_every: int | None = None
     curvature_fraction: float = 0.1
+    initial_damping: float | None = None
 
 
 DEFAULT_BATCH_SIZE = 128
@@ -205,6 +208,8 @@ class _Run:
             model=problem.model, loss=problem.loss, weight_decay=problem.weight_decay,
             lr=self.lr, gradient_batch=lambda: self.batch, curvature_batch=self.curvature_batch,
             products=ProductCounter(),
+            initial_damping=(config.initial_damping if config.initial_damping is not None
+                             else getattr(problem, "hf_initial_damping", 1.0)),
         )
         self.optimizer = spec.build(self.context)
         self.header = RunHeader(

@@ -75,6 +75,8 @@ class OptimizerContext:
         curvature_batch: returns the current curvature mini-batch ``(X, y)``, a subset of
             the gradient batch.
         products: the counter that curvature operators built for this run increment.
+        initial_damping: λ at Hessian-free's first step (its Levenberg-Marquardt rule
+            adapts it from there).
     """
 
     model: nn.Module
@@ -84,6 +86,7 @@ class OptimizerContext:
     gradient_batch: Callable[[], tuple[Tensor, Tensor]]
     curvature_batch: Callable[[], tuple[Tensor, Tensor]]
     products: ProductCounter = field(default_factory=ProductCounter)
+    initial_damping: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
     """Martens' HF: G on the curvature batch, preconditioned by diag(EF) of the gradient
     batch (§4.7; the empirical Fisher of the loss, without the weight-decay term)."""
     from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
-    from hesskit.optim import DiagonalPreconditioner, HessianFree
+    from hesskit.optim import DiagonalPreconditioner, HessianFree, LevenbergMarquardt
     from hesskit.problem import Problem
 
     def fisher_diagonal() -> Tensor:
@@ -168,6 +171,7 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
     return HessianFree(
         context.model.parameters(),
         curvature=gauss_newton_curvature(context),
+        damping=LevenbergMarquardt(initial=context.initial_damping),
         preconditioner=DiagonalPreconditioner(fisher_diagonal),
     )
 

@@ -118,3 +118,23 @@ def test_schema_rejects_bad_reports_naming_the_field(change, message):
     change(data)
     with pytest.raises(DataError, match=message):
         validate_report(data)
+
+
+def test_report_keeps_evaluated_second_order_and_last_records_and_the_same_figures():
+    def record(i, *, evaluated=False, damping=None):
+        error = 1.0 / (i + 1) if evaluated else None
+        return IterationRecord(iteration=i, wall_time=0.1 * i, epochs=0.1 * i, products=0,
+                               loss=1.0, train_error=error, test_error=error, damping=damping)
+
+    adam = RunResult("adam", 0, 1e-3, 10, "seconds",
+                     [record(i, evaluated=i in (0, 4)) for i in range(7)], 0.2, 0.2)
+    kept = adam.for_report().records
+    assert [r.iteration for r in kept] == [0, 4, 6]  # evaluated ones, then the last
+    assert len(adam.records) == 7  # the run itself is left alone
+    hf = RunResult("hf", 0, None, 10, "seconds",
+                   [record(i, evaluated=i == 0, damping=None if i == 0 else 2.0 / i)
+                    for i in range(4)], 0.3, 0.3)
+    assert hf.for_report().records == hf.records
+    report = sample_report()
+    compact = BenchmarkReport(**{**vars(report), "runs": [r.for_report() for r in report.runs]})
+    assert render_html(compact) == render_html(report)  # every record was already shown

@@ -82,7 +82,11 @@ class RunHeader:
 
 @dataclass
 class RunResult:
-    """One finished run: its set-up, why it stopped, and every iteration record."""
+    """One finished run: its set-up, why it stopped, and its iteration records.
+
+    ``train`` returns every record; a benchmark report keeps only what it shows (see
+    :meth:`for_report`), while the run's ``log.jsonl`` keeps them all.
+    """
 
     optimizer: str
     seed: int
@@ -93,6 +97,17 @@ class RunResult:
     final_train_error: float
     final_test_error: float
     diverged: bool = False
+
+    def for_report(self) -> RunResult:
+        """This run with the records a report plots: those where the errors were evaluated,
+        those with second-order diagnostics (λ, CG iterations), and the last. A 30-minute
+        Adam run takes tens of thousands of steps; its per-step records stay in its log."""
+        kept = [r for r in self.records
+                if r.train_error is not None or r.test_error is not None
+                or r.damping is not None or r.cg_iterations is not None]
+        if self.records and (not kept or kept[-1] is not self.records[-1]):
+            kept.append(self.records[-1])
+        return dataclasses.replace(self, records=kept)
 
 
 @dataclass

@@ -217,7 +217,7 @@ def run_method(
             problem_for(seed),
             TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS),
             config.budget(), out_dir=folder, progress=progress,
-        ))
+        ).for_report())
     return outcome
 
 

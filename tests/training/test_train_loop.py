@@ -96,6 +96,36 @@ def test_lbfgs_epochs_count_every_closure_call():
     assert epochs >= 3 and epochs == int(epochs)  # full batch: whole passes, ≥ 1 per step
 
 
+@pytest.mark.skipif(not REGISTRY["hf"].available, reason="Hessian-free not installed yet")
+def test_hessian_free_epochs_count_closure_calls_and_each_product_on_the_curvature_batch(
+    monkeypatch,
+):
+    import hesskit.training.loop as loop
+
+    calls = []
+
+    def counted_objective(*args, **kwargs):
+        calls.append(1)
+        return objective(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "objective", counted_objective)
+    result = train(toy_problem(num_train=40), TrainConfig("hf"), Budget(iterations=3),
+                   progress=False)
+    last = result.records[-1]
+    assert last.products > 0 and len(calls) >= 3
+    # full batch of 40 per closure call; the curvature batch is ceil(0.1 · 40) = 4 cases
+    assert last.epochs == pytest.approx((40 * len(calls) + 4 * last.products) / 40, rel=1e-12)
+
+
+@pytest.mark.skipif(not REGISTRY["newton"].available, reason="DampedNewton not installed yet")
+def test_newton_epochs_charge_each_dense_hessian_as_n_passes_over_the_batch():
+    problem = toy_problem(num_train=40)
+    num_params = sum(p.numel() for p in problem.model.parameters())
+    result = train(problem, TrainConfig("newton"), Budget(iterations=2), progress=False)
+    extra = result.records[-1].epochs - 2 * num_params  # what the closure calls add
+    assert extra >= 2 and extra == int(extra)
+
+
 def test_diverging_run_is_reported_as_diverged_with_infinite_error():
     problem = toy_problem()
     with torch.no_grad():

@@ -32,7 +32,9 @@ def benchmark_figures(report: BenchmarkReport) -> dict[str, tuple[str, bytes]]:
     figures = {
         "errors": (
             f"{report.error_name.capitalize()} against optimizer wall-clock time and against "
-            "data passes (epoch-equivalents), log scale; one line per seed.",
+            "data passes (epoch-equivalents: the cases of every gradient evaluation and of "
+            "every curvature-vector product, over the training-set size), log scale; one "
+            "line per seed.",
             plot_error_curves(report),
         ),
         "second_order": (

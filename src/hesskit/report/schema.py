@@ -40,8 +40,9 @@ class IterationRecord:
         iteration: 1-based step number.
         wall_time: seconds spent in optimizer steps so far (evaluation and checkpoint
             writing are excluded, so runs compare on optimization time alone).
-        epochs: epoch-equivalents of data passed so far: samples fed through loss-and-
-            gradient evaluations (every closure call), divided by the training-set size.
+        epochs: epoch-equivalents of data passed so far: the cases of every loss-and-
+            gradient evaluation (closure call) plus, for each curvature-vector product,
+            the cases of the batch it was built on, divided by the training-set size.
         products: curvature-vector products used so far (0 for first-order methods).
         loss: the objective on this step's mini-batch, weight decay included (``None``
             for the record of iteration 0, written before any step).

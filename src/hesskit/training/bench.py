@@ -3,7 +3,8 @@
 The protocol, step by step (it is also written into the report):
 
 1. **Budget.** Every run gets the same budget: optimizer wall-clock seconds (evaluation
-   excluded) or epoch-equivalents of data passed (every closure call counts).
+   excluded) or epoch-equivalents of data passed (every closure call counts its batch,
+   every curvature-vector product the batch it is built on).
 2. **Learning rates.** For each first-order method with a grid of several learning rates
    (:data:`hesskit.training.optimizers.REGISTRY`), each lr is run once, on the first seed,
    for ``tune_fraction`` of the budget; the lr with the lowest final *training* error wins

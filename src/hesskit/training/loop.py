@@ -218,7 +218,8 @@ class _Run:
             lr=self.lr, weight_decay=problem.weight_decay,
             note=(f"train_error and test_error are evaluated every {config.eval_every} "
                   "iterations and at the last one (null elsewhere); wall_time excludes "
-                  "evaluation and checkpoints; epochs count every closure call"),
+                  "evaluation and checkpoints; epochs count the cases of every closure call and "
+                  "of every curvature-vector product"),
         )
         self.log = RunLog(out_dir if self.is_main else None, self.header)
         self.counters = {"iteration": 0, "wall_time": 0.0, "samples": 0}
@@ -231,9 +232,19 @@ class _Run:
         return self.batch[0][: self.curvature_size], self.batch[1][: self.curvature_size]
 
     def used(self) -> tuple[int, float, float]:
-        """(iterations, optimizer seconds, epochs) so far: what the budget counts."""
+        """(iterations, optimizer seconds, epochs) so far: what the budget counts.
+
+        Epochs are cases processed / training-set size: every closure call processes its
+        gradient batch, and every curvature-vector product one pass over the batch it is
+        built on (a Gauss-Newton product costs about 1.3 gradients on that batch; see
+        ``benchmarks/products.py``), so second-order methods are charged for their inner
+        work, not only for their gradients.
+        """
         c = self.counters
-        return c["iteration"], c["wall_time"], c["samples"] / self.num_train
+        product_cases = (self.curvature_size if self.spec.products_on_curvature_batch
+                         else self.batch_size)
+        cases = c["samples"] + self.context.products.count * product_cases
+        return c["iteration"], c["wall_time"], cases / self.num_train
 
     def start(self) -> None:
         broadcast_(list(self.problem.model.parameters()))  # identical replicas (no-op alone)

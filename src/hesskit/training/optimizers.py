@@ -114,6 +114,9 @@ class OptimizerSpec:
         default_lr: the lr ``hesskit train`` uses without ``--lr``.
         full_batch: use the whole training set as the gradient batch by default.
         max_params: the largest model the method handles in reasonable time (``None``: any).
+        products_on_curvature_batch: its curvature-vector products run on the curvature
+            mini-batch (Hessian-free); otherwise on the gradient batch (damped Newton). A
+            run counts each product as one pass over that batch's cases in its epochs.
         requires: ``"module:name"`` entries the method needs beyond torch.
         diagnostics: optimizer → :class:`Diagnostics` (λ, CG iterations so far).
     """
@@ -125,6 +128,7 @@ class OptimizerSpec:
     default_lr: float | None = None
     full_batch: bool = False
     max_params: int | None = None
+    products_on_curvature_batch: bool = False
     requires: tuple[str, ...] = ()
     diagnostics: Callable[[torch.optim.Optimizer], Diagnostics] = _no_diagnostics
 
@@ -216,6 +220,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
     for spec in (
         OptimizerSpec(
             "hf", "Hessian-free", _hessian_free, full_batch=True,
+            products_on_curvature_batch=True,
             requires=("hesskit.optim:HessianFree", "hesskit.operators:gauss_newton_operator"),
             diagnostics=_state_diagnostics("hf_state"),
         ),

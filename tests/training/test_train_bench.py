@@ -14,6 +14,7 @@ from hesskit.training.bench import (
     select_learning_rate,
     tune_learning_rate,
 )
+from hesskit.training.optimizers import REGISTRY
 
 
 def test_selection_takes_the_lowest_score_with_nan_as_worst_and_ties_to_smaller_lr():
@@ -56,8 +57,15 @@ def test_config_rejects_unknown_optimizer_and_budget_kind():
 def test_small_benchmark_tunes_first_order_lrs_and_skips_newton_on_a_large_model(tmp_path):
     config = BenchConfig("digits-classifier", ("newton", "adam", "lbfgs"), "epochs", 0.2,
                          seeds=(0, 1), tune_fraction=0.5)
-    report = run_benchmark(config, runs_dir=tmp_path, progress=False)
+    lines: list[str] = []
+    report = run_benchmark(config, runs_dir=tmp_path, progress=False, announce=lines.append)
     assert [s.optimizer for s in report.skipped] == ["newton"]
+    grid = REGISTRY["adam"].lr_grid
+    assert lines[:len(grid)] == [
+        f"Adam tuning, lr {lr:g}: train error {report.lr_selection[0].scores[f'{lr:g}']:.4g}"
+        for lr in grid]
+    assert [line.split(":")[0] for line in lines[len(grid):]] == [
+        "Adam", "Adam seed 0", "Adam seed 1", "L-BFGS seed 0", "L-BFGS seed 1"]
     assert "3466 parameters" in report.skipped[0].reason  # 64·32+32 + 32·32+32 + 32·10+10
     (adam,) = report.lr_selection  # L-BFGS has a single lr: nothing to tune
     assert adam.chosen == select_learning_rate({float(k): v for k, v in adam.scores.items()})
@@ -68,7 +76,9 @@ def test_small_benchmark_tunes_first_order_lrs_and_skips_newton_on_a_large_model
     assert (tmp_path / "adam-seed1" / "log.jsonl").is_file()
 
 
-def test_methods_run_in_parallel_processes_give_the_same_report_as_one_after_another(tmp_path):
+def test_methods_run_in_parallel_processes_give_the_same_report_as_one_after_another(
+    tmp_path, capfd
+):
     """An epoch budget makes each run a fixed sequence of steps, so running the methods in
     two worker processes (1 thread each) must reproduce the sequential runs up to float
     rounding, keep the report's method order, and say that the machine was shared."""
@@ -87,3 +97,7 @@ def test_methods_run_in_parallel_processes_give_the_same_report_as_one_after_ano
     assert "2 methods ran at a time" in parallel.method_note
     assert "ran at a time" not in sequential.method_note
     assert (tmp_path / "lbfgs-seed0" / "log.jsonl").is_file()
+    printed = capfd.readouterr().out.splitlines()  # the workers print as their runs end
+    assert sum(line.startswith("SGD (Nesterov) tuning, lr") for line in printed) == len(
+        REGISTRY["sgd"].lr_grid)
+    assert any(line.startswith("L-BFGS seed 0: train error") for line in printed)

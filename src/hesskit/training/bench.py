@@ -136,7 +136,9 @@ def run_benchmark(
         config: problem, methods, budget, seeds, and how many methods run at a time.
         runs_dir: where each full run writes its ``log.jsonl`` (``<method>-seed<k>/``).
         progress: show a progress bar per run (only when methods run one at a time).
-        announce: receives one line per finished method (for the CLI).
+        announce: receives one line per finished tuning run and per finished full run
+            (for the CLI). With ``jobs > 1`` the worker processes print those lines
+            themselves (a callable does not cross the process boundary), flushed at once.
     """
     from hesskit.problems import make_problem
 
@@ -152,10 +154,9 @@ def run_benchmark(
             outcomes[name] = MethodOutcome(skipped=Skipped(name, reason))
     if config.jobs == 1:
         for name in pending:
-            outcomes[name] = run_method(config, name, runs_dir, progress)
-            _announce(outcomes[name], announce)
+            outcomes[name] = run_method(config, name, runs_dir, progress, announce)
     else:
-        outcomes.update(_run_in_parallel(config, pending, runs_dir, announce))
+        outcomes.update(_run_in_parallel(config, pending, runs_dir))
     ordered = [outcomes[name] for name in config.optimizers]
     return BenchmarkReport(
         problem=config.problem,
@@ -196,10 +197,11 @@ def _skip_reason(name: str, num_params: int) -> str | None:
 
 
 def run_method(
-    config: BenchConfig, name: str, runs_dir: Path | None, progress: bool
+    config: BenchConfig, name: str, runs_dir: Path | None, progress: bool,
+    announce: Callable[[str], None],
 ) -> MethodOutcome:
     """Steps 2 and 3 of the protocol for one method: tune its lr (if it has a grid), then
-    one full run per seed."""
+    one full run per seed; ``announce`` gets a line as each run ends."""
     from hesskit.problems import make_problem
 
     def problem_for(seed: int):
@@ -209,32 +211,31 @@ def run_method(
     outcome = MethodOutcome()
     lr = spec.default_lr
     if len(spec.lr_grid) > 1:
-        lr, outcome.selection = _tune(config, name, problem_for, progress)
+        lr, outcome.selection = _tune(config, name, problem_for, progress, announce)
+        announce(f"{spec.title}: learning rate {lr:g} chosen from {list(spec.lr_grid)}")
     for seed in config.seeds:
         folder = None if runs_dir is None else Path(runs_dir) / f"{name}-seed{seed}"
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-        outcome.runs.append(train(
+        run = train(
             problem_for(seed),
             TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS),
             config.budget(), out_dir=folder, progress=progress,
-        ).for_report())
+        ).for_report()
+        outcome.runs.append(run)
+        announce(f"{spec.title} seed {seed}: train error {run.final_train_error:.4g}, "
+                 f"test error {run.final_test_error:.4g}")
     return outcome
 
 
-def _announce(outcome: MethodOutcome, announce: Callable[[str], None]) -> None:
-    if outcome.selection is not None:
-        selection = outcome.selection
-        title = REGISTRY[selection.optimizer].title
-        announce(f"{title}: learning rate {selection.chosen:g} chosen from {selection.grid}")
-    for run in outcome.runs:
-        announce(f"{REGISTRY[run.optimizer].title} seed {run.seed}: train error "
-                 f"{run.final_train_error:.4g}, test error {run.final_test_error:.4g}")
+def _print_now(line: str) -> None:
+    """A worker process's announcement: printed and flushed at once, so that lines from
+    several workers appear as the runs end."""
+    print(line, flush=True)
 
 
 def _run_in_parallel(
-    config: BenchConfig, names: Sequence[str], runs_dir: Path | None,
-    announce: Callable[[str], None],
+    config: BenchConfig, names: Sequence[str], runs_dir: Path | None
 ) -> dict[str, MethodOutcome]:
     """``config.jobs`` methods at a time, each in its own process on
     ``config.threads_per_job`` torch threads (no progress bars: they would interleave).
@@ -249,11 +250,10 @@ def _run_in_parallel(
         max_workers=config.jobs, mp_context=multiprocessing.get_context("spawn"),
         initializer=_limit_threads, initargs=(config.threads_per_job,),
     ) as pool:
-        futures = {pool.submit(run_method, config, name, runs_dir, False): name
+        futures = {pool.submit(run_method, config, name, runs_dir, False, _print_now): name
                    for name in names}
         for future in as_completed(futures):
-            outcomes[futures[future]] = outcome = future.result()
-            _announce(outcome, announce)
+            outcomes[futures[future]] = future.result()
     return outcomes
 
 
@@ -261,13 +261,15 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _tune(config: BenchConfig, name: str, problem_for, progress: bool):
+def _tune(config: BenchConfig, name: str, problem_for, progress: bool,
+          announce: Callable[[str], None]):
     spec = REGISTRY[name]
     seed = config.seeds[0]
 
     def final_train_error(lr: float) -> float:
         result = train(problem_for(seed), TrainConfig(name, lr=lr, seed=seed, eval_every=10**9),
                        config.budget(config.tune_fraction), progress=progress)
+        announce(f"{spec.title} tuning, lr {lr:g}: train error {result.final_train_error:.4g}")
         return result.final_train_error
 
     chosen, scores = tune_learning_rate(spec.lr_grid, final_train_error)

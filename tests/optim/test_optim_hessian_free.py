@@ -293,3 +293,45 @@ def test_a_curvature_of_the_wrong_size_is_refused():
     )
     with pytest.raises(InvalidArgumentError, match=r"is 3×3 but the optimizer has 12 parameters"):
         optimizer.step(closure_for(model, optimizer, X, Y))
+
+
+
+def hf_run(use_loss_closure: bool, steps: int = 4):
+    """HF on the small autoencoder, one fixed batch; returns the model and the calls of
+    the gradient closure and the loss closure (and how many of those had grad enabled)."""
+    loss_fn = MSELoss(reduction="sample_mean")
+    model, data = autoencoder()
+    optimizer = make_hf(model, data)
+    batch = data[:32]
+    calls = {"gradient": 0, "loss": 0, "loss with grad enabled": 0}
+
+    def closure():
+        calls["gradient"] += 1
+        optimizer.zero_grad()
+        loss = loss_fn(model(batch), batch)
+        loss.backward()
+        return loss
+
+    def loss_closure():
+        calls["loss"] += 1
+        calls["loss with grad enabled"] += torch.is_grad_enabled()
+        return loss_fn(model(batch), batch)
+
+    for _ in range(steps):
+        if use_loss_closure:
+            optimizer.step(closure, loss_closure=loss_closure)
+        else:
+            optimizer.step(closure)
+    return model, calls
+
+
+def test_a_loss_closure_takes_every_trial_point_and_leaves_the_steps_unchanged():
+    """With ``loss_closure`` the gradient closure runs once a step and every trial point is
+    a loss-only evaluation without grad; the iterates are those of the closure-only run."""
+    plain, plain_calls = hf_run(use_loss_closure=False)
+    lean, lean_calls = hf_run(use_loss_closure=True)
+    for a, b in zip(plain.parameters(), lean.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert lean_calls["gradient"] == 4 and lean_calls["loss with grad enabled"] == 0
+    # the closure-only run makes the same trial evaluations through the gradient closure
+    assert plain_calls["gradient"] == 4 + lean_calls["loss"] and lean_calls["loss"] >= 4

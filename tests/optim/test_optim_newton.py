@@ -188,3 +188,32 @@ def test_state_dict_round_trip_resumes_bit_identically():
     pairs = zip(model.parameters(), resumed.parameters(), strict=True)
     assert all(torch.equal(p, q) for p, q in pairs)
     assert fresh.newton_state == optimizer.newton_state
+
+
+
+def newton_run(use_loss_closure: bool, steps: int = 5):
+    """Damped Newton on the ReLU regression; returns the model and, for each trial-point
+    evaluation by the loss closure, whether grad was enabled."""
+    model, X, Y = relu_regression()
+    newton = DampedNewton(model.parameters(), hessian=Problem(model, nn.MSELoss(), (X, Y)))
+    closure = make_closure(newton, lambda: nn.functional.mse_loss(model(X), Y))
+    graded = []
+
+    def loss_closure():
+        graded.append(torch.is_grad_enabled())
+        return nn.functional.mse_loss(model(X), Y)
+
+    for _ in range(steps):
+        if use_loss_closure:
+            newton.step(closure, loss_closure=loss_closure)
+        else:
+            newton.step(closure)
+    return model, graded
+
+
+def test_a_loss_closure_evaluates_the_trial_point_without_grad_and_changes_no_step():
+    plain, _ = newton_run(use_loss_closure=False)
+    lean, graded = newton_run(use_loss_closure=True)
+    assert graded == [False] * 5  # one trial point a step, evaluated under no_grad
+    for a, b in zip(plain.parameters(), lean.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -54,11 +54,15 @@ class GlobalStateOptimizer(Optimizer):
         return getattr(self, self.global_state_attribute)
 
     def _begin_step(
-        self, closure: Callable[[], Tensor] | None
-    ) -> tuple[Callable[[], Tensor], list[Tensor]]:
+        self, closure: Callable[[], Tensor] | None,
+        loss_closure: Callable[[], Tensor] | None = None,
+    ) -> tuple[Callable[[], Tensor], Callable[[], Tensor], list[Tensor]]:
         """Check the closure, count the step, and save θ exactly (for :meth:`_reject`).
 
-        Returns the closure, run with gradients enabled, and the saved parameters.
+        Returns the closure, run with gradients enabled; the function that evaluates the
+        loss at trial points (``loss_closure`` under ``torch.no_grad()`` when given, else
+        the closure, whose gradient is then computed and ignored); and the saved
+        parameters.
         """
         if closure is None:
             raise InvalidArgumentError(
@@ -66,7 +70,9 @@ class GlobalStateOptimizer(Optimizer):
                 "calls backward()"
             )
         self._global_state["steps"] += 1
-        return torch.enable_grad()(closure), save_parameters(self._params)
+        with_grad = torch.enable_grad()(closure)
+        trial_loss = with_grad if loss_closure is None else torch.no_grad()(loss_closure)
+        return with_grad, trial_loss, save_parameters(self._params)
 
     def _reject(self, start: list[Tensor], what: str, loss: float) -> float:
         """Safety: restore θ exactly, grow λ, count; raises after too many in a row.

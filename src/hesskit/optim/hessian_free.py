@@ -134,6 +134,12 @@ class HessianFree(GlobalStateOptimizer):
     parameters hold the accepted point; ``.grad`` holds the gradient of the last trial, not
     necessarily of the new parameters.
 
+    ``step(closure, loss_closure)``: the optional ``loss_closure`` returns the same loss on
+    the same data without calling ``backward()``; HF then evaluates trial points with it
+    under ``torch.no_grad()``, a forward pass instead of a gradient (about a third of the
+    cost). On a plateau HF evaluates up to about ten trial points a step, so this saves up
+    to half of a step's time on large gradient batches.
+
     Distributed, the closure returns this rank's SHARE of the objective, so that the shares
     sum to it over the ranks: ``Problem(..., shard).local_loss(θ)``, or for a torch loss
     that averages over samples ``hesskit.distributed.sample_fraction(len(X)) *
@@ -197,9 +203,15 @@ class HessianFree(GlobalStateOptimizer):
         }
         init_rejection_state(self.hf_state)
 
-    def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
-        """One Hessian-free step; returns the loss at the start of the step (as LBFGS)."""
-        closure, start = self._begin_step(closure)
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Tensor], loss_closure: Callable[[], Tensor] | None = None
+    ) -> float:
+        """One Hessian-free step; returns the loss at the start of the step (as LBFGS).
+
+        ``loss_closure`` (optional): the loss on the same batch without ``backward()``, for
+        the trial points (see the class docstring).
+        """
+        closure, trial_closure, start = self._begin_step(closure, loss_closure)
         state = self.hf_state
         loss, gradient = self._loss_and_gradient(closure)
         if not is_finite(loss, gradient):
@@ -207,13 +219,13 @@ class HessianFree(GlobalStateOptimizer):
         solve = self._solve(gradient)
         if solve.status is Status.NON_FINITE:
             return self._reject(start, "a curvature or preconditioner product", loss)
-        direction, value, model_value = self._backtrack(solve, start, closure)
+        direction, value, model_value = self._backtrack(solve, start, trial_closure)
         resolution = loss_resolution(loss, value, dtype_eps=torch.finfo(gradient.dtype).eps)
         state["last_ratio"] = reduction_ratio(value - loss, model_value, resolution)
         state["damping"] = levenberg_marquardt_update(
             state["last_ratio"], state["damping"], self.damping
         )
-        step_size = self._line_search(direction, start, closure, loss, gradient, value)
+        step_size = self._line_search(direction, start, trial_closure, loss, gradient, value)
         state["last_step_size"] = step_size
         move_parameters(self._params, start, direction, step_size)
         if step_size > 0:
@@ -292,14 +304,14 @@ class HessianFree(GlobalStateOptimizer):
         return solve
 
     def _backtrack(
-        self, solve: CGResult, start: list[Tensor], closure: Callable[[], Tensor]
+        self, solve: CGResult, start: list[Tensor], trial_closure: Callable[[], Tensor]
     ) -> tuple[Tensor, float, float]:
         """Phase 3 (§4.6): the kept iterate with the lowest loss; returns it, L(θ+p), q(p)."""
         candidates = solve.snapshots if self.backtracking else solve.snapshots[-1:]
 
         def loss_at(candidate: tuple[int, Tensor]) -> float:
             move_parameters(self._params, start, candidate[1])
-            return self._trial_loss(closure)
+            return self._trial_loss(trial_closure)
 
         index, value, _ = choose_iterate(candidates, loss_at)
         iteration, direction = candidates[index]
@@ -309,7 +321,7 @@ class HessianFree(GlobalStateOptimizer):
         self,
         direction: Tensor,
         start: list[Tensor],
-        closure: Callable[[], Tensor],
+        trial_closure: Callable[[], Tensor],
         loss: float,
         gradient: Tensor,
         value: float,
@@ -322,7 +334,7 @@ class HessianFree(GlobalStateOptimizer):
 
         def loss_along(step: float) -> float:
             move_parameters(self._params, start, direction, step)
-            return self._trial_loss(closure)
+            return self._trial_loss(trial_closure)
 
         slope = float(gradient @ direction)
         result = armijo_line_search(

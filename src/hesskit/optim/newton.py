@@ -93,7 +93,9 @@ class DampedNewton(GlobalStateOptimizer):
     The closure, as for ``torch.optim.LBFGS``, must clear the gradients, compute the loss,
     call ``backward()`` and return the loss, on the same data as the Hessian. It is called
     twice per step: at θ (loss and gradient) and at θ + p (the loss, to compute ρ; its
-    gradient is ignored). The Hessian is built once per step, at θ.
+    gradient is ignored). The Hessian is built once per step, at θ. The optional
+    ``loss_closure`` of :meth:`step` returns the same loss without ``backward()``; when given,
+    it evaluates θ + p under ``torch.no_grad()`` (a forward pass instead of a gradient).
 
     State: the optimizer-wide state is ``self.newton_state``, and appears in
     :meth:`state_dict` under ``"damped_newton"`` with keys ``damping``, ``steps``,
@@ -141,9 +143,15 @@ class DampedNewton(GlobalStateOptimizer):
         }
         init_rejection_state(self.newton_state)
 
-    def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
-        """One damped Newton step; returns the loss at the start of the step."""
-        closure, start = self._begin_step(closure)
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Tensor], loss_closure: Callable[[], Tensor] | None = None
+    ) -> float:
+        """One damped Newton step; returns the loss at the start of the step.
+
+        ``loss_closure`` (optional): the loss on the same data without ``backward()``, for
+        the trial point θ + p.
+        """
+        closure, trial_closure, start = self._begin_step(closure, loss_closure)
         state = self.newton_state
         loss = loss_value(closure())
         gradient = flat_gradient(self._params)
@@ -154,7 +162,7 @@ class DampedNewton(GlobalStateOptimizer):
             return self._reject(start, "the Hessian", loss)
         direction, predicted = self._direction(H, gradient)
         move_parameters(self._params, start, direction)
-        trial = loss_value(closure())
+        trial = loss_value(trial_closure())
         resolution = loss_resolution(loss, trial, dtype_eps=torch.finfo(gradient.dtype).eps)
         ratio = reduction_ratio(trial - loss, predicted, resolution)
         state["last_ratio"] = ratio

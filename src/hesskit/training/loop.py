@@ -276,15 +276,20 @@ class _Run:
 
     def closure(self) -> Tensor:
         """The objective on the current batch, with its gradient (called ≥ 1 time a step)."""
-        self.counters["samples"] += self.global_batch_size
         self.optimizer.zero_grad()
+        value = self.loss_closure()
+        value.backward()
+        return value
+
+    def loss_closure(self) -> Tensor:
+        """The objective on the current batch, no gradient: the second-order optimizers
+        evaluate their trial points with it (under ``torch.no_grad()``)."""
+        self.counters["samples"] += self.global_batch_size
         share = 1.0  # data parallel: this rank's weight in the batch's reduction
         if self.ranks > 1:
             share = as_loss(self.problem.loss).batch_weight(len(self.batch[0]),
                                                             self.global_batch_size)
-        value = objective(self.problem, *self.batch, share=share, penalty=self.is_main)
-        value.backward()
-        return value
+        return objective(self.problem, *self.batch, share=share, penalty=self.is_main)
 
     def step(self) -> float:
         """Draw a batch, take one optimizer step (timed); return the loss it reports."""
@@ -298,7 +303,11 @@ class _Run:
         self.batch = (X[indices], y[indices])
         self.cg_before = self.spec.diagnostics(self.optimizer).cg_iterations_total
         started = time.perf_counter()
-        loss = float(torch.as_tensor(self.optimizer.step(self.closure)).detach())
+        if self.spec.takes_loss_closure:
+            loss = self.optimizer.step(self.closure, loss_closure=self.loss_closure)
+        else:
+            loss = self.optimizer.step(self.closure)
+        loss = float(torch.as_tensor(loss).detach())
         self.counters["wall_time"] += max_over_ranks(time.perf_counter() - started)
         self.counters["iteration"] += 1
         return loss

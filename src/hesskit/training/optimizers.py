@@ -3,7 +3,9 @@
 Every optimizer is a ``torch.optim.Optimizer`` driven the same way: ``step(closure)``,
 where the closure recomputes the mini-batch objective (loss + weight decay) and its
 gradient and may be called several times per step (L-BFGS's line search, Hessian-free's
-backtracking). Adding an optimizer is one :class:`OptimizerSpec` in :data:`REGISTRY`.
+backtracking). Hessian-free and damped Newton also take a ``loss_closure`` (the objective
+without its gradient) for their trial points. Adding an optimizer is one
+:class:`OptimizerSpec` in :data:`REGISTRY`.
 
 Learning-rate grids (for ``hesskit bench``; half-decade spacing around the values that are
 customary for each method, checked on the digits problems so that the best lr is inside
@@ -117,6 +119,8 @@ class OptimizerSpec:
         products_on_curvature_batch: its curvature-vector products run on the curvature
             mini-batch (Hessian-free); otherwise on the gradient batch (damped Newton). A
             run counts each product as one pass over that batch's cases in its epochs.
+        takes_loss_closure: its ``step(closure, loss_closure=...)`` evaluates trial points
+            with a loss-only closure (a forward pass instead of a gradient).
         requires: ``"module:name"`` entries the method needs beyond torch.
         diagnostics: optimizer → :class:`Diagnostics` (λ, CG iterations so far).
     """
@@ -129,6 +133,7 @@ class OptimizerSpec:
     full_batch: bool = False
     max_params: int | None = None
     products_on_curvature_batch: bool = False
+    takes_loss_closure: bool = False
     requires: tuple[str, ...] = ()
     diagnostics: Callable[[torch.optim.Optimizer], Diagnostics] = _no_diagnostics
 
@@ -220,12 +225,13 @@ REGISTRY: dict[str, OptimizerSpec] = {
     for spec in (
         OptimizerSpec(
             "hf", "Hessian-free", _hessian_free, full_batch=True,
-            products_on_curvature_batch=True,
+            products_on_curvature_batch=True, takes_loss_closure=True,
             requires=("hesskit.optim:HessianFree", "hesskit.operators:gauss_newton_operator"),
             diagnostics=_state_diagnostics("hf_state"),
         ),
         OptimizerSpec(
             "newton", "damped Newton", _damped_newton, full_batch=True, max_params=2000,
+            takes_loss_closure=True,
             requires=("hesskit.optim:DampedNewton",),
             diagnostics=_state_diagnostics("newton_state"),
         ),

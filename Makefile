@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/diagonal.py
 	$(BIN)/python benchmarks/optimizers.py
 	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/hf_step.py
 
 clean:
 	rm -rf $(VENV) $(OUT)

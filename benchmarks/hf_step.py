@@ -1,0 +1,181 @@
+"""Where a Hessian-free step spends its time, and what a loss-only closure saves.
+
+Martens' MNIST autoencoder (784-1000-500-250-30 and mirrored decoder, 2.8 M parameters;
+the synthetic CURVES autoencoder if the MNIST files are missing) takes ``--steps`` HF steps
+twice from the same initial weights, on a FIXED gradient batch (default the first 10,000
+training cases) with a curvature batch of its first 10 % (Martens 2010, §4.3), Martens'
+preconditioner, λ starting at his 45, and the CG, backtracking and line-search settings of
+``hesskit.optim.HessianFree``:
+
+* ``closure only``: every trial point (CG-iterate backtracking, Armijo line search) is
+  evaluated through the gradient closure, whose gradient is thrown away, as an optimizer
+  that follows ``torch.optim.LBFGS``'s closure contract has to;
+* ``with loss_closure``: trial points are evaluated by a loss-only closure under
+  ``torch.no_grad()`` (``HessianFree.step(closure, loss_closure=...)``, what
+  ``hesskit train`` does).
+
+Per variant it reports the median seconds per step and the total seconds in each phase:
+the gradient at θ, the trial evaluations, the preconditioner's empirical-Fisher diagonal
+and the curvature products (CG), plus the rest (CG's vector work, bookkeeping). Both
+variants must take the same steps (checked: the final parameters agree to float rounding).
+Torch runs on ``--threads`` threads (default 2), BLAS on 1; the machine may be shared:
+compare the two variants of one run.
+
+    .venv/bin/python benchmarks/hf_step.py   # writes benchmarks/results/hf_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch
+
+from hesskit.errors import DataError
+from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
+from hesskit.operators import damped, gauss_newton_operator
+from hesskit.operators.counting import CountingOperator
+from hesskit.optim import HessianFree, LevenbergMarquardt
+from hesskit.optim.preconditioners import DiagonalPreconditioner
+from hesskit.problem import Problem
+from hesskit.training.bench import environment
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results" / "hf_step.json"
+
+
+def load_problem():
+    """MNIST autoencoder, or the CURVES one when the MNIST files are missing."""
+    from hesskit.problems import make_problem
+
+    try:
+        return make_problem("mnist-autoencoder", seed=0, data_dir=DATA_DIR)
+    except DataError:
+        return make_problem("curves-autoencoder", seed=0, data_dir=DATA_DIR)
+
+
+class PhaseClock:
+    """Seconds spent in each named phase (wall clock)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def timed(self, phase: str, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+                self.calls[phase] = self.calls.get(phase, 0) + 1
+
+        return wrapper
+
+
+def run_variant(problem, initial_state, X, curvature_cases, steps, use_loss_closure):
+    """``steps`` HF steps from ``initial_state``; returns per-step seconds, phases, model."""
+    model = copy.deepcopy(problem.model)
+    model.load_state_dict(initial_state)
+    loss_fn, wd = problem.loss, problem.weight_decay
+    clock = PhaseClock()
+    operators: list[CountingOperator] = []
+
+    def objective():
+        squares = sum(p.pow(2).sum() for p in model.parameters())
+        return loss_fn(model(X), X) + 0.5 * wd * squares
+
+    def closure():
+        optimizer.zero_grad()
+        value = objective()
+        value.backward()
+        return value
+
+    def curvature():
+        problem_c = Problem(model, loss_fn, (X[:curvature_cases], X[:curvature_cases]))
+        operators.append(CountingOperator(damped(gauss_newton_operator(problem_c), wd)))
+        return operators[-1]
+
+    fisher = clock.timed("preconditioner diag(EF)",
+                         lambda: empirical_fisher_diagonal(Problem(model, loss_fn, (X, X))))
+    optimizer = HessianFree(
+        model.parameters(), curvature=curvature,
+        damping=LevenbergMarquardt(initial=problem.hf_initial_damping),
+        preconditioner=DiagonalPreconditioner(fisher),
+    )
+    gradient_closure = clock.timed("gradient closure", closure)
+    loss_closure = clock.timed("loss-only closure", objective)
+    per_step = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        if use_loss_closure:
+            optimizer.step(gradient_closure, loss_closure=loss_closure)
+        else:
+            optimizer.step(gradient_closure)
+        per_step.append(time.perf_counter() - start)
+    phases = dict(clock.seconds)
+    phases["curvature products (CG)"] = sum(op.seconds for op in operators)
+    phases["rest (CG vector work, bookkeeping)"] = sum(per_step) - sum(phases.values())
+    return {
+        "seconds_per_step_median": statistics.median(per_step),
+        "seconds_per_step": per_step,
+        "phase_seconds": phases,
+        "phase_calls": dict(clock.calls),
+        "curvature_products": sum(op.products for op in operators),
+        "cg_iterations": optimizer.hf_state["cg_iterations"],
+        "final_loss": float(objective().detach()),
+    }, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gradient-cases", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    problem = load_problem()
+    X = problem.train[0][: args.gradient_cases]
+    curvature_cases = max(1, len(X) // 10)
+    initial = copy.deepcopy(problem.model.state_dict())
+    results, models = {}, {}
+    for name, lean in (("closure only", False), ("with loss_closure", True)):
+        results[name], models[name] = run_variant(
+            problem, initial, X, curvature_cases, args.steps, lean)
+        print(f"{name:<18} {results[name]['seconds_per_step_median']:7.2f} s/step (median); "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in results[name]["phase_seconds"].items()))
+    with torch.no_grad():
+        drift = max(float((a - b).abs().max()) for a, b in zip(
+            models["closure only"].parameters(), models["with loss_closure"].parameters(),
+            strict=True))
+    ratio = (results["closure only"]["seconds_per_step_median"]
+             / results["with loss_closure"]["seconds_per_step_median"])
+    print(f"speed-up per step (median): {ratio:.2f}x; max parameter difference {drift:.1e}")
+    record = {
+        "benchmark": "hf_step",
+        "problem": problem.name,
+        "gradient_cases": len(X),
+        "curvature_cases": curvature_cases,
+        "steps": args.steps,
+        "variants": results,
+        "speedup_per_step_median": ratio,
+        "max_parameter_difference": drift,
+        "environment": {**environment(), "OPENBLAS_NUM_THREADS":
+                        os.environ.get("OPENBLAS_NUM_THREADS", "unset")},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -230,3 +230,31 @@ def test_hessian_free_starts_from_the_configured_then_the_problems_damping(
     damping = result.records[-1].damping
     assert any(damping == pytest.approx(expected * factor) for factor in (2 / 3, 1.0, 1.5)), (
         damping, expected)
+
+
+def test_lbfgs_one_iteration_per_step_keeps_descending_where_torchs_default_budget_stalls():
+    """torch's LBFGS with max_iter=1 gets max_eval=1, no evaluation for its line search,
+    and freezes on the digits autoencoder (the loss identical step after step); the
+    registry's line-search budget keeps it descending."""
+    from hesskit.problems import make_problem
+
+    def losses(**lbfgs_options):
+        problem = make_problem("digits-autoencoder", seed=0)
+        X, y = problem.train
+        optimizer = torch.optim.LBFGS(problem.model.parameters(), **lbfgs_options)
+
+        def closure():
+            optimizer.zero_grad()
+            value = objective(problem, X, y)
+            value.backward()
+            return value
+
+        return [float(optimizer.step(closure).detach()) for _ in range(60)]
+
+    stalled = losses(max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+    result = train(make_problem("digits-autoencoder", seed=0), TrainConfig("lbfgs"),
+                   Budget(iterations=60), progress=False)
+    ours = [r.loss for r in result.records[1:]]
+    assert ours[0] == pytest.approx(stalled[0], rel=1e-6)  # same start, same objective
+    assert stalled[39] - stalled[-1] < 1e-3  # torch's default budget: (nearly) frozen
+    assert ours[39] - ours[-1] > 0.1 and ours[-1] < stalled[-1] - 0.5

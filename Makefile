@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= hesskit-demo
-# Two cores: keep BLAS and torch from fighting over them.
+# Two cores: torch on both, NumPy/SciPy's OpenBLAS on one, so that they do not fight.
+# MKL_NUM_THREADS stays unset: torch takes it as its own thread count (=1 made every run
+# single-threaded).
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 1
-export MKL_NUM_THREADS ?= 1
 
 .PHONY: setup demo test lint bench clean
 

@@ -37,26 +37,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hesskit.distributed import collective_timer, rank, sample_fraction, shard_of
-from hesskit.errors import DataError
 from hesskit.operators import damped, gauss_newton_operator
 from hesskit.optim import HessianFree
 from hesskit.optim.hessian_free import CGSettings
 from hesskit.optim.preconditioners import martens_preconditioner
 from hesskit.problem import Problem
 from hesskit.training.bench import environment
+from martens_problem import load_problem
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results" / "distributed.json"
-
-
-def load_problem():
-    """MNIST autoencoder, or the CURVES one when the MNIST files are missing."""
-    from hesskit.problems import make_problem
-
-    try:
-        return make_problem("mnist-autoencoder", seed=0, data_dir=DATA_DIR)
-    except DataError:
-        return make_problem("curves-autoencoder", seed=0, data_dir=DATA_DIR)
 
 
 def hf_iterations(settings: dict) -> dict:

@@ -38,7 +38,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch
 
-from hesskit.errors import DataError
 from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
 from hesskit.operators import damped, gauss_newton_operator
 from hesskit.operators.counting import CountingOperator
@@ -46,19 +45,9 @@ from hesskit.optim import HessianFree, LevenbergMarquardt
 from hesskit.optim.preconditioners import DiagonalPreconditioner
 from hesskit.problem import Problem
 from hesskit.training.bench import environment
+from martens_problem import load_problem
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results" / "hf_step.json"
-
-
-def load_problem():
-    """MNIST autoencoder, or the CURVES one when the MNIST files are missing."""
-    from hesskit.problems import make_problem
-
-    try:
-        return make_problem("mnist-autoencoder", seed=0, data_dir=DATA_DIR)
-    except DataError:
-        return make_problem("curves-autoencoder", seed=0, data_dir=DATA_DIR)
 
 
 class PhaseClock:

@@ -282,8 +282,9 @@ class _Run:
         return value
 
     def loss_closure(self) -> Tensor:
-        """The objective on the current batch, no gradient: the second-order optimizers
-        evaluate their trial points with it (under ``torch.no_grad()``)."""
+        """The objective on the current batch without ``backward()``: the closure's forward
+        half, and what the second-order optimizers evaluate trial points with (under
+        ``torch.no_grad()``, a forward pass instead of a gradient)."""
         self.counters["samples"] += self.global_batch_size
         share = 1.0  # data parallel: this rank's weight in the batch's reduction
         if self.ranks > 1:

@@ -104,10 +104,7 @@ def run_variant(problem, initial_state, X, curvature_cases, steps, use_loss_clos
     per_step = []
     for _ in range(steps):
         start = time.perf_counter()
-        if use_loss_closure:
-            optimizer.step(gradient_closure, loss_closure=loss_closure)
-        else:
-            optimizer.step(gradient_closure)
+        optimizer.step(gradient_closure, loss_closure=loss_closure if use_loss_closure else None)
         per_step.append(time.perf_counter() - start)
     phases = dict(clock.seconds)
     phases["curvature products (CG)"] = sum(op.seconds for op in operators)

@@ -295,7 +295,6 @@ def test_a_curvature_of_the_wrong_size_is_refused():
         optimizer.step(closure_for(model, optimizer, X, Y))
 
 
-
 def hf_run(use_loss_closure: bool, steps: int = 4):
     """HF on the small autoencoder, one fixed batch; returns the model and the calls of
     the gradient closure and the loss closure (and how many of those had grad enabled)."""
@@ -318,10 +317,7 @@ def hf_run(use_loss_closure: bool, steps: int = 4):
         return loss_fn(model(batch), batch)
 
     for _ in range(steps):
-        if use_loss_closure:
-            optimizer.step(closure, loss_closure=loss_closure)
-        else:
-            optimizer.step(closure)
+        optimizer.step(closure, loss_closure=loss_closure if use_loss_closure else None)
     return model, calls
 
 

@@ -204,10 +204,7 @@ def newton_run(use_loss_closure: bool, steps: int = 5):
         return nn.functional.mse_loss(model(X), Y)
 
     for _ in range(steps):
-        if use_loss_closure:
-            newton.step(closure, loss_closure=loss_closure)
-        else:
-            newton.step(closure)
+        newton.step(closure, loss_closure=loss_closure if use_loss_closure else None)
     return model, graded
 
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from test_op_cases import LOSSES, REDUCTIONS, hesskit_loss, split, targets, torch_loss_fn
 from torch import nn
 
-from hesskit.estimators.curvature_backprop import UnsupportedArchitectureError
+from hesskit.errors import UnsupportedArchitectureError
 from hesskit.operators import hessian_operator
-from hesskit.operators.chain_hessian import ChainHessian
+from hesskit.engine import ChainHessian
 from hesskit.operators.hessian import HessianMethod
 from hesskit.problem import Problem
 from reference import autograd_hessian
@@ -123,11 +123,64 @@ class Residual(nn.Module):
         return self.out(torch.tanh(self.inner(x)) + x)
 
 
+class InPlaceBetweenModules(nn.Module):
+    """tanh_ between two Linear layers: the next layer receives the same tensor object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x).tanh_())
+
+
+class Tied(nn.Module):
+    """Two square layers sharing one weight tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second, self.out = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+        self.second.weight = self.first.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.nn.functional.silu(self.second(torch.sigmoid(self.first(x)))))
+
+
+class TiedSequential(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+        self[2].weight = self[0].weight
+
+
 NOT_CHAINS = {
     "residual": Residual,
+    "in_place_between_modules": InPlaceBetweenModules,
+    "tied_functional": Tied,
+    "tied_sequential": TiedSequential,
+    "softmax": lambda: nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 2)),
+}
+
+NEW_CHAINS = {
     "softplus_beta_2": lambda: nn.Sequential(nn.Linear(3, 4), nn.Softplus(beta=2), nn.Linear(4, 2)),
     "gelu_tanh": lambda: nn.Sequential(nn.Linear(3, 4), nn.GELU("tanh"), nn.Linear(4, 2)),
+    "mish_selu": lambda: nn.Sequential(nn.Linear(3, 4), nn.Mish(), nn.Linear(4, 3), nn.SELU(),
+                                       nn.Linear(3, 2)),
+    "hardswish_inplace_relu6": lambda: nn.Sequential(
+        nn.Linear(3, 4), nn.Hardswish(), nn.Linear(4, 3), nn.ReLU6(inplace=True),
+        nn.Linear(3, 2), nn.Tanh()
+    ),
 }
+
+
+@pytest.mark.parametrize("kind", NEW_CHAINS)
+def test_every_activation_of_the_table_takes_the_exact_chain_product(kind):
+    torch.manual_seed(1)
+    model = NEW_CHAINS[kind]().double()
+    problem, loss_fn, X, y = case_data("mse", "mean", model, (4, 2), 3, 2, seed=2)
+    H = autograd_hessian(model, loss_fn, X, y)
+    op = hessian_operator(problem)
+    torch.testing.assert_close(op.to_dense(), H, **tolerance(H))
+    assert op.method is HessianMethod.CHAIN
 
 
 @pytest.mark.parametrize("kind", NOT_CHAINS)

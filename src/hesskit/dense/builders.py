@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from hesskit.dense.autodiff_columns import AutodiffColumns
-from hesskit.dense.linear_chain import LinearChainBuilder, linear_chain
-from hesskit.errors import InvalidArgumentError
+from hesskit.engine.dense_blocks import LinearChainBuilder, dense_chain, layer_ranges
+from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.problem import Problem
 
 Progress = Callable[[int, int], None]
@@ -28,7 +28,7 @@ class Method(enum.Enum):
     """How to compute the dense matrices."""
 
     AUTO = "auto"
-    """The closed form when the model is a Linear/elementwise chain, autodiff otherwise."""
+    """The closed form when the engine proves a Linear/elementwise chain, autodiff otherwise."""
     LINEAR_CHAIN = "linear_chain"
     """Per-sample layer recursion and one GEMM per pair of layers (Dangel et al., 2020)."""
     AUTODIFF = "autodiff"
@@ -43,13 +43,17 @@ def resolve(problem: Problem, method: Method | str) -> Method:
         raise InvalidArgumentError(
             f"unknown method {method!r}; use one of {', '.join(m.value for m in Method)}"
         ) from None
-    chain = linear_chain(problem) if method is not Method.AUTODIFF else None
-    if method is Method.LINEAR_CHAIN and chain is None:
-        raise InvalidArgumentError(
-            "method 'linear_chain' needs an nn.Sequential of nn.Linear and elementwise "
-            "activations with all its parameters selected; use method='autodiff'"
-        )
-    return Method.LINEAR_CHAIN if chain is not None else Method.AUTODIFF
+    if method is Method.AUTODIFF:
+        return method
+    try:
+        dense_chain(problem)
+    except UnsupportedArchitectureError as reason:
+        if method is Method.LINEAR_CHAIN:
+            raise InvalidArgumentError(
+                f"method 'linear_chain' does not apply: {reason}; use method='autodiff'"
+            ) from None
+        return Method.AUTODIFF
+    return Method.LINEAR_CHAIN
 
 
 def groups(problem: Problem, method: Method) -> list[slice]:
@@ -57,12 +61,7 @@ def groups(problem: Problem, method: Method) -> list[slice]:
     layout = problem.layout
     if method is Method.AUTODIFF:
         return [layout.slice(name) for name in layout.names]
-    ranges = []
-    for layer in linear_chain(problem) or []:
-        start = layout.slice(layer.weight_name).start
-        stop = layout.slice(layer.bias_name or layer.weight_name).stop
-        ranges.append(slice(start, stop))
-    return ranges
+    return layer_ranges(problem, dense_chain(problem))
 
 
 def fill(
@@ -76,7 +75,7 @@ def fill(
 ) -> None:
     """Fill the lower block triangle. Without ``split``, pass the same tensor twice (H)."""
     if method is Method.LINEAR_CHAIN:
-        builder = LinearChainBuilder(problem, linear_chain(problem))
+        builder = LinearChainBuilder(problem)
         batches = list(problem.batches())
         for done, batch in enumerate(batches, start=1):
             builder.add_batch(batch.inputs, batch.targets, batch.weight, gauss_newton, residual)
@@ -121,7 +120,7 @@ def probe_seconds(problem: Problem, method: Method, split: bool, chunk_size: int
     """
     n, dtype, device = problem.num_params, problem.dtype, problem.device
     if method is Method.LINEAR_CHAIN:
-        builder = LinearChainBuilder(problem, linear_chain(problem))
+        builder = LinearChainBuilder(problem)
         first = next(problem.batches())
         scratch = torch.zeros(n, n, dtype=dtype, device=device)
         other = torch.zeros_like(scratch) if split else scratch

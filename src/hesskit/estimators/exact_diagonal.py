@@ -9,10 +9,10 @@ w_b its weight, ℓ_i the unscaled per-sample loss):
 * Gauss-Newton, G = Σ_b w_b Σ_i J_iᵀ S_i S_iᵀ J_i (S_i from ``Loss.hessian_sqrt``, c_b
   included), so diag(G) = Σ_b w_b Σ_i Σ_c (J_iᵀ S_i)[:, c]²: m backward passes per batch
   for m = ``hessian_sqrt`` columns (the output dimension k);
-* Hessian: exact only for a chain of supported layers (``curvature_backprop``).
+* Hessian: exact only for a proved chain of supported layers (``hesskit.engine.curvature``).
 
 Two exact methods: backpropagation of per-sample curvature through a chain of layers
-(cheapest; ``curvature_backprop``), and, for GGN and EF on any model whose samples are
+(cheapest; ``hesskit.engine.curvature``), and, for GGN and EF on any model whose samples are
 independent (no batch statistics), ``torch.func.vmap`` of per-sample vjp / grad. The
 latter materialises n·m·N numbers per batch (m = 1 for EF), so it is far slower: for the
 784-256-256-10 classifier with batch 512 it cost thousands of gradients against under ten
@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
 from hesskit.distributed import all_reduce_sum
+from hesskit.engine import chain_diagonal, primal_pass, problem_chain
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
-from hesskit.estimators.curvature_backprop import chain_diagonal, record_chain
 from hesskit.layout import ParameterLayout
 from hesskit.operators.base import CurvatureOperator, MatrixOperator
 from hesskit.problem import Batch, Problem
@@ -117,7 +117,13 @@ def hessian_diagonal(problem: Problem) -> Tensor:
         UnsupportedArchitectureError: the model is not such a chain; use :func:`diagonal`
             for an estimate.
     """
-    return _backprop_diagonal(problem, DiagonalKind.HESSIAN)
+    try:
+        return _backprop_diagonal(problem, DiagonalKind.HESSIAN)
+    except UnsupportedArchitectureError as reason:
+        raise UnsupportedArchitectureError(
+            f"no exact Hessian diagonal: {reason}; use hesskit.diagonal(problem) for a "
+            "Hutchinson estimate with its standard error"
+        ) from None
 
 
 def gauss_newton_diagonal(problem: Problem, *, use_chain: bool | None = None) -> Tensor:
@@ -206,12 +212,12 @@ def _exact_with_method(
 
 
 def _backprop_diagonal(problem: Problem, kind: DiagonalKind) -> Tensor:
-    named = dict(problem.model.named_parameters())
-    names = {id(named[name]): name for name in problem.layout.names}
-    total = {name: torch.zeros_like(p) for name, p in problem.parameters().items()}
+    params = problem.parameters()
+    total = {name: torch.zeros_like(p) for name, p in params.items()}
     for batch in problem.batches():
-        steps, output = record_chain(problem.model, batch.inputs)
-        parts = chain_diagonal(steps, output, batch.targets, problem.loss, names, kind.value)
+        chain = problem_chain(problem, params, batch.inputs)
+        primal = primal_pass(chain, problem.loss, batch.targets, params)
+        parts = chain_diagonal(primal, problem.loss, batch.targets, kind.value)
         for name, part in parts.items():
             total[name] += batch.weight * part
     return _summed_over_ranks(problem, problem.layout.flatten(total))

@@ -2,10 +2,10 @@
 
 Two exact ways to multiply by one batch's Hessian, chosen per operator:
 
-* ``HessianMethod.CHAIN`` (for models that are a chain of ``nn.Linear`` layers and
-  elementwise activations, the common MLP): forward-over-reverse written by hand
-  (:mod:`hesskit.operators.chain_hessian`). The primal forward and backward passes are
-  kept per batch; a product runs only the tangent passes, K vectors per matrix product.
+* ``HessianMethod.CHAIN`` (for models that the structural engine proves to be a chain of
+  ``nn.Linear`` layers and elementwise activations, the common MLP): forward-over-reverse
+  written by hand (:mod:`hesskit.engine.hessian_product`). The primal forward and backward
+  passes are kept per batch; a product runs only the tangent passes, K vectors per matrix product.
   About 1.8 gradients on Martens' autoencoder and 1.35 on a small ReLU classifier, which is
   the multiply-add floor of an exact product through dense layers (see that module).
 * ``HessianMethod.TORCH_FUNC`` (any other model): the gradient function θ ↦ ∇ℓ_b(θ) is
@@ -28,9 +28,9 @@ import enum
 from torch import Tensor
 from torch.func import grad, vjp
 
-from hesskit.estimators.curvature_backprop import UnsupportedArchitectureError
+from hesskit.engine import ChainHessian, primal_pass, problem_chain
+from hesskit.errors import UnsupportedArchitectureError
 from hesskit.operators.base import ProblemOperator, apply_columns
-from hesskit.operators.chain_hessian import ChainHessian
 from hesskit.problem import Batch, Problem
 
 Params = dict[str, Tensor]
@@ -90,30 +90,23 @@ class HessianOperator(ProblemOperator):
     def _linearize(self, batch: Batch) -> ChainHessian | _TorchFuncHessian:
         if self.method is not HessianMethod.TORCH_FUNC:
             try:
-                chain = ChainHessian(
-                    self.problem.model, self.problem.loss, self.params, batch.inputs,
-                    batch.targets,
-                )
+                chain = problem_chain(self.problem, self.params, batch.inputs)
             except UnsupportedArchitectureError as error:
                 if self.use_chain:
-                    raise _no_chain(error) from None
+                    raise UnsupportedArchitectureError(
+                        f"use_chain=True, but {error}; pass use_chain=None to fall back to "
+                        "torch.func"
+                    ) from None
                 self.method = HessianMethod.TORCH_FUNC
             else:
                 self.method = HessianMethod.CHAIN
-                return chain
+                loss, targets = self.problem.loss, batch.targets
+                primal = primal_pass(chain, loss, targets, self.params)
+                return ChainHessian(primal, loss, targets, self.params)
         return _TorchFuncHessian(self.problem, self.params, batch)
 
     def _matmat_batch(self, batch: Batch, V: Params) -> Params:
         return self.per_batch(batch, self._linearize).matmat(V)
-
-
-def _no_chain(error: UnsupportedArchitectureError) -> UnsupportedArchitectureError:
-    reason = str(error).removeprefix("no exact diagonal for this model: ")
-    reason = reason.split("; use a Hutchinson")[0]
-    return UnsupportedArchitectureError(
-        f"use_chain=True needs a chain of nn.Linear layers and elementwise activations, "
-        f"but {reason}; pass use_chain=None to fall back to torch.func"
-    )
 
 
 def hessian_operator(

@@ -1,7 +1,7 @@
 """Hessian-vector products of a chain of layers by forward-over-reverse, written by hand.
 
-For a network that is a chain of ``nn.Linear`` layers s = a Wᵀ + b and elementwise
-activations a' = σ(s) (recorded with :func:`~hesskit.estimators.curvature_backprop.record_chain`),
+For a network that is a proved chain of ``nn.Linear`` layers s = a Wᵀ + b and elementwise
+activations a' = σ(s) (:func:`~hesskit.engine.recorder.record_chain`),
 H v is the directional derivative R{·} of the gradient along v (Pearlmutter 1994, the
 R-operator). With g = ∂ℓ/∂(layer output), per sample rows:
 
@@ -11,9 +11,10 @@ R-operator). With g = ∂ℓ/∂(layer output), per sample rows:
                         Linear:  (H v)_W = R(g_s)ᵀ a + g_sᵀ R(a),   (H v)_b = Σ_i R(g_s)_i,
                                  R(g_a) = R(g_s) W + g_s V_W
 
-The primal forward (a, σ′, σ″ ⊙ g) and backward (g at every layer) are computed once per
-batch and kept; a product runs only the tangent passes, for K vectors at once with the
-tangents laid out ``[n, K, d]`` so that every term is one matrix product (``addmm``).
+The primal forward (a, σ′, σ″ ⊙ g) and backward (g at every layer) are the batch's
+:class:`~hesskit.engine.primal.Primal`, computed once and kept; a product runs only the
+tangent passes, for K vectors at once with the tangents laid out ``[n, K, d]`` so that
+every term is one matrix product (``addmm``).
 Structurally zero work is skipped: nothing below the first layer with differentiated
 parameters has a tangent (R(a) = 0 there, e.g. for the input), and that layer needs no
 R(g_a).
@@ -46,15 +47,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-from hesskit.estimators.curvature_backprop import (
-    Step,
-    UnsupportedArchitectureError,
-    activation_of,
-    record_chain,
-)
+from hesskit.engine.primal import LinearRecord, Primal
 from hesskit.losses import Loss
 
 Params = dict[str, Tensor]
@@ -132,70 +127,37 @@ class _ActivationLayer:
 
 
 class ChainHessian:
-    """One batch's ∇²ℓ_b v for a chain of layers, its primal passes computed once.
+    """One batch's ∇²ℓ_b v for a proved chain, its primal passes computed once.
 
-    Building runs one forward pass of the model (with the given parameters) and the input
-    gradients of the layers from the output down to the first differentiated layer; memory
-    is about three activations per unit and sample. Each :meth:`matmat` then costs the
-    tangent passes only (see the module docstring for the count).
+    Building takes the batch's :class:`~hesskit.engine.primal.Primal` (one forward pass and
+    the backward recursion down to the first differentiated layer); each :meth:`matmat`
+    then costs the tangent passes only (see the module docstring for the count).
 
     Args:
-        model: the network; it must be a chain that ``record_chain`` accepts.
+        primal: the batch's primal records.
         loss: the loss, whose ``hessian_vector`` gives H_ℓ in closed form.
-        params: the differentiated parameters by name (others keep the model's values).
-        inputs: the batch inputs X.
         targets: the batch targets y.
-
-    Raises:
-        UnsupportedArchitectureError: the model is not such a chain.
+        params: the differentiated parameters by name.
     """
 
     max_columns: int = 16
     """Directions per pass of :meth:`matmat` (bounds the memory of the tangents)."""
 
-    def __init__(
-        self, model: nn.Module, loss: Loss, params: Params, inputs: Tensor, targets: Tensor
-    ) -> None:
-        steps, output = functional_call(
-            _ChainRecorder(model), {f"model.{k}": v for k, v in params.items()}, (inputs,)
-        )
+    def __init__(self, primal: Primal, loss: Loss, targets: Tensor, params: Params) -> None:
         self.loss, self.targets, self.params = loss, targets, params
-        self.outputs = output.detach()
-        self.layers = self._primal_backward(steps, _linear_names(model, params))
-
-    def _primal_backward(
-        self, steps: list[Step], names: dict[int, tuple[str | None, str | None]]
-    ) -> list[_LinearLayer | _ActivationLayer]:
-        linear = [i for i, s in enumerate(steps) if any(names.get(id(s.module), (None, None)))]
-        if not linear:
-            return []
-        z = self.outputs.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.loss.value(z, self.targets), z)
-        g = g.reshape(g.shape[0], -1)
-        layers: list[_LinearLayer | _ActivationLayer] = []
-        with torch.no_grad():
-            for index in range(len(steps) - 1, linear[0] - 1, -1):
-                step = steps[index]
-                if type(step.module) is nn.Linear:
-                    weight_name, bias_name = names.get(id(step.module), (None, None))
-                    W = self.params[weight_name] if weight_name else step.module.weight.detach()
-                    first = index == linear[0]
-                    layers.append(_LinearLayer(W, step.inputs, g, weight_name, bias_name, first))
-                    g = None if first else g @ W
-                elif (sigma := activation_of(step.module)) is not None:
-                    s = step.inputs
-                    residual = None if sigma.piecewise_linear else sigma.second(s) * g
-                    slope = sigma.first(s)
-                    g = slope * g
-                    layers.append(_ActivationLayer(
-                        slope.unsqueeze(1), None if residual is None else residual.unsqueeze(1)
-                    ))
-                elif step.inputs.ndim != 2:  # a pass-through layer (Flatten on [n, d]: none)
-                    raise UnsupportedArchitectureError(
-                        f"{type(step.module).__name__} after a linear layer changes the shape"
-                    )
-        return layers[::-1]
+        self.outputs = primal.outputs
+        self.layers: list[_LinearLayer | _ActivationLayer] = []
+        for position, record in enumerate(primal.records):
+            if isinstance(record, LinearRecord):
+                self.layers.append(_LinearLayer(
+                    record.weight, record.inputs, record.output_gradient, record.weight_name,
+                    record.bias_name, position == 0,
+                ))
+            else:
+                residual = record.residual()
+                self.layers.append(_ActivationLayer(
+                    record.slope.unsqueeze(1), None if residual is None else residual.unsqueeze(1)
+                ))
 
     def matmat(self, V: Params) -> Params:
         """∇²ℓ_b V for K directions: ``V`` and the result are dicts of ``[K, *shape]``.
@@ -234,24 +196,3 @@ class ChainHessian:
             r = r.clone()
         for layer, tangent_in in zip(reversed(self.layers), reversed(tangents), strict=True):
             r = layer.tangent_backward(r, tangent_in, V, out)
-
-
-class _ChainRecorder(nn.Module):
-    """``record_chain(model, X)`` as a module, so ``functional_call`` can swap parameters."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: Tensor) -> tuple[list[Step], Tensor]:
-        return record_chain(self.model, inputs)
-
-
-def _linear_names(model: nn.Module, params: Params) -> dict[int, tuple[str | None, str | None]]:
-    """(weight name, bias name) of every linear layer by ``id``, None if not differentiated."""
-    names = {}
-    for prefix, module in model.named_modules():
-        if type(module) is nn.Linear:
-            full = [f"{prefix}.{p}" if prefix else p for p in ("weight", "bias")]
-            names[id(module)] = tuple(name if name in params else None for name in full)
-    return names

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from hesskit.dense.autodiff_columns import AutodiffColumns
-from hesskit.engine.dense_blocks import LinearChainBuilder, dense_chain, layer_ranges
+from hesskit.engine.dense_blocks import LinearChainBuilder, dense_chain, finish, layer_ranges
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.problem import Problem
 
@@ -99,15 +99,6 @@ def fill(
             done += stop - start
             if progress:
                 progress(done, total)
-
-
-def finish(matrix: Tensor, ranges: list[slice]) -> None:
-    """Copy the lower block triangle to the upper one and symmetrise the diagonal blocks."""
-    for index, rows in enumerate(ranges):
-        block = matrix[rows, rows]
-        block.copy_((block + block.T) / 2)
-        for cols in ranges[:index]:
-            matrix[cols, rows] = matrix[rows, cols].T
 
 
 def probe_seconds(problem: Problem, method: Method, split: bool, chunk_size: int) -> float:

@@ -12,78 +12,24 @@ the user's model and data and extrapolates (:func:`hesskit.dense.builders.probe_
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import asdict, dataclass
 
 import torch
 
 from hesskit.dense.builders import Method, probe_seconds, resolve
 from hesskit.errors import InvalidArgumentError, TooLargeError
+from hesskit.memory import (  # noqa: F401 - re-exported: the dense cost guard's budget
+    MEMORY_FRACTION,
+    available_memory,
+    budget_bytes,
+    default_memory_budget,
+    format_bytes,
+    parse_bytes,
+)
 from hesskit.problem import Problem
-
-MEMORY_FRACTION = 0.5
-"""Default budget: this fraction of the currently available memory."""
 
 LANCZOS_VECTORS = 100
 """Vectors a Lanczos run for the top eigenvalues keeps (for the matrix-free alternatives)."""
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (``MemAvailable``, else ``sysconf``)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30  # no way to ask: assume a small machine
-
-
-def default_memory_budget() -> int:
-    """:data:`MEMORY_FRACTION` of :func:`available_memory`."""
-    return int(MEMORY_FRACTION * available_memory())
-
-
-def parse_bytes(text: str) -> int:
-    """``"2GB"`` → 2·10⁹, ``"512MiB"`` → 512·2²⁰, ``"1e9"`` → 10⁹."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not match or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
-        raise InvalidArgumentError(
-            f"{text!r} is not a memory size; write a positive number with a unit, "
-            "e.g. 2GB or 512MiB"
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def format_bytes(count: float) -> str:
-    """A short human-readable size (decimal units)."""
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(count) < 1000 or unit == "PB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -170,7 +116,7 @@ def memory_estimate(
         dtype=str(dtype).removeprefix("torch."),
         matrix_bytes=matrices * n * n * itemsize,
         workspace_bytes=(2 * largest * largest + 4 * chunk * n) * itemsize,
-        budget_bytes=_budget(memory_budget),
+        budget_bytes=budget_bytes(memory_budget),
     )
 
 
@@ -228,12 +174,3 @@ def estimate_cost(
     chunk = chunk_size or default_chunk_size(problem.num_params, itemsize)
     seconds = probe_seconds(problem, chosen, split, chunk)
     return CostEstimate(**{**asdict(estimate), "seconds": seconds, "method": chosen.value})
-
-
-def _budget(memory_budget: int | str | None) -> int:
-    if memory_budget is None:
-        return default_memory_budget()
-    value = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
-    if value <= 0:
-        raise InvalidArgumentError(f"memory budget {memory_budget!r} must be positive")
-    return value

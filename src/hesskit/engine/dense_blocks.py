@@ -42,7 +42,7 @@ from hesskit.errors import UnsupportedArchitectureError
 from hesskit.problem import Problem
 
 
-def dense_chain(problem: Problem) -> Chain:
+def dense_chain(problem: Problem, params: dict[str, Tensor] | None = None) -> Chain:
     """The proved chain of ``problem`` (first batch) if its dense blocks have the closed form.
 
     Conditions beyond the chain itself: the differentiated parameters are exactly the
@@ -53,7 +53,7 @@ def dense_chain(problem: Problem) -> Chain:
         UnsupportedArchitectureError: with the reason, when a condition fails.
     """
     batch = next(problem.batches())
-    params = problem.parameters()
+    params = problem.parameters() if params is None else params
     chain = record_chain(problem.model, batch.inputs, params)
     linear = [s for s in chain.steps if s.kind == "linear"]
     names = [n for s in linear for n in chain.names[id(s.module)] if n is not None]
@@ -152,10 +152,16 @@ def _chain_sum(delta: Tensor, V: Tensor, x_cols: Tensor) -> Tensor:
 class LinearChainBuilder:
     """Adds the lower-triangle layer blocks of G and R (or of H = G + R) into dense matrices."""
 
-    def __init__(self, problem: Problem, chain: Chain | None = None) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        chain: Chain | None = None,
+        params: dict[str, Tensor] | None = None,
+    ) -> None:
         self.problem = problem
-        self.chain = chain or dense_chain(problem)
-        self.params = {name: p.detach().clone() for name, p in problem.parameters().items()}
+        params = problem.parameters() if params is None else params
+        self.params = {name: p.detach().clone() for name, p in params.items()}
+        self.chain = chain or dense_chain(problem, self.params)
         layout = problem.layout
         self.ranges = []  # (weight slice, bias slice or None) per layer, in call order
         for step in self.chain.steps:
@@ -169,10 +175,13 @@ class LinearChainBuilder:
         targets: Tensor,
         weight: float,
         gauss_newton: Tensor,
-        residual: Tensor,
+        residual: Tensor | None,
         samples: int | None = None,
     ) -> None:
         """Add one batch's lower-triangle blocks (``samples`` limits n, for timing probes).
+
+        G's blocks go into ``gauss_newton`` and R's into ``residual`` (the same tensor for H;
+        None to build G alone).
 
         Raises:
             UnsupportedArchitectureError: this batch runs through other modules than the
@@ -204,7 +213,13 @@ class LinearChainBuilder:
         return (previous @ batch.weights[l_ + 1]) * batch.slopes[l_][:, None, :]
 
     def _add_pair(
-        self, batch: _Batch, m: int, l_: int, T: Tensor, gauss_newton: Tensor, residual: Tensor
+        self,
+        batch: _Batch,
+        m: int,
+        l_: int,
+        T: Tensor,
+        gauss_newton: Tensor,
+        residual: Tensor | None,
     ) -> None:
         x_m, x_l = batch.inputs[m], batch.inputs[l_]
         _add_blocks(
@@ -213,6 +228,8 @@ class LinearChainBuilder:
             self.ranges[l_],
             _outer_sum(batch.curvature_gn[m] @ T, x_m, x_l),
         )
+        if residual is None:  # the Gauss-Newton part only
+            return
         if batch.curvature_residual[m] is not None:
             _add_blocks(
                 residual,
@@ -241,6 +258,15 @@ class LinearChainBuilder:
         return T
 
 
+def finish(matrix: Tensor, ranges: list[slice]) -> None:
+    """Copy the lower block triangle to the upper one and symmetrise the diagonal blocks."""
+    for index, rows in enumerate(ranges):
+        block = matrix[rows, rows]
+        block.copy_((block + block.T) / 2)
+        for cols in ranges[:index]:
+            matrix[cols, rows] = matrix[rows, cols].T
+
+
 def _add_blocks(
     matrix: Tensor,
     rows: tuple[slice, slice | None],
@@ -263,3 +289,27 @@ def _add_blocks(
             part = block[:, p, :, j]
             target = matrix[row_range, col_range].view(part.shape)
             target.add_(part)
+
+
+def dense_matrix(
+    problem: Problem,
+    part: str,
+    chain: Chain | None = None,
+    params: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """H (``part="H"``) or G (``"G"``) of ``problem`` at ``params`` (default: the model's
+    current values) as a dense ``[N, N]`` by the closed form.
+
+    Cost ≈ 2·n·N² flops per term over the lower block triangle, then one mirror pass.
+
+    Raises:
+        UnsupportedArchitectureError: ``problem`` is not a chain :func:`dense_chain` accepts.
+    """
+    builder = LinearChainBuilder(problem, chain, params)
+    n = problem.num_params
+    matrix = torch.zeros(n, n, dtype=problem.dtype, device=problem.device)
+    for batch in problem.batches():
+        residual = matrix if part == "H" else None
+        builder.add_batch(batch.inputs, batch.targets, batch.weight, matrix, residual)
+    finish(matrix, layer_ranges(problem, builder.chain))
+    return matrix

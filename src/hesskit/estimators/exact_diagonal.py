@@ -1,27 +1,11 @@
-"""Exact diagonals (and so exact traces) of the Hessian, Gauss-Newton and empirical Fisher.
+"""The front door to curvature diagonals: exact where hesskit can compute them, else an
+estimate that says it is one.
 
-For the total loss L(θ) = Σ_b w_b c_b Σ_{i∈b} ℓ_i(θ) (c_b the batch's reduction factor,
-w_b its weight, ℓ_i the unscaled per-sample loss):
-
-* empirical Fisher, EF = Σ_b w_b c_b Σ_i g_i g_iᵀ with g_i = ∇ℓ_i (unscaled), so
-  diag(EF) = Σ_b w_b c_b Σ_i g_i ⊙ g_i. With "mean" reduction over one batch this is
-  (1/n) Σ_i g_i g_iᵀ, the usual (1/n)-normalised empirical Fisher;
-* Gauss-Newton, G = Σ_b w_b Σ_i J_iᵀ S_i S_iᵀ J_i (S_i from ``Loss.hessian_sqrt``, c_b
-  included), so diag(G) = Σ_b w_b Σ_i Σ_c (J_iᵀ S_i)[:, c]²: m backward passes per batch
-  for m = ``hessian_sqrt`` columns (the output dimension k);
-* Hessian: exact only for a proved chain of supported layers (``hesskit.engine.curvature``).
-
-Two exact methods: backpropagation of per-sample curvature through a chain of layers
-(cheapest; ``hesskit.engine.curvature``), and, for GGN and EF on any model whose samples are
-independent (no batch statistics), ``torch.func.vmap`` of per-sample vjp / grad. The
-latter materialises n·m·N numbers per batch (m = 1 for EF), so it is far slower: for the
-784-256-256-10 classifier with batch 512 it cost thousands of gradients against under ten
-for backpropagation (benchmarks/diagonal.py).
-:func:`diagonal` is the front door: exact where possible, else Hutchinson's estimate with
-its standard error, and it says which it used.
-
-For a distributed ``Problem`` each rank sums over its own samples and one all-reduce of the
-N-vector adds the ranks' parts, so every rank gets the diagonal over all the data.
+The exact methods live with the operators (:mod:`hesskit.operators.diagonals`: per-sample
+curvature backpropagated through a chain the structural engine proves, or per-sample
+``vmap`` for G and the empirical Fisher on any model whose samples are independent); here
+are the named functions and :func:`diagonal`, which falls back to Hutchinson's estimate
+with its standard error and records which method it used and why.
 """
 
 from __future__ import annotations
@@ -30,15 +14,20 @@ import enum
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import grad, vjp, vmap
+from torch import Tensor
 
-from hesskit.distributed import all_reduce_sum
-from hesskit.engine import chain_diagonal, primal_pass, problem_chain
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
+from hesskit.estimators.diagonal import hutchinson_diagonal
 from hesskit.layout import ParameterLayout
-from hesskit.operators.base import CurvatureOperator, MatrixOperator
-from hesskit.problem import Batch, Problem
+from hesskit.operators import (
+    CurvatureOperator,
+    MatrixOperator,
+    empirical_fisher_operator,
+    gauss_newton_operator,
+    hessian_operator,
+)
+from hesskit.operators.diagonals import backprop_diagonal, exact_diagonal, per_sample_diagonal
+from hesskit.problem import Problem
 
 ELEMENT_BUDGET = 2**24
 """Largest per-sample intermediate (samples × N × columns) held at once by the vmap path."""
@@ -58,6 +47,7 @@ class DiagonalMethod(str, enum.Enum):
     BACKPROP = "exact: per-sample curvature backpropagated through the layer chain"
     PER_SAMPLE = "exact: per-sample vjp/grad with torch.func.vmap"
     MATRIX = "exact: read from the explicit matrix"
+    OPERATOR = "exact: the operator's own exact diagonal"
     HUTCHINSON = "estimate: Hutchinson with Rademacher probes"
 
 
@@ -117,13 +107,7 @@ def hessian_diagonal(problem: Problem) -> Tensor:
         UnsupportedArchitectureError: the model is not such a chain; use :func:`diagonal`
             for an estimate.
     """
-    try:
-        return _backprop_diagonal(problem, DiagonalKind.HESSIAN)
-    except UnsupportedArchitectureError as reason:
-        raise UnsupportedArchitectureError(
-            f"no exact Hessian diagonal: {reason}; use hesskit.diagonal(problem) for a "
-            "Hutchinson estimate with its standard error"
-        ) from None
+    return exact_diagonal(problem, "hessian")
 
 
 def gauss_newton_diagonal(problem: Problem, *, use_chain: bool | None = None) -> Tensor:
@@ -160,7 +144,7 @@ def diagonal(
 
     Args:
         target: a ``Problem`` (then ``kind`` picks the matrix) or any curvature operator
-            (exact for a ``MatrixOperator``, else estimated; ``kind`` is ignored).
+            (its exact ``diagonal()`` where it has one, else estimated; ``kind`` is ignored).
         kind: ``"hessian"``, ``"ggn"`` or ``"ef"``.
         probes: Hutchinson probes (= products) when estimating.
         generator: random source of the probes; default seeded with ``seed``.
@@ -182,7 +166,9 @@ def diagonal(
         values, method = _exact_with_method(target, kind, None)
         return DiagonalResult(kind, method, values, zeros, 0, target.layout)
     except UnsupportedArchitectureError as reason:
-        estimate = _hutchinson(_operator_for(target, kind), probes, generator, seed)
+        estimate = hutchinson_diagonal(
+            _operator_for(target, kind), probes, generator=generator, seed=seed
+        )
         return DiagonalResult(kind, DiagonalMethod.HUTCHINSON, estimate.value, estimate.stderr,
                               estimate.products, target.layout, str(reason))
 
@@ -204,107 +190,29 @@ def _exact_with_method(
 ) -> tuple[Tensor, DiagonalMethod]:
     if use_chain is not False:
         try:
-            return _backprop_diagonal(problem, kind), DiagonalMethod.BACKPROP
+            return backprop_diagonal(problem, kind.value), DiagonalMethod.BACKPROP
         except UnsupportedArchitectureError:
             if use_chain or kind is DiagonalKind.HESSIAN:
                 raise
-    return _per_sample_diagonal(problem, kind), DiagonalMethod.PER_SAMPLE
-
-
-def _backprop_diagonal(problem: Problem, kind: DiagonalKind) -> Tensor:
-    params = problem.parameters()
-    total = {name: torch.zeros_like(p) for name, p in params.items()}
-    for batch in problem.batches():
-        chain = problem_chain(problem, params, batch.inputs)
-        primal = primal_pass(chain, problem.loss, batch.targets, params)
-        parts = chain_diagonal(primal, problem.loss, batch.targets, kind.value)
-        for name, part in parts.items():
-            total[name] += batch.weight * part
-    return _summed_over_ranks(problem, problem.layout.flatten(total))
-
-
-def _summed_over_ranks(problem: Problem, local: Tensor) -> Tensor:
-    """A per-sample sum over this rank's data, summed over the ranks (one all-reduce)."""
-    return all_reduce_sum(local.contiguous()) if problem.distributed else local
-
-
-def _per_sample_diagonal(problem: Problem, kind: DiagonalKind) -> Tensor:
-    for name, module in problem.model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            raise UnsupportedArchitectureError(
-                f"no exact diagonal for this model: {name!r} normalises with batch statistics "
-                "in training mode, which couples the samples; call model.eval() or use a "
-                "Hutchinson estimate"
-            )
-    params = problem.parameters()
-    total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
-    for batch in problem.batches():
-        total += batch.weight * _per_sample_batch(problem, params, batch, kind)
-    return _summed_over_ranks(problem, total)
-
-
-def _per_sample_batch(problem: Problem, params: dict, batch: Batch, kind: DiagonalKind) -> Tensor:
-    loss, X, y = problem.loss, batch.inputs, batch.targets
-    if kind is DiagonalKind.EF:
-        with torch.no_grad():
-            c = loss.scale(problem.output(params, X))
-
-        def sample_loss(p: dict, x: Tensor, t: Tensor) -> Tensor:
-            z = problem.output(p, x[None])
-            return loss.value(z, t[None]) / loss.scale(z)
-
-        def squares(p: dict, x: Tensor, t: Tensor) -> dict:
-            return {n: g**2 for n, g in grad(sample_loss)(p, x, t).items()}
-
-        per_sample, columns, weight = squares, 1, c
-    else:
-        with torch.no_grad():
-            factor = loss.hessian_sqrt(problem.output(params, X), y)  # [n, k, m]
-
-        def sample_columns(p: dict, x: Tensor, s: Tensor) -> dict:
-            _, pullback = vjp(lambda q: problem.output(q, x[None]).reshape(-1), p)
-            (cols,) = vmap(pullback)(s.T)
-            return {n: (col**2).sum(0) for n, col in cols.items()}
-
-        per_sample, columns, weight, y = sample_columns, factor.shape[-1], 1.0, factor
-    chunk = max(1, ELEMENT_BUDGET // (problem.num_params * columns))
-    total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
-    for start in range(0, len(X), chunk):
-        parts = vmap(per_sample, in_dims=(None, 0, 0))(
-            params, X[start : start + chunk], y[start : start + chunk]
-        )
-        total += problem.layout.flatten({n: t.sum(0) for n, t in parts.items()})
-    return weight * total
+    return per_sample_diagonal(problem, kind.value), DiagonalMethod.PER_SAMPLE
 
 
 def _operator_diagonal(
     op: CurvatureOperator, probes: int, generator: torch.Generator | None, seed: int
 ) -> DiagonalResult:
-    if isinstance(op, MatrixOperator):
-        values = op.matrix.diagonal().clone()
-        return DiagonalResult(None, DiagonalMethod.MATRIX, values, torch.zeros_like(values), 0,
-                              op.layout)
-    estimate = _hutchinson(op, probes, generator, seed)
-    return DiagonalResult(None, DiagonalMethod.HUTCHINSON, estimate.value, estimate.stderr,
-                          estimate.products, op.layout,
-                          "an operator's entries can only be probed through products")
-
-
-def _hutchinson(op: CurvatureOperator, probes: int, generator, seed: int):
-    from hesskit.estimators.diagonal import hutchinson_diagonal
-
-    return hutchinson_diagonal(op, probes, generator=generator, seed=seed)
+    method = DiagonalMethod.MATRIX if isinstance(op, MatrixOperator) else DiagonalMethod.OPERATOR
+    try:
+        values = op.diagonal()
+    except UnsupportedArchitectureError as reason:
+        estimate = hutchinson_diagonal(op, probes, generator=generator, seed=seed)
+        return DiagonalResult(None, DiagonalMethod.HUTCHINSON, estimate.value,
+                              estimate.stderr, estimate.products, op.layout, str(reason))
+    return DiagonalResult(None, method, values, torch.zeros_like(values), 0, op.layout)
 
 
 def _operator_for(problem: Problem, kind: DiagonalKind) -> CurvatureOperator:
     if kind is DiagonalKind.HESSIAN:
-        from hesskit.operators.hessian import hessian_operator
-
         return hessian_operator(problem)
     if kind is DiagonalKind.GGN:
-        from hesskit.operators.gauss_newton import gauss_newton_operator
-
         return gauss_newton_operator(problem)
-    from hesskit.operators.fisher import empirical_fisher_operator
-
     return empirical_fisher_operator(problem)

@@ -1,4 +1,5 @@
-"""Operators built from operators: sums, scalings, damping A + λI, and diagonal matrices.
+"""Operators built from operators: sums, scalings, damping A + λI, diagonal matrices and the
+restriction of an operator to a block of its parameters.
 
 All act on the flat ``[N, K]`` layout of their operands, which must share a layout.
 ``symmetric`` and ``psd`` follow from the operands (e.g. A + λI is PSD when A is and λ ≥ 0).
@@ -38,6 +39,10 @@ class ScaledOperator(CurvatureOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         return self.scale * self.operator.matmat(V)
 
+    def diagonal(self) -> Tensor:
+        """α diag(A), exact when A's is."""
+        return self.scale * self.operator.diagonal()
+
 
 class SumOperator(CurvatureOperator):
     """A_1 + A_2 + … for operators on the same parameter layout."""
@@ -64,6 +69,10 @@ class SumOperator(CurvatureOperator):
             total = total + op.matmat(V)
         return total
 
+    def diagonal(self) -> Tensor:
+        """Σ diag(A_j), exact when every operand's is."""
+        return sum(op.diagonal() for op in self.operators)
+
 
 class DiagonalOperator(CurvatureOperator):
     """diag(d) for a flat vector d of length N (PSD when every d_i ≥ 0)."""
@@ -78,11 +87,15 @@ class DiagonalOperator(CurvatureOperator):
                 "parameters; pass one entry per parameter"
             )
         super().__init__(layout, diagonal.dtype, diagonal.device)
-        self.diagonal = diagonal
+        self.entries = diagonal
         self.psd = bool((diagonal >= 0).all())
 
     def _matmat(self, V: Tensor) -> Tensor:
-        return self.diagonal.unsqueeze(1) * V
+        return self.entries.unsqueeze(1) * V
+
+    def diagonal(self) -> Tensor:
+        """d itself (a copy)."""
+        return self.entries.clone()
 
 
 class DampedOperator(CurvatureOperator):
@@ -109,6 +122,48 @@ class DampedOperator(CurvatureOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         return self.operator.matmat(V) + self._damping * V
+
+    def diagonal(self) -> Tensor:
+        """diag(A) + λ, exact when A's is."""
+        return self.operator.diagonal() + self._damping
+
+
+class BlockOperator(CurvatureOperator):
+    """P A Pᵀ: A restricted to the parameters ``names`` (rows and columns of those only).
+
+    Each product pads V with zeros to the full layout, multiplies by A and keeps the rows of
+    ``names``: one product of A per product. Exact diagonal: A's, restricted.
+    """
+
+    def __init__(self, operator: CurvatureOperator, names: Sequence[str]) -> None:
+        unknown = sorted(set(names) - set(operator.layout.names))
+        if unknown or not names:
+            raise InvalidArgumentError(
+                f"no parameters named {unknown or list(names)} in the operator; known: "
+                f"{', '.join(operator.layout.names)}"
+            )
+        chosen = [n for n in operator.layout.names if n in set(names)]
+        shapes = dict(zip(operator.layout.names, operator.layout.shapes, strict=True))
+        super().__init__(
+            ParameterLayout(tuple(chosen), tuple(shapes[n] for n in chosen)),
+            operator.dtype, operator.device,
+        )
+        self.operator = operator
+        self.index = torch.cat([
+            torch.arange(operator.layout.slice(n).start, operator.layout.slice(n).stop)
+            for n in chosen
+        ]).to(operator.device)
+        self.symmetric = operator.symmetric
+        self.psd = operator.psd
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        full = V.new_zeros(self.operator.shape[0], V.shape[1])
+        full[self.index] = V
+        return self.operator.matmat(full)[self.index]
+
+    def diagonal(self) -> Tensor:
+        """A's exact diagonal, restricted (raises as A's does)."""
+        return self.operator.diagonal()[self.index]
 
 
 def damped(operator: CurvatureOperator, damping: float) -> DampedOperator:

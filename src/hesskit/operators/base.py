@@ -1,8 +1,11 @@
 """The one abstraction for a curvature matrix: a symmetric N×N linear operator.
 
 ``CurvatureOperator`` supplies everything but the product itself: ``matvec`` / ``matmat`` /
-``@`` for flat tensors and for parameter-shaped dicts or lists, ``to_dense`` and
-``to_scipy``. A subclass implements ``_matmat(V)`` on flat ``[N, K]`` tensors.
+``@`` for flat tensors and for parameter-shaped dicts or lists, ``to_dense``, ``to_scipy``,
+``diagonal``, ``trace`` and ``block`` (the restriction to some parameters). A subclass
+implements ``_matmat(V)`` on flat ``[N, K]`` tensors, and overrides ``diagonal`` or
+``to_dense`` where it knows a cheaper exact way (the Hessian and Gauss-Newton operators do,
+through the structural engine).
 
 ``ProblemOperator`` is the base of the matrices of a ``Problem`` (Hessian, Gauss-Newton,
 Fisher): it sums per-batch products with the batch weights, so a subclass implements only
@@ -25,8 +28,9 @@ from torch import Tensor
 from torch.func import vmap
 
 from hesskit.distributed import all_reduce_sum
-from hesskit.errors import InvalidArgumentError
+from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.layout import ParameterLayout
+from hesskit.memory import check_dense_fits
 from hesskit.problem import Batch, Problem
 
 Vector = Tensor | Mapping[str, Tensor] | Sequence[Tensor]
@@ -78,8 +82,16 @@ class CurvatureOperator(ABC):
         return self.matvec(x)
 
     def to_dense(self, chunk_size: int = 256) -> Tensor:
-        """The N×N matrix, built column block by column block (A applied to the identity)."""
+        """The N×N matrix, built column block by column block (A applied to the identity).
+
+        Cost: N products (``chunk_size`` at a time); memory N² entries, checked against the
+        memory budget first (:func:`hesskit.memory.check_dense_fits`).
+
+        Raises:
+            TooLargeError: before anything is allocated, when N² entries exceed the budget.
+        """
         n = self.shape[0]
+        check_dense_fits(n, self.dtype, what=f"the dense {type(self).__name__}")
         dense = torch.empty(n, n, dtype=self.dtype, device=self.device)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
@@ -87,6 +99,39 @@ class CurvatureOperator(ABC):
             eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
             dense[:, start:stop] = self._matmat(eye)
         return dense
+
+    def diagonal(self) -> Tensor:
+        """diag(A) exactly, flat ``[N]``.
+
+        An operator known only through its products has no exact diagonal cheaper than N
+        products; this base version refuses and names the estimator. Subclasses with an
+        exact method override it (explicit matrices, sums and dampings of such operators,
+        the Gauss-Newton and empirical-Fisher operators, the Hessian of a proved chain).
+
+        Raises:
+            UnsupportedArchitectureError: no exact diagonal is available.
+        """
+        raise UnsupportedArchitectureError(
+            f"{type(self).__name__} has no exact diagonal cheaper than its N = "
+            f"{self.shape[0]} unit products; estimate it with "
+            "hesskit.hutchinson_diagonal(op), or read op.to_dense().diagonal() when N is small"
+        )
+
+    def trace(self) -> float:
+        """tr(A) = Σ_i A_ii exactly, from :meth:`diagonal` (same cost; raises as it does)."""
+        return float(self.diagonal().sum())
+
+    def block(self, names: Sequence[str]) -> CurvatureOperator:
+        """The restriction P A Pᵀ of A to the parameters ``names`` (a principal submatrix).
+
+        Its vectors live on those parameters only (in this operator's layout order). The
+        generic restriction multiplies by the full A with zeros elsewhere (one full product
+        per product); problem operators restrict the problem instead, which differentiates
+        only those parameters (cheaper).
+        """
+        from hesskit.operators.algebra import BlockOperator
+
+        return BlockOperator(self, names)
 
     def to_scipy(self) -> LinearOperator:
         """A ``scipy.sparse.linalg.LinearOperator`` for ``eigsh``, ``cg``, ``minres``."""
@@ -140,6 +185,14 @@ class MatrixOperator(CurvatureOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         return self.matrix @ V
 
+    def diagonal(self) -> Tensor:
+        """The matrix's diagonal (read, exact)."""
+        return self.matrix.diagonal().clone()
+
+    def to_dense(self, chunk_size: int = 256) -> Tensor:
+        """A copy of the matrix."""
+        return self.matrix.clone()
+
 
 class ProblemOperator(CurvatureOperator):
     """A curvature matrix of a ``Problem``: A = Σ_b w_b A_b over the batches.
@@ -163,8 +216,28 @@ class ProblemOperator(CurvatureOperator):
         super().__init__(problem.layout, problem.dtype, problem.device)
         self.problem = problem
         self.params = {name: p.detach().clone() for name, p in problem.parameters().items()}
+        check = getattr(problem, "check_finite_parameters", None)
+        if check is not None:
+            check(self.params)
         self.cache = problem.num_batches <= self.max_cached_batches if cache is None else cache
         self._per_batch: dict[int, object] = {}
+
+    def block(self, names: Sequence[str]) -> CurvatureOperator:
+        """The same matrix of the problem restricted to the parameters ``names``: the
+        principal submatrix, with only those parameters differentiated (cheaper than the
+        generic restriction). The others stay at the values this operator was built at."""
+        unknown = sorted(set(names) - set(self.layout.names))
+        if unknown:
+            raise InvalidArgumentError(
+                f"no parameters named {unknown} in this operator; known: "
+                f"{', '.join(self.layout.names)}"
+            )
+        return self._restricted(self.problem.with_params(names))
+
+    def _restricted(self, problem: Problem) -> ProblemOperator:
+        """This kind of operator on ``problem`` (same options); subclasses with more
+        constructor options override it."""
+        return type(self)(problem, cache=self.cache)
 
     def per_batch(self, batch: Batch, build: Callable[[Batch], T]) -> T:
         """``build(batch)``, computed once per batch and kept when ``self.cache`` is on.

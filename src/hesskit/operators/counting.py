@@ -44,3 +44,7 @@ class CountingOperator(CurvatureOperator):
         self.products += V.shape[1]
         self.calls += 1
         return out
+
+    def diagonal(self) -> Tensor:
+        """The wrapped operator's exact diagonal (no products are counted: it uses none)."""
+        return self.operator.diagonal()

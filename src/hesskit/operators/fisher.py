@@ -38,6 +38,7 @@ from torch.func import grad
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import apply_columns
+from hesskit.operators.diagonals import exact_diagonal
 from hesskit.operators.gauss_newton import LinearizedOutputOperator
 from hesskit.problem import Batch, Problem
 
@@ -122,6 +123,10 @@ class FisherOperator(_OutputOuterProductOperator):
         self.generator = generator
         self.seed = _check_seed(seed, generator, problem)
 
+    def _restricted(self, problem: Problem) -> FisherOperator:
+        """The same draws only with ``seed`` (keyed by sample); with a generator, new ones."""
+        return FisherOperator(problem, self.samples, self.generator, self.cache, seed=self.seed)
+
     def _targets(self, z: Tensor, batch: Batch) -> Tensor:
         if self.seed is not None:
             return self._keyed_targets(z, batch)
@@ -177,6 +182,11 @@ class EmpiricalFisherOperator(_OutputOuterProductOperator):
 
     def _targets(self, z: Tensor, batch: Batch) -> Tensor:
         return batch.targets
+
+    def diagonal(self) -> Tensor:
+        """diag(EF) = Σ_i a_i ∇ℓ_i ⊙ ∇ℓ_i exactly (through the proved chain, else per-sample
+        gradients under ``vmap``)."""
+        return exact_diagonal(self.problem, "ef", params=self.params)
 
 
 def fisher_operator(

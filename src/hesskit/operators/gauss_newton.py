@@ -17,7 +17,11 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
+from hesskit.engine.dense_blocks import dense_chain, dense_matrix
+from hesskit.errors import UnsupportedArchitectureError
+from hesskit.memory import check_dense_fits
 from hesskit.operators.base import ProblemOperator, apply_columns
+from hesskit.operators.diagonals import exact_diagonal
 from hesskit.problem import Batch, Problem
 
 Params = dict[str, Tensor]
@@ -82,6 +86,27 @@ class GaussNewtonOperator(LinearizedOutputOperator):
             return lin.jacobian_transpose_vector(u)
 
         return apply_columns(product, V)
+
+    def diagonal(self) -> Tensor:
+        """diag(G) exactly: through the proved chain (about k backward passes per batch),
+        else per-sample ``vmap`` of vjps (any model whose samples are independent; n·k·N
+        numbers per batch in chunks, far slower).
+
+        Raises:
+            UnsupportedArchitectureError: the model couples its samples (train-mode
+                BatchNorm); the message names the estimator to use instead.
+        """
+        return exact_diagonal(self.problem, "ggn", params=self.params)
+
+    def to_dense(self, chunk_size: int = 256) -> Tensor:
+        """G as ``[N, N]``: the closed form for a proved Linear chain, else N products.
+        Checked against the memory budget first."""
+        check_dense_fits(self.shape[0], self.dtype, what="the dense Gauss-Newton matrix")
+        try:
+            chain = dense_chain(self.problem, self.params)
+        except UnsupportedArchitectureError:
+            return super().to_dense(chunk_size)
+        return dense_matrix(self.problem, "G", chain, self.params)
 
 
 def gauss_newton_operator(problem: Problem, cache: bool | None = None) -> GaussNewtonOperator:

@@ -29,8 +29,11 @@ from torch import Tensor
 from torch.func import grad, vjp
 
 from hesskit.engine import ChainHessian, primal_pass, problem_chain
+from hesskit.engine.dense_blocks import dense_chain, dense_matrix
 from hesskit.errors import UnsupportedArchitectureError
+from hesskit.memory import check_dense_fits
 from hesskit.operators.base import ProblemOperator, apply_columns
+from hesskit.operators.diagonals import exact_diagonal
 from hesskit.problem import Batch, Problem
 
 Params = dict[str, Tensor]
@@ -107,6 +110,32 @@ class HessianOperator(ProblemOperator):
 
     def _matmat_batch(self, batch: Batch, V: Params) -> Params:
         return self.per_batch(batch, self._linearize).matmat(V)
+
+    def diagonal(self) -> Tensor:
+        """diag(H) exactly, by per-sample curvature backpropagation through the chain the
+        structural engine proves (about k backward passes per batch for k outputs).
+
+        Raises:
+            UnsupportedArchitectureError: the model is not a provable chain; the message
+                names the estimator to use instead.
+        """
+        return exact_diagonal(self.problem, "hessian", params=self.params)
+
+    def to_dense(self, chunk_size: int = 256) -> Tensor:
+        """H as ``[N, N]``: the closed form for a proved Linear chain (≈ 2·n·N² flops),
+        else N products. Checked against the memory budget first."""
+        check_dense_fits(self.shape[0], self.dtype, what="the dense Hessian")
+        if self.use_chain is not False:
+            try:
+                chain = dense_chain(self.problem, self.params)
+            except UnsupportedArchitectureError:
+                pass
+            else:
+                return dense_matrix(self.problem, "H", chain, self.params)
+        return super().to_dense(chunk_size)
+
+    def _restricted(self, problem: Problem) -> HessianOperator:
+        return HessianOperator(problem, cache=self.cache, use_chain=self.use_chain)
 
 
 def hessian_operator(

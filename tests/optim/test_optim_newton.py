@@ -126,10 +126,11 @@ def test_newton_on_relu_regression_beats_adam_with_ten_times_fewer_iterations():
     assert newton_loss < adam_loss
 
 
-def test_a_model_too_large_for_a_dense_hessian_is_refused_at_construction():
-    model = nn.Linear(200, 100)
+def test_a_model_too_large_for_a_dense_hessian_is_refused_at_construction(monkeypatch):
+    monkeypatch.setattr("hesskit.memory.available_memory", lambda: 2 * 10**9)  # budget 1 GB
+    model = nn.Linear(200, 100)  # 3 N² float32 numbers: 4.8 GB
     problem = Problem(model, nn.MSELoss(), (torch.randn(2, 200), torch.randn(2, 100)))
-    with pytest.raises(TooLargeError, match=r"20100 parameters needs .* use HessianFree"):
+    with pytest.raises(TooLargeError, match=r"N = 20100 parameters needs .* use HessianFree"):
         DampedNewton(model.parameters(), hessian=problem)
 
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from hesskit.dense.cost import check_fits, memory_estimate
-from hesskit.dense.hessian import hessian_of
-from hesskit.errors import InvalidArgumentError, TooLargeError
+from hesskit.errors import InvalidArgumentError
+from hesskit.memory import check_dense_fits as check_memory
+from hesskit.operators import hessian_operator
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
@@ -60,9 +60,6 @@ NEWTON_DAMPING = LevenbergMarquardt(initial=0.0, floor=1e-4)
 
 MAX_DAMPING_RAISES = 100
 """Cholesky attempts per step while raising λ to make H + λI positive definite."""
-
-MEMORY_BUDGET_BYTES = 2 * 2**30
-"""Largest H plus its eigenvectors and a workspace (3 N² numbers) DampedNewton builds."""
 
 
 class Indefinite(enum.Enum):
@@ -125,7 +122,6 @@ class DampedNewton(GlobalStateOptimizer):
         num_params = sum(p.numel() for p in self._params)
         if isinstance(hessian, Problem):
             check_dense_fits(hessian.num_params, hessian.dtype)
-            check_fits(memory_estimate(hessian, split=False))
             problem = hessian
             hessian = lambda: _dense_hessian(problem)  # noqa: E731
         else:
@@ -231,21 +227,19 @@ class DampedNewton(GlobalStateOptimizer):
 
 
 def check_dense_fits(num_params: int, dtype: torch.dtype) -> None:
-    """Raise TooLargeError when 3 N² numbers (H, eigenvectors, workspace) exceed the budget."""
-    needed = 3 * num_params**2 * torch.finfo(dtype).bits // 8
-    if needed > MEMORY_BUDGET_BYTES:
-        raise TooLargeError(
-            f"damped Newton on {num_params} parameters needs {needed / 2**30:.1f} GiB for the "
-            f"dense Hessian and its eigenvectors (budget {MEMORY_BUDGET_BYTES / 2**30:.0f} "
-            "GiB); use HessianFree, which needs only curvature-vector products, or a "
-            "smaller model"
-        )
+    """Raise TooLargeError when 3 N² numbers (H, eigenvectors, workspace) exceed hesskit's
+    one memory budget (:mod:`hesskit.memory`)."""
+    check_memory(
+        num_params, dtype, matrices=3,
+        what="damped Newton (the dense Hessian, its eigenvectors and a workspace)",
+        instead="use HessianFree, which needs only curvature-vector products, or a smaller "
+        "model",
+    )
 
 
 def _dense_hessian(problem: Problem) -> Tensor:
-    """The exact N×N Hessian of the problem's total loss at its current parameters.
-
-    Built by :func:`hesskit.dense.hessian.hessian_of` (≈ 2·n·N² flops for a Linear chain),
-    which refuses with ``TooLargeError`` before allocating if it would not fit.
+    """The exact N×N Hessian of the problem's total loss at its current parameters, from the
+    Hessian operator (the closed form for a proved Linear chain, ≈ 2·n·N² flops; N products
+    otherwise), which refuses with ``TooLargeError`` before allocating if it would not fit.
     """
-    return hessian_of(problem, split=False).matrix()
+    return hessian_operator(problem).to_dense()

@@ -199,18 +199,15 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
 def _damped_newton(context: OptimizerContext) -> torch.optim.Optimizer:
     """Damped Newton with the exact dense Hessian of the objective on the gradient batch
     (H + wd·I); one build counts as N curvature-vector products (its cost in products)."""
+    from hesskit.operators import hessian_operator
     from hesskit.optim import DampedNewton
     from hesskit.problem import Problem
 
     def hessian() -> Tensor:
         problem = Problem(context.model, context.loss, context.gradient_batch())
-        layout = problem.layout
-        flat = layout.flatten(problem.parameters())
-        matrix = torch.func.hessian(lambda theta: problem.total_loss(layout.unflatten(theta)))(
-            flat
-        )
-        context.products.count += layout.num_params
-        eye = torch.eye(layout.num_params, dtype=matrix.dtype, device=matrix.device)
+        matrix = hessian_operator(problem).to_dense()
+        context.products.count += problem.num_params
+        eye = torch.eye(problem.num_params, dtype=matrix.dtype, device=matrix.device)
         return matrix + context.weight_decay * eye
 
     return DampedNewton(context.model.parameters(), hessian=hessian)

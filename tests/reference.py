@@ -101,3 +101,62 @@ def autograd_gauss_newton(
         lambda z: loss_fn(z.reshape(z0.shape), y), z0.reshape(-1)
     )
     return J.T @ H_out @ J
+
+
+def model_outputs_of_flat(
+    model: nn.Module, X: Tensor, names: Sequence[str] | None = None
+) -> Callable[[Tensor], Tensor]:
+    """θ ↦ model_θ(X) for a flat θ over ``names`` (other parameters and buffers as they are)."""
+    names = parameter_names(model) if names is None else list(names)
+    return lambda theta: functional_call(model, _unflatten(model, names, theta), (X,))
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    sample_loss: LossFn,
+    X: Tensor,
+    y: Tensor,
+    names: Sequence[str] | None = None,
+) -> Tensor:
+    """``[n, N]``: row i is ∇_θ sample_loss(model(x_i), y_i), one autograd pass per sample.
+
+    Pass a loss with ``reduction="sum"`` for ℓ_i, the sample's loss summed over its outputs.
+    """
+    rows = [
+        autograd_gradient(model, sample_loss, X[i : i + 1], y[i : i + 1], names)
+        for i in range(len(X))
+    ]
+    return torch.stack(rows)
+
+
+def empirical_fisher(
+    model: nn.Module,
+    sample_loss: LossFn,
+    X: Tensor,
+    y: Tensor,
+    sample_weight: float,
+    names: Sequence[str] | None = None,
+) -> Tensor:
+    """EF = Σ_i a_i ∇ℓ_i ∇ℓ_iᵀ with one weight a_i = ``sample_weight`` for every sample."""
+    grads = per_sample_gradients(model, sample_loss, X, y, names)
+    return sample_weight * grads.T @ grads
+
+
+def finite_difference_jacobian(
+    f: Callable[[Tensor], Tensor], theta0: Tensor, eps: float = 1e-6
+) -> Tensor:
+    """``[numel(f), N]`` Jacobian of f at θ₀ by central differences (use float64)."""
+    columns = []
+    for i in range(theta0.numel()):
+        step = torch.zeros_like(theta0)
+        step[i] = eps
+        with torch.no_grad():
+            columns.append(((f(theta0 + step) - f(theta0 - step)) / (2 * eps)).reshape(-1))
+    return torch.stack(columns, dim=1)
+
+
+def finite_difference_gradient(
+    f: Callable[[Tensor], Tensor], theta0: Tensor, eps: float = 1e-6
+) -> Tensor:
+    """∇f(θ₀) of a scalar f by central differences (use float64)."""
+    return finite_difference_jacobian(lambda t: f(t).reshape(1), theta0, eps)[0]

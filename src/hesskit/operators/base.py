@@ -260,6 +260,12 @@ class ProblemOperator(CurvatureOperator):
         """A_b V for one batch's loss (unweighted), V a dict of ``[K, *shape]`` tensors."""
 
     def _matmat(self, V: Tensor) -> Tensor:
+        # torch.func transforms ignore an outer no_grad; it keeps the model's own parameters
+        # that are not differentiated (requires_grad, outside ``params``) out of the result.
+        with torch.no_grad():
+            return self._summed_matmat(V)
+
+    def _summed_matmat(self, V: Tensor) -> Tensor:
         pieces = self.layout.unflatten(V.T.contiguous())
         total = None
         for batch in self.problem.batches():

@@ -143,8 +143,18 @@ def _per_sample_batch(problem: Problem, params: dict, batch: Batch, kind: str) -
     n = num_samples(X)
     chunk = max(1, ELEMENT_BUDGET // (problem.num_params * columns))
     total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
-    for start in range(0, n, chunk):
-        part = slice(start, start + chunk)
-        parts = vmap(per_sample, in_dims=(None, 0, 0))(params, select(X, part), select(y, part))
-        total += problem.layout.flatten({name: t.sum(0) for name, t in parts.items()})
+    try:
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            parts = vmap(per_sample, in_dims=(None, 0, 0))(
+                params, select(X, part), select(y, part)
+            )
+            total += problem.layout.flatten({name: t.sum(0) for name, t in parts.items()})
+    except RuntimeError:
+        # Some modules have no vmap rule for their in-place internals (nn.LSTM / nn.GRU
+        # flatten their weights in place): the same sums, one sample at a time.
+        total.zero_()
+        for i in range(n):
+            parts = per_sample(params, select(X, i), select(y, i))
+            total += problem.layout.flatten(parts)
     return weight * total

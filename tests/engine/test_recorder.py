@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 
 from hesskit.engine import record_chain
 from hesskit.errors import UnsupportedArchitectureError
@@ -24,7 +24,9 @@ class Custom(nn.Module):
 
 
 REFUSED = {
-    "functional relu in place": (Custom(lambda h: F.relu(h, inplace=True)), "'relu' outside"),
+    "functional relu in place": (
+        Custom(lambda h: functional.relu(h, inplace=True)), "'relu' outside"
+    ),
     "tanh_ method": (Custom(lambda h: h.tanh_()), "'tanh_' outside"),
     "functional tanh": (Custom(torch.tanh), "'tanh' outside"),
     "view between modules": (Custom(lambda h: h.view(h.shape[0], -1)), "'view' outside"),

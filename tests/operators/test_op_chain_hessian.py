@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from test_op_cases import LOSSES, REDUCTIONS, hesskit_loss, split, targets, torch_loss_fn
 from torch import nn
 
+from hesskit.engine import ChainHessian
 from hesskit.errors import UnsupportedArchitectureError
 from hesskit.operators import hessian_operator
-from hesskit.engine import ChainHessian
 from hesskit.operators.hessian import HessianMethod
 from hesskit.problem import Problem
 from reference import autograd_hessian

@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from hesskit.errors import InvalidArgumentError
-from hesskit.errors import UnsupportedArchitectureError
+from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.estimators.exact_diagonal import (
     DiagonalMethod,
     diagonal,
@@ -244,15 +243,16 @@ def test_models_that_are_not_chains_are_refused(forward, reason):
         hessian_diagonal(problem)
 
 
-def test_active_dropout_and_unsupported_layers_are_refused_and_eval_dropout_is_exact():
+def test_train_mode_dropout_is_the_eval_function_and_unsupported_layers_are_refused():
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Tanh(), nn.Linear(4, 2)).double()
     X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
-    problem = Problem(model, nn.MSELoss(), (X, y))
-    with pytest.raises(UnsupportedArchitectureError, match="Dropout is active"):
-        hessian_diagonal(problem)
+    problem = Problem(model, nn.MSELoss(), (X, y))  # dropout="eval": hesskit's documented choice
+    train_mode = hessian_diagonal(problem)
+    assert model.training
     model.eval()
     H = autograd_hessian(model, nn.functional.mse_loss, X, y).diagonal()
+    torch.testing.assert_close(train_mode, H, atol=TOL, rtol=0)
     torch.testing.assert_close(hessian_diagonal(problem), H, atol=TOL, rtol=0)
     odd = Problem(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double(),
                   nn.MSELoss(), (X, y))

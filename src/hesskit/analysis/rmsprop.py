@@ -32,6 +32,7 @@ from torch import Tensor
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.exact_diagonal import diagonal
 from hesskit.problem import Problem
+from hesskit.tensor_tree import call_model
 
 OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
 DIAGONALS = ("|diag H|", "diag G", "diag EF", "sqrt diag EF")
@@ -188,11 +189,14 @@ def rmsprop_curvature_analysis(
         alpha = float(opt.param_groups[0]["alpha"])
     ema = [torch.zeros_like(p) for p in params]
     analysis = RMSPropAnalysis(type(opt).__name__, alpha, steps, every)
-    batches = list(problem.batches())
+    batches = problem.batches()  # cycled, one pass at a time (a stream is never kept)
     for step in range(1, steps + 1):
-        batch = batches[(step - 1) % len(batches)]
+        batch = next(batches, None)
+        if batch is None:
+            batches = problem.batches()
+            batch = next(batches)
         opt.zero_grad()
-        problem.loss.value(problem.model(batch.inputs), batch.targets).backward()
+        problem.loss.value(call_model(problem.model, batch.inputs), batch.targets).backward()
         if own_ema:
             for v, p in zip(ema, params, strict=True):
                 v.mul_(alpha).addcmul_(p.grad, p.grad, value=1 - alpha)

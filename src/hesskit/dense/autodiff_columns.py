@@ -11,7 +11,7 @@ follows by symmetry), one ``vmap``-ed ``jvp`` gives
 Tangents enter only through θ_p and the gradient is taken only for the later parameters, so
 autograd prunes the backward pass at θ_p's layer: the last layers cost little. Cost: about
 three to four forward passes per column. This is the general path; chains of Linear layers
-use the closed form in :mod:`hesskit.dense.linear_chain`, which is several times faster.
+use the closed form in :mod:`hesskit.engine.dense_blocks`, which is several times faster.
 """
 
 from __future__ import annotations

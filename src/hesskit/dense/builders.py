@@ -115,7 +115,7 @@ def probe_seconds(problem: Problem, method: Method, split: bool, chunk_size: int
         first = next(problem.batches())
         scratch = torch.zeros(n, n, dtype=dtype, device=device)
         other = torch.zeros_like(scratch) if split else scratch
-        small, large = min(len(first.inputs), 8), min(len(first.inputs), 32)
+        small, large = min(first.num_samples, 8), min(first.num_samples, 32)
         timings = []
         for samples in (small, small, large):  # the first run warms up
             started = time.perf_counter()
@@ -128,7 +128,7 @@ def probe_seconds(problem: Problem, method: Method, split: bool, chunk_size: int
         if split:
             torch.add(scratch, other, out=other)
         finishing = time.perf_counter() - started
-        return sum(fixed + slope * len(batch.inputs) for batch in problem.batches()) + finishing
+        return sum(fixed + slope * batch.num_samples for batch in problem.batches()) + finishing
     columns = AutodiffColumns(problem)
     layout = problem.layout
     width = max(1, chunk_size // 4)

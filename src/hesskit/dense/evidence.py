@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hesskit.dense.linear_chain import ELEMENTWISE_MODULES, leaf_modules
+from hesskit.engine.layers import ELEMENTWISE_MODULES
+from hesskit.engine.recorder import sequential_leaves
 from hesskit.losses import BCEWithLogitsLoss, MSELoss
 from hesskit.problem import Problem
 
@@ -27,7 +28,7 @@ DIAGONAL_LOSSES = (MSELoss, BCEWithLogitsLoss)
 
 
 def _owners(problem: Problem) -> tuple[list[tuple[str, nn.Module]], dict[str, int]] | None:
-    leaves = leaf_modules(problem.model)
+    leaves = sequential_leaves(problem.model)
     if leaves is None:
         return None
     position = {}
@@ -196,7 +197,8 @@ def dead_units(problem: Problem, params: dict[str, Tensor]) -> tuple[list[DeadUn
 def zero_inputs(problem: Problem) -> tuple[list[int], Tensor]:
     """Input features that are 0 on every sample, and the flat mask of the weights they feed.
 
-    Needs an ``nn.Linear`` as the model's first module and ``[n, features]`` inputs. Then
+    Needs an ``nn.Linear`` as the model's first module and one ``[n, features]`` input tensor
+    (a stream is read once more). Then
     ∂z/∂W[:, j] = x_j = 0 for every sample and every parameter value, so W[:, j] has zero
     rows and columns in H, G and R (a fact about the data, not the architecture).
     """
@@ -207,9 +209,10 @@ def zero_inputs(problem: Problem) -> tuple[list[int], Tensor]:
     name, first = owners[0][0]
     nonzero = torch.zeros(first.in_features, dtype=torch.bool)
     for batch in problem.batches():
-        if batch.inputs.ndim != 2 or batch.inputs.shape[1] != first.in_features:
+        inputs = batch.inputs
+        if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != (first.in_features,):
             return [], mask
-        nonzero |= (batch.inputs != 0).any(dim=0).cpu()
+        nonzero |= (inputs != 0).any(dim=0).cpu()
     features = (~nonzero).nonzero().flatten().tolist()
     for feature in features:
         _mark(problem, mask, f"{name}.weight", lambda v, j=feature: v[:, j])

@@ -37,9 +37,10 @@ from torch import Tensor
 
 from hesskit.engine.curvature import OutputCurvature
 from hesskit.engine.primal import ActivationRecord, LinearRecord, primal_pass
-from hesskit.engine.recorder import Chain, record_chain
+from hesskit.engine.recorder import Chain, problem_chain
 from hesskit.errors import UnsupportedArchitectureError
 from hesskit.problem import Problem
+from hesskit.tensor_tree import select
 
 
 def dense_chain(problem: Problem, params: dict[str, Tensor] | None = None) -> Chain:
@@ -54,7 +55,7 @@ def dense_chain(problem: Problem, params: dict[str, Tensor] | None = None) -> Ch
     """
     batch = next(problem.batches())
     params = problem.parameters() if params is None else params
-    chain = record_chain(problem.model, batch.inputs, params)
+    chain = problem_chain(problem, params, batch.inputs)
     linear = [s for s in chain.steps if s.kind == "linear"]
     names = [n for s in linear for n in chain.names[id(s.module)] if n is not None]
     if sorted(names) != sorted(problem.layout.names):
@@ -188,8 +189,8 @@ class LinearChainBuilder:
                 chain proved on the first batch (data-dependent control flow).
         """
         if samples is not None:
-            inputs, targets = inputs[:samples], targets[:samples]
-        chain = record_chain(self.problem.model, inputs, self.params)
+            inputs, targets = select(inputs, slice(samples)), select(targets, slice(samples))
+        chain = problem_chain(self.problem, self.params, inputs)
         if chain.structure() != self.chain.structure():
             raise UnsupportedArchitectureError(
                 "a batch runs through other modules than the first one; the dense closed "

@@ -219,7 +219,9 @@ class ProblemOperator(CurvatureOperator):
         check = getattr(problem, "check_finite_parameters", None)
         if check is not None:
             check(self.params)
-        self.cache = problem.num_batches <= self.max_cached_batches if cache is None else cache
+        if cache is None:  # a stream may yield other batches (shuffled) on the next pass
+            cache = not problem.streamed and problem.num_batches <= self.max_cached_batches
+        self.cache = cache
         self._per_batch: dict[int, object] = {}
 
     def block(self, names: Sequence[str]) -> CurvatureOperator:

@@ -39,6 +39,7 @@ from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, worl
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import as_loss
 from hesskit.report.schema import IterationRecord, RunHeader, RunResult, validate_log_line
+from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
 from hesskit.training.budget import Budget
 from hesskit.training.checkpoint import (
@@ -115,7 +116,7 @@ def objective(
     Data parallel, a rank's share of it: ``share`` · ℓ on its shard (share = its weight in
     the batch's reduction) plus the weight cost when ``penalty`` (rank 0 only).
     """
-    value = problem.loss(problem.model(inputs), targets)
+    value = problem.loss(call_model(problem.model, inputs), targets)
     if share != 1.0:
         value = value * share
     if problem.weight_decay and penalty:
@@ -190,7 +191,7 @@ class _Run:
                 f"{spec.title} is limited to {spec.max_params} parameters and this model has "
                 f"{num_params}; use hf instead"
             )
-        self.num_train = num_train = len(problem.train[0])
+        self.num_train = num_train = num_samples(problem.train[0])
         self.lr = config.lr if config.lr is not None else spec.default_lr
         batch_size = config.batch_size or (num_train if spec.full_batch else DEFAULT_BATCH_SIZE)
         self.batch_size = min(batch_size, num_train)
@@ -201,7 +202,7 @@ class _Run:
             out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         self.sampler = BatchSampler(num_train, self.batch_size, config.seed)
-        self.batch: tuple[Tensor, Tensor] = (problem.train[0][:0], problem.train[1][:0])
+        self.batch: tuple[Tensor, Tensor] = select(problem.train, slice(0, 0))
         self.curvature_size = max(1, math.ceil(config.curvature_fraction * self.batch_size))
         self.curvature_shard, self.global_batch_size = self.batch, 0
         self.context = OptimizerContext(
@@ -229,7 +230,7 @@ class _Run:
         """The first rows of the gradient batch (data parallel: this rank's shard of them)."""
         if self.ranks > 1:
             return self.curvature_shard
-        return self.batch[0][: self.curvature_size], self.batch[1][: self.curvature_size]
+        return select(self.batch, slice(0, self.curvature_size))
 
     def used(self) -> tuple[int, float, float]:
         """(iterations, optimizer seconds, epochs) so far: what the budget counts.
@@ -288,7 +289,7 @@ class _Run:
         self.counters["samples"] += self.global_batch_size
         share = 1.0  # data parallel: this rank's weight in the batch's reduction
         if self.ranks > 1:
-            share = as_loss(self.problem.loss).batch_weight(len(self.batch[0]),
+            share = as_loss(self.problem.loss).batch_weight(num_samples(self.batch[0]),
                                                             self.global_batch_size)
         return objective(self.problem, *self.batch, share=share, penalty=self.is_main)
 
@@ -296,12 +297,11 @@ class _Run:
         """Draw a batch, take one optimizer step (timed); return the loss it reports."""
         indices = self.sampler.next()
         self.global_batch_size = len(indices)
-        X, y = self.problem.train
+        train = self.problem.train  # (inputs, targets), each a tensor or a tuple / dict
         if self.ranks > 1:  # this rank's shard of the batch and of the curvature batch
-            curvature = shard_of(indices[: self.curvature_size])
-            self.curvature_shard = (X[curvature], y[curvature])
+            self.curvature_shard = select(train, shard_of(indices[: self.curvature_size]))
             indices = shard_of(indices)
-        self.batch = (X[indices], y[indices])
+        self.batch = select(train, indices)
         self.cg_before = self.spec.diagnostics(self.optimizer).cg_iterations_total
         started = time.perf_counter()
         if self.spec.takes_loss_closure:

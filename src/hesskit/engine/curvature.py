@@ -91,7 +91,7 @@ class OutputCurvature:
 def output_curvature(primal: Primal, loss: Loss, targets: Tensor, kind: str) -> OutputCurvature:
     """Q_L at the model output for ``kind`` ``"hessian"``/``"ggn"`` (S Sᵀ) or ``"ef"`` (c δ δᵀ)."""
     if kind == "ef":  # Q_i = c δ_i δ_iᵀ with δ_i = g_i / c, the unscaled per-sample gradient
-        scale = loss.scale(primal.outputs)
+        scale = loss.scale(primal.outputs, targets)
         return OutputCurvature((primal.output_gradient / scale**0.5)[:, :, None])
     factor = loss.hessian_sqrt(primal.outputs, targets)
     return OutputCurvature(factor.reshape(factor.shape[0], -1, factor.shape[-1]))

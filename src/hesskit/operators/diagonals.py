@@ -120,11 +120,11 @@ def _per_sample_batch(problem: Problem, params: dict, batch: Batch, kind: str) -
 
     if kind == "ef":
         with torch.no_grad():
-            c = loss.scale(problem.output(params, X))
+            c = loss.scale(problem.output(params, X), y)
 
         def sample_loss(p: dict, x: object, t: object) -> Tensor:
             z = problem.output(p, one(x))
-            return loss.value(z, one(t)) / loss.scale(z)
+            return loss.value(z, one(t)) / loss.reduction_factor(z, one(t))
 
         def squares(p: dict, x: object, t: object) -> dict:
             return {n: g**2 for n, g in grad(sample_loss)(p, x, t).items()}

@@ -66,7 +66,7 @@ class _OutputOuterProductOperator(LinearizedOutputOperator):
             repeats = targets.shape[0] // z.shape[0]
             z_rep = z.repeat(repeats, *([1] * (z.ndim - 1)))
             loss = self.problem.loss
-            r = grad(lambda out: loss.value(out, targets))(z_rep) / loss.scale(z_rep)
+            r = grad(lambda out: loss.value(out, targets))(z_rep) / loss.scale(z_rep, targets)
             self._output_gradients[batch.index] = r.reshape(repeats, *z.shape)
         return self._output_gradients[batch.index]
 
@@ -74,7 +74,7 @@ class _OutputOuterProductOperator(LinearizedOutputOperator):
         lin = self.linearization(batch)
         z = lin.outputs
         r = self.output_gradients(batch, z)
-        scale = self.problem.loss.scale(z) / r.shape[0]
+        scale = self.problem.loss.scale(z, batch.targets) / r.shape[0]
 
         def product(v: Params) -> Params:
             u = lin.jacobian_vector(v)

@@ -133,6 +133,7 @@ def hessian_of(
         problem, split=split, memory_budget=memory_budget, chunk_size=chunk_size
     )
     check_fits(estimate)
+    problem.check_finite_parameters()
     if chunk_size is not None and chunk_size < 1:
         raise InvalidArgumentError(f"chunk_size {chunk_size} must be at least 1")
     chosen = resolve(problem, method)

@@ -47,6 +47,7 @@ def backprop_diagonal(problem: Problem, kind: str, params: Params | None = None)
         UnsupportedArchitectureError: the engine cannot prove the model a chain.
     """
     params = problem.parameters() if params is None else params
+    problem.check_finite_parameters(params)
     total = {name: torch.zeros_like(p) for name, p in params.items()}
     for batch in problem.batches():
         chain = problem_chain(problem, params, batch.inputs)
@@ -71,6 +72,7 @@ def per_sample_diagonal(problem: Problem, kind: str, params: Params | None = Non
             "Hutchinson estimate (hesskit.diagonal)"
         )
     params = problem.parameters() if params is None else params
+    problem.check_finite_parameters(params)
     total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
     for batch in problem.batches():
         total += batch.weight * _per_sample_batch(problem, params, batch, kind)

@@ -32,10 +32,13 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 # Every benchmark, one after another (about 20 minutes on 2 cores; run on a quiet machine).
-# Each sets its own thread counts and writes JSON to benchmarks/results/.
+# Each sets its own thread counts and writes JSON to benchmarks/results/. The peers they
+# compare against (curvlinops, BackPACK) are the `bench` extra, installed with the torch pin.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/dense.py
 	$(BIN)/python benchmarks/products.py
+	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/python benchmarks/eigen.py
 	$(BIN)/python benchmarks/diagonal.py
 	$(BIN)/python benchmarks/optimizers.py

@@ -48,7 +48,22 @@ from hesskit.estimators.exact_diagonal import (
     hessian_diagonal,
 )
 from hesskit.layout import ParameterLayout
-from hesskit.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from hesskit.losses import (
+    AutodiffLoss,
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    GaussianNLLLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    Loss,
+    MSELoss,
+    NLLLoss,
+    PoissonNLLLoss,
+    SmoothL1Loss,
+    as_loss,
+)
 from hesskit.newton import NewtonResult, NewtonStatus, newton
 from hesskit.operators import (
     CountingOperator,
@@ -70,11 +85,21 @@ __all__ = [  # noqa: RUF022 - grouped by topic, as the module docstring
     # problem and losses
     "ACTIVATION_NAMES",
     "Activation",
+    "AutodiffLoss",
+    "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "GaussianNLLLoss",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
     "Loss",
     "MSELoss",
+    "NLLLoss",
     "ParameterLayout",
+    "PoissonNLLLoss",
+    "SmoothL1Loss",
+    "as_loss",
     "Problem",
     "get_activation",
     # one variable

@@ -275,8 +275,10 @@ def test_matrix_operator_diagonal_is_read_exactly_and_unknown_kind_is_refused():
     model = nn.Sequential(nn.Linear(2, 1)).double()
     problem = Problem(model, nn.MSELoss(), (torch.zeros(2, 2, dtype=torch.float64),
                                            torch.zeros(2, 1, dtype=torch.float64)))
-    with pytest.raises(InvalidArgumentError, match="unknown diagonal kind 'fisher'"):
-        diagonal(problem, "fisher")
+    with pytest.raises(InvalidArgumentError, match="unknown curvature matrix 'jacobian'"):
+        diagonal(problem, "jacobian")
+    fisher = diagonal(problem, "fisher", probes=4)  # the Monte-Carlo Fisher: an estimate
+    assert fisher.method is DiagonalMethod.HUTCHINSON and "Gauss-Newton" in fisher.fallback_reason
 
 
 def test_empirical_fisher_diagonal_equals_the_operators_diagonal():

@@ -19,26 +19,17 @@ from torch import Tensor
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.estimators.diagonal import hutchinson_diagonal
 from hesskit.layout import ParameterLayout
-from hesskit.operators import (
-    CurvatureOperator,
-    MatrixOperator,
-    empirical_fisher_operator,
-    gauss_newton_operator,
-    hessian_operator,
-)
+from hesskit.operators import CurvatureOperator, MatrixOperator
 from hesskit.operators.diagonals import backprop_diagonal, exact_diagonal, per_sample_diagonal
+from hesskit.operators.matrices import Matrix, as_matrix, curvature_operator
 from hesskit.problem import Problem
 
 ELEMENT_BUDGET = 2**24
 """Largest per-sample intermediate (samples × N × columns) held at once by the vmap path."""
 
 
-class DiagonalKind(str, enum.Enum):
-    """Which curvature matrix: Hessian, Gauss-Newton (GGN) or empirical Fisher (EF)."""
-
-    HESSIAN = "hessian"
-    GGN = "ggn"
-    EF = "ef"
+DiagonalKind = Matrix
+"""Which curvature matrix (the one naming of :mod:`hesskit.operators.matrices`)."""
 
 
 class DiagonalMethod(str, enum.Enum):
@@ -145,7 +136,7 @@ def diagonal(
     Args:
         target: a ``Problem`` (then ``kind`` picks the matrix) or any curvature operator
             (its exact ``diagonal()`` where it has one, else estimated; ``kind`` is ignored).
-        kind: ``"hessian"``, ``"ggn"`` or ``"ef"``.
+        kind: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"ef"`` (:class:`Matrix`).
         probes: Hutchinson probes (= products) when estimating.
         generator: random source of the probes; default seeded with ``seed``.
         seed: seed used when ``generator`` is None.
@@ -173,12 +164,8 @@ def diagonal(
                               estimate.products, target.layout, str(reason))
 
 
-def _as_kind(kind: DiagonalKind | str) -> DiagonalKind:
-    try:
-        return DiagonalKind(kind)
-    except ValueError:
-        known = ", ".join(k.value for k in DiagonalKind)
-        raise InvalidArgumentError(f"unknown diagonal kind {kind!r}; use one of {known}") from None
+def _as_kind(kind: Matrix | str) -> Matrix:
+    return as_matrix(kind)
 
 
 def _exact(problem: Problem, kind: DiagonalKind, use_chain: bool | None) -> Tensor:
@@ -188,6 +175,11 @@ def _exact(problem: Problem, kind: DiagonalKind, use_chain: bool | None) -> Tens
 def _exact_with_method(
     problem: Problem, kind: DiagonalKind, use_chain: bool | None
 ) -> tuple[Tensor, DiagonalMethod]:
+    if kind is Matrix.FISHER:
+        raise UnsupportedArchitectureError(
+            "the Monte-Carlo Fisher's diagonal is estimated from its products (its exact "
+            "expectation is the Gauss-Newton diagonal: kind='ggn')"
+        )
     if use_chain is not False:
         try:
             return backprop_diagonal(problem, kind.value), DiagonalMethod.BACKPROP
@@ -210,9 +202,5 @@ def _operator_diagonal(
     return DiagonalResult(None, method, values, torch.zeros_like(values), 0, op.layout)
 
 
-def _operator_for(problem: Problem, kind: DiagonalKind) -> CurvatureOperator:
-    if kind is DiagonalKind.HESSIAN:
-        return hessian_operator(problem)
-    if kind is DiagonalKind.GGN:
-        return gauss_newton_operator(problem)
-    return empirical_fisher_operator(problem)
+def _operator_for(problem: Problem, kind: Matrix) -> CurvatureOperator:
+    return curvature_operator(problem, kind)

@@ -17,6 +17,7 @@ from hesskit.operators.fisher import (
 )
 from hesskit.operators.gauss_newton import GaussNewtonOperator, gauss_newton_operator
 from hesskit.operators.hessian import HessianOperator, hessian_operator
+from hesskit.operators.matrices import Matrix, as_matrix, curvature_operator
 
 __all__ = [
     "CountingOperator",
@@ -27,10 +28,13 @@ __all__ = [
     "FisherOperator",
     "GaussNewtonOperator",
     "HessianOperator",
+    "Matrix",
     "MatrixOperator",
     "ProblemOperator",
     "ScaledOperator",
     "SumOperator",
+    "as_matrix",
+    "curvature_operator",
     "damped",
     "empirical_fisher_operator",
     "fisher_operator",

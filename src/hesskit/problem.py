@@ -309,10 +309,12 @@ class Problem:
         evaluates trial points and rejects a non-finite value itself).
         """
         params = self.parameters() if params is None else params
-        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        accumulate = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
+        total = torch.zeros((), dtype=accumulate, device=self.device)
         for batch in self.batches():
-            total = total + batch.weight * self.batch_loss(params, batch.inputs, batch.targets)
-        return total
+            loss = self.batch_loss(params, batch.inputs, batch.targets)
+            total = total + batch.weight * loss.to(accumulate)
+        return total.to(self.dtype) if accumulate is not self.dtype else total
 
     def total_loss(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """L(θ) = Σ_b w_b ℓ_b, the loss over all samples (one forward pass per batch).
@@ -323,11 +325,7 @@ class Problem:
         """
         self.check_finite_parameters(params)
         if not self.distributed:
-            params = self.parameters() if params is None else params
-            return sum(
-                batch.weight * self.batch_loss(params, batch.inputs, batch.targets)
-                for batch in self.batches()
-            )
+            return self.local_loss(params)
         return all_reduce_sum(self.local_loss(params).detach().reshape(1)).reshape(())
 
     def gradient(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -335,13 +333,15 @@ class Problem:
         plus one all-reduce of N numbers)."""
         self.check_finite_parameters(params)
         params = self.parameters() if params is None else params
-        total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        accumulate = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
+        total = torch.zeros(self.num_params, dtype=accumulate, device=self.device)
         for batch in self.batches():
             values = {name: p.detach().requires_grad_(True) for name, p in params.items()}
             loss = self.batch_loss(values, batch.inputs, batch.targets)
             grads = torch.autograd.grad(loss, list(values.values()))
-            total += batch.weight * self.layout.flatten(grads)
-        return all_reduce_sum(total) if self.distributed else total
+            total += batch.weight * self.layout.flatten(grads).to(accumulate)
+        total = all_reduce_sum(total) if self.distributed else total
+        return total.to(self.dtype)
 
 
 def _chosen_parameters(model: nn.Module, params: Iterable[str] | None) -> dict[str, Tensor]:

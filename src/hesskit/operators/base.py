@@ -269,17 +269,25 @@ class ProblemOperator(CurvatureOperator):
 
     def _summed_matmat(self, V: Tensor) -> Tensor:
         pieces = self.layout.unflatten(V.T.contiguous())
+        accumulate = accumulation_dtype(self.dtype)
         total = None
         for batch in self.problem.batches():
             product = self.layout.flatten(self._matmat_batch(batch, pieces), batch_dims=1)
+            product = product.to(accumulate)
             if batch.weight != 1:
                 product = product.mul_(batch.weight)
             total = product if total is None else total.add_(product)
         if total is None:  # a rank without data (distributed) contributes zero
-            total = torch.zeros(V.shape[1], V.shape[0], dtype=self.dtype, device=self.device)
+            total = torch.zeros(V.shape[1], V.shape[0], dtype=accumulate, device=self.device)
         if self.problem.distributed:
             total = all_reduce_sum(total.contiguous())
-        return total.T
+        return total.T.to(self.dtype)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the 16-bit dtypes (bfloat16 keeps 8 significant bits: a sum over
+    batches in it loses the small batches' share), else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def apply_columns(

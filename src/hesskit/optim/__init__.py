@@ -2,11 +2,13 @@
 
 * :class:`DampedNewton`: exact dense Hessian, Levenberg-Marquardt damping, optional
   saddle-free |H|; for small models.
-* :class:`HessianFree`: Martens (2010), matrix-free: CG on Gauss-Newton products.
+* :class:`HessianFree`: Martens (2010), matrix-free: CG on Gauss-Newton products;
+  :func:`martens2010` (``HessianFree.martens2010``) builds it with HFDemo's settings.
 
 The pieces are small modules usable alone: ``damping`` (ρ and the LM rule),
 ``backtracking`` (choose among CG iterates, Armijo search), ``preconditioners`` (Martens'
-diagonal), ``safety`` (reject non-finite steps and restore the parameters exactly).
+diagonal), ``safety`` (reject non-finite steps and restore the parameters exactly),
+``chunks`` (Martens' round-robin curvature chunks), ``hf_settings`` (CG and ρ settings).
 """
 
 from hesskit.optim.backtracking import (
@@ -15,27 +17,42 @@ from hesskit.optim.backtracking import (
     armijo_line_search,
     choose_iterate,
 )
+from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
     reduction_ratio,
 )
-from hesskit.optim.hessian_free import CGSettings, HessianFree
+from hesskit.optim.hessian_free import HessianFree
+from hesskit.optim.hf_settings import (
+    PREVIOUS_CG,
+    PREVIOUS_RATIO,
+    CGSettings,
+    RatioSettings,
+)
+from hesskit.optim.martens import martens2010
 from hesskit.optim.newton import DampedNewton, Indefinite
 from hesskit.optim.preconditioners import DiagonalPreconditioner, martens_preconditioner
 
 __all__ = [
+    "PREVIOUS_CG",
+    "PREVIOUS_RATIO",
     "ArmijoSearch",
     "CGSettings",
+    "CurvatureChunk",
     "DampedNewton",
     "DiagonalPreconditioner",
     "HessianFree",
     "Indefinite",
     "LevenbergMarquardt",
     "LineSearchResult",
+    "RatioSettings",
+    "RoundRobinChunks",
     "armijo_line_search",
     "choose_iterate",
+    "chunk_loss",
     "levenberg_marquardt_update",
+    "martens2010",
     "martens_preconditioner",
     "reduction_ratio",
 ]

@@ -4,9 +4,18 @@ Both second-order optimizers minimise a damped quadratic model of the loss L aro
 
     q(p) = ∇Lᵀp + ½ pᵀ(B + λI)p          (Tikhonov damping, Martens 2010 §4.1),
 
-and judge the step p by the reduction ratio ρ = (L(θ + p) − L(θ)) / q(p): ρ ≈ 1 when the
+and judge the step p by the reduction ratio ρ = (L(θ + p) − L(θ)) / q₀(p): ρ ≈ 1 when the
 model is trustworthy (λ can shrink, steps grow), ρ small or negative when it is not (λ grows,
-steps shrink toward gradient descent with step 1/λ). The two functions here are pure.
+steps shrink toward gradient descent with step 1/λ). The functions here are pure.
+
+What Martens' released code (HFDemo ``nnet_train_2.m``, lines 1340–1353 and 1391–1396)
+does, and hesskit does by default:
+
+* the denominator is the quadratic model with the damping switched OFF (``autodamp = 0``
+  around ``computeGV``): q₀(p) = ∇Lᵀp + ½ pᵀBp, B including the weight cost but not λ;
+* the numerator is the objective change on the current curvature chunk;
+* ρ = −∞ when that objective rose (line 1351);
+* a NaN ρ raises λ like a poor one (line 1392: ``rho < 0.25 || isnan(rho)``).
 """
 
 from __future__ import annotations
@@ -16,30 +25,37 @@ from dataclasses import dataclass
 
 from hesskit.errors import InvalidArgumentError
 
+MARTENS_INITIAL_DAMPING = 45.0
+"""λ₀: ``initlambda = 45.0`` in HFDemo ``nnet_train_2.m`` line 116."""
+
 
 @dataclass(frozen=True)
 class LevenbergMarquardt:
     """The damping λ and its adaptation rule (defaults from Martens 2010, §4.1).
 
     Attributes:
-        initial: λ at the first step. Problem-dependent: the rule adapts it from any start
-            (Martens' released code starts its autoencoders at 45).
-        lower: ρ below this makes λ grow (Martens: 1/4).
-        upper: ρ above this makes λ shrink (Martens: 3/4).
-        increase: λ ← λ · increase when ρ < lower (Martens: 3/2).
-        decrease: λ ← λ · decrease when ρ > upper (Martens: 2/3).
+        initial: λ at the first step: 45, ``initlambda`` of HFDemo ``nnet_train_2.m`` line
+            116, for λ added to the curvature of the per-case MEAN objective (as hesskit's
+            losses are normalised). Problem-dependent; the rule adapts it from any start.
+        lower: ρ below this makes λ grow (§4.1; ``nnet_train_2.m`` line 1392: 1/4).
+        upper: ρ above this makes λ shrink (§4.1; line 1394: 3/4).
+        increase: λ ← λ · increase when ρ < lower (``boost = 1/drop``, line 102: 3/2).
+        decrease: λ ← λ · decrease when ρ > upper (``drop``, line 100: 2/3).
         floor: the smallest value an increase gives, so that λ = 0 can still grow (not in
             the paper, which never starts at 0).
         adapt: False keeps λ fixed at ``initial`` for ablations, also after rejected steps.
+        nan_raises: a NaN ρ raises λ as Martens' code does (HFDemo ``nnet_train_2.m`` line
+            1392); False keeps λ (hesskit's former rule: NaN = "no information").
     """
 
-    initial: float = 1.0
+    initial: float = MARTENS_INITIAL_DAMPING
     lower: float = 0.25
     upper: float = 0.75
     increase: float = 1.5
     decrease: float = 2.0 / 3.0
     floor: float = 1e-6
     adapt: bool = True
+    nan_raises: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.initial) and self.initial >= 0):
@@ -70,12 +86,16 @@ def reduction_ratio(actual: float, predicted: float, resolution: float = 0.0) ->
             carries no information.
 
     Returns:
-        ρ; NaN when the predicted decrease is within ``resolution`` (no information: the
-        damping is kept); −∞ when it says nothing good about the step: a non-finite input, or
-        a model that predicts no decrease (predicted ≥ 0), so that the damping grows.
+        ρ; NaN when the predicted decrease is within ``resolution`` (no information); −∞
+        when it says nothing good about the step: the objective rose (actual > 0, Martens'
+        code, HFDemo ``nnet_train_2.m`` line 1351), a non-finite input, or a model that
+        predicts no decrease (predicted ≥ 0). Both make λ grow under the default
+        :class:`LevenbergMarquardt` rule.
 
     >>> reduction_ratio(-0.5, -1.0)
     0.5
+    >>> reduction_ratio(0.1, -1.0)
+    -inf
     >>> reduction_ratio(float("nan"), -1.0)
     -inf
     >>> reduction_ratio(0.0, -1e-12, resolution=1e-9)
@@ -85,7 +105,7 @@ def reduction_ratio(actual: float, predicted: float, resolution: float = 0.0) ->
         return -math.inf
     if resolution > 0 and -predicted <= resolution:
         return math.nan
-    if predicted >= 0:
+    if predicted >= 0 or actual > 0:
         return -math.inf
     return actual / predicted
 
@@ -100,18 +120,21 @@ def levenberg_marquardt_update(
 ) -> float:
     """The next λ from the reduction ratio ρ (Martens 2010, §4.1).
 
-    ρ < 1/4: λ ← max(3/2 · λ, floor);  ρ > 3/4: λ ← 2/3 · λ;  otherwise, or when ρ is NaN
-    (no information, see :func:`reduction_ratio`), λ is kept.
+    ρ < 1/4 or NaN: λ ← max(3/2 · λ, floor);  ρ > 3/4: λ ← 2/3 · λ;  otherwise λ is kept
+    (HFDemo ``nnet_train_2.m`` lines 1391–1396; ``drop`` = 2/3, ``boost`` = 1/drop, lines
+    100–102). With ``rule.nan_raises=False`` a NaN ρ keeps λ.
 
     >>> levenberg_marquardt_update(0.0, 1.0)
     1.5
     >>> levenberg_marquardt_update(1.0, 1.5)
     1.0
+    >>> levenberg_marquardt_update(float("nan"), 1.0)
+    1.5
     """
     rule = rule or LevenbergMarquardt()
-    if not rule.adapt or math.isnan(ratio):
+    if not rule.adapt or (math.isnan(ratio) and not rule.nan_raises):
         return damping
-    if ratio < rule.lower:
+    if math.isnan(ratio) or ratio < rule.lower:
         return max(damping * rule.increase, rule.floor)
     if ratio > rule.upper:
         return damping * rule.decrease

@@ -10,12 +10,26 @@ live optimizer) and moved to the parameters' device on load.
 The same class holds what both optimizers' steps share: the start (check the closure,
 count the step, save θ) and the rejection (restore θ exactly, grow λ by the
 Levenberg-Marquardt rule, count the non-finite rejection; see ``safety.py``).
+
+The torch.optim contract, shared by both:
+
+* several parameter groups, concatenated in group order into ONE flat θ (the curvature
+  operator's layout); each group has an ``lr`` and a ``weight_decay``;
+* weight decay wd_g is part of the objective, F(θ) = closure() + Σ_g (wd_g/2)‖θ_g‖² (as in
+  Martens' code, HFDemo ``nnet_train_2.m``: ``weightcost`` in the objective, its gradient,
+  the curvature and the preconditioner); the parameters' ``.grad`` are left as the closure
+  made them;
+* ``lr_g`` scales group g's part of the accepted step, θ_g ← θ_g + lr_g·t·p_g (t the line
+  search's step size); lr = 1 is the method as published, and ``torch.optim.lr_scheduler``
+  schedules change it between steps;
+* ``add_param_group`` after construction is refused: the curvature callable was built over
+  the parameters given at construction.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 import torch
@@ -28,12 +42,12 @@ from hesskit.optim.safety import record_rejection, restore_parameters, save_para
 
 
 class GlobalStateOptimizer(Optimizer):
-    """A one-group optimizer with an optimizer-wide state dict that round-trips.
+    """An optimizer over one flat θ (all groups) with an optimizer-wide state that round-trips.
 
-    A subclass names its state with two class attributes and sets, in ``__init__``, the
-    attribute ``global_state_attribute`` (a dict with a ``"steps"`` counter) and the
-    attributes ``damping`` (a :class:`LevenbergMarquardt`) and ``max_rejections`` used by
-    :meth:`_reject`.
+    A subclass names its state with two class attributes, calls ``super().__init__(params,
+    lr=..., weight_decay=...)``, and sets the attribute ``global_state_attribute`` (a dict
+    with a ``"steps"`` counter) and the attributes ``damping`` (a
+    :class:`LevenbergMarquardt`) and ``max_rejections`` used by :meth:`_reject`.
 
     Attributes:
         global_state_key: the key of the optimizer-wide state in :meth:`state_dict`.
@@ -45,9 +59,77 @@ class GlobalStateOptimizer(Optimizer):
     damping: LevenbergMarquardt
     max_rejections: int
 
+    def __init__(
+        self, params: Iterable[Tensor] | Iterable[dict], *, lr: float, weight_decay: float
+    ) -> None:
+        self._construction_done = False
+        super().__init__(params, defaults={"lr": lr, "weight_decay": weight_decay})
+        self._construction_done = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Torch's ``add_param_group`` while constructing; refused afterwards.
+
+        Raises:
+            InvalidArgumentError: called after construction, or a negative ``lr`` or
+                ``weight_decay`` in the group.
+        """
+        if getattr(self, "_construction_done", False):
+            raise InvalidArgumentError(
+                f"{type(self).__name__} cannot add a parameter group after construction: its "
+                "curvature is built over the parameters it was given; construct a new "
+                f"{type(self).__name__} over all the parameter groups instead"
+            )
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key in ("lr", "weight_decay"):
+            value = group[key]
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InvalidArgumentError(
+                    f"{key} must be a finite number ≥ 0, got {value!r} in parameter group "
+                    f"{len(self.param_groups) - 1}"
+                )
+
     @property
     def _params(self) -> list[Tensor]:
-        return self.param_groups[0]["params"]
+        """Every parameter, in group order: the layout of the flat θ."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _per_element(self, key: str) -> Tensor:
+        """Group setting ``key`` (``lr`` or ``weight_decay``) repeated over each group's
+        parameters: a flat ``[N]`` tensor in θ's layout."""
+        reference = self._params[0]
+        return torch.cat([
+            torch.full((p.numel(),), float(group[key]), dtype=reference.dtype,
+                       device=reference.device)
+            for group in self.param_groups for p in group["params"]
+        ])
+
+    def _has_weight_decay(self) -> bool:
+        return any(group["weight_decay"] != 0 for group in self.param_groups)
+
+    def _weight_cost(self) -> float:
+        """Σ_g (wd_g/2)‖θ_g‖² at the current parameters (0 without weight decay)."""
+        if not self._has_weight_decay():
+            return 0.0
+        with torch.no_grad():
+            return float(sum(
+                0.5 * group["weight_decay"] * sum(float(p.square().sum()) for p in group["params"])
+                for group in self.param_groups
+            ))
+
+    def _with_weight_decay(self, loss: float, gradient: Tensor) -> tuple[float, Tensor]:
+        """F = loss + Σ_g (wd_g/2)‖θ_g‖² and ∇F = gradient + wd ⊙ θ (flat ``[N]``)."""
+        if not self._has_weight_decay():
+            return loss, gradient
+        theta = torch.cat([p.detach().reshape(-1) for p in self._params]).to(gradient)
+        decay = self._per_element("weight_decay").to(gradient)
+        return loss + self._weight_cost(), gradient + decay * theta
+
+    def _scaled_step(self, direction: Tensor) -> Tensor:
+        """lr_g · p_g for every group g (the direction itself when every lr is 1)."""
+        if all(group["lr"] == 1 for group in self.param_groups):
+            return direction
+        return direction * self._per_element("lr").to(direction.dtype)
 
     @property
     def _global_state(self) -> dict[str, object]:
@@ -66,8 +148,9 @@ class GlobalStateOptimizer(Optimizer):
         """
         if closure is None:
             raise InvalidArgumentError(
-                f"{type(self).__name__}.step needs a closure that recomputes the loss and "
-                "calls backward()"
+                f"{type(self).__name__}.step needs a closure that clears the gradients, "
+                "recomputes the loss, calls backward() and returns the loss; call "
+                "optimizer.step(closure) as for torch.optim.LBFGS"
             )
         self._global_state["steps"] += 1
         with_grad = torch.enable_grad()(closure)

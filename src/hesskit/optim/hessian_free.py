@@ -1,52 +1,52 @@
 """Hessian-free optimisation (Martens 2010, "Deep learning via Hessian-free optimization").
 
-Each step minimises the damped quadratic model of the loss L around θ,
+Each step minimises the damped quadratic model of the objective F around θ,
 
-    q(p) = ∇Lᵀp + ½ pᵀ(B + λI)p,     B = Gauss-Newton G (default) or Hessian H,
+    q_λ(p) = ∇Fᵀp + ½ pᵀ(B + λI)p,     B = Gauss-Newton G (default) or Hessian H,
 
 approximately by conjugate gradient, using only products B v (never the N×N matrix), then
-decides how far to go. One step is this recipe (each phase a method below, each piece a
-small module that can be switched off for ablations):
+decides how far to go. F is the closure's loss plus the weight cost Σ_g (wd_g/2)‖θ_g‖², and
+B includes the weight cost's curvature wd_g. One step is this recipe (each phase a method
+below, each piece a small module that can be switched for ablations); the defaults are the
+settings of Martens' released code (HFDemo; lines of ``nnet_train_2.m`` / ``conjgrad_1.m``):
 
-1. loss and gradient on the gradient mini-batch (the closure);
-2. CG on (B + λI) p = −∇L, B built once at θ on the curvature mini-batch (the operator
-   caches its linearisation across all CG iterations), started from the previous solution
-   times 0.95 (§4.5), preconditioned by [diag(EF) + λI]^0.75 (§4.7), stopped by the
-   relative-progress rule (§4.4) or after 250 iterations;
-3. backtracking: of the CG iterates kept at ceil(1.3^j) (§4.6), the one with the lowest loss;
-4. Levenberg-Marquardt: λ ×3/2 if ρ < 1/4, ×2/3 if ρ > 3/4 (§4.1);
-5. Armijo line search along the chosen iterate (c = 10⁻², shrink 0.8, 60 tries; Martens'
-   code) — the step is rejected, parameters restored exactly, when no step size passes;
+1. F and ∇F on the gradient batch (the closure; Martens: the full training set);
+2. B built once at θ on the curvature chunk (``curvature``; Martens: chunk
+   (k − 1) mod ``numchunks`` of a fixed shuffled partition, line 940, see ``chunks.py``);
+   CG on (B + λI) p = −∇F from 0.95 × the previous solution (§4.5, line 1244),
+   preconditioned by [diag(EF) + wd + λ]^¾ (§4.7, line 1264), stopped by the
+   relative-progress rule (§4.4, ``conjgrad_1.m`` line 80) or after 250 iterations;
+3. backtracking: of the CG iterates ⌈5·1.3^j⌉ and the last (``conjgrad_1.m`` lines 13–14,
+   69–73), the one with the lowest F on the gradient batch (§4.6, lines 1315–1329);
+4. ρ = [F_chunk(θ + p) − F_chunk(θ)] / q₀(p), on the curvature chunk, over the UNDAMPED
+   model q₀(p) = ∇Fᵀp + ½ pᵀBp; −∞ when F_chunk rose (lines 1340–1353); then
+   Levenberg-Marquardt: λ ×3/2 if ρ < 1/4 or NaN, ×2/3 if ρ > 3/4 (§4.1, lines 1391–1396),
+   λ₀ = 45 (line 116);
+5. Armijo line search along the chosen iterate (c = 10⁻², shrink 0.8, 60 tries; lines
+   1361–1385); the step is rejected, parameters restored exactly, when none passes; the
+   accepted move is θ_g + lr_g·t·p_g (lr = 1: Martens);
 6. a NaN or Inf loss, gradient or curvature product rejects the step (see ``safety``).
 
-Recipe for separate batches (as in the paper): let ``closure`` compute the loss on a large
-gradient mini-batch, and ``curvature`` build B on a smaller subset (Martens: 1/10 of it)::
+:func:`hesskit.optim.martens.martens2010` (also ``HessianFree.martens2010``) builds exactly
+this from a model, a loss and the training data.
 
-    def curvature():
-        return gauss_newton_operator(Problem(model, loss_fn, (X[idx_small], Y[idx_small])))
-
-Data parallel (``torch.distributed``): each rank holds a shard of both batches. The
-objective, its gradient and every product are sums over samples, so HF all-reduces the
-closure's [loss, gradient] in one collective, each trial loss in one, and the curvature
-operator of a distributed ``Problem`` reduces its own products. CG, backtracking and the
-damping rule then see identical numbers on every rank and take identical decisions: the
-parameters stay bitwise identical across ranks. See the class docstring for the closure.
+Data parallel (``torch.distributed``): loss and gradient are summed over the ranks in one
+all-reduce, so every rank takes identical decisions; see the class docstring.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
-from hesskit.operators.algebra import damped
 from hesskit.operators.base import CurvatureOperator
 from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
+from hesskit.optim.chunks import CurvatureChunk
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
@@ -54,6 +54,7 @@ from hesskit.optim.damping import (
     reduction_ratio,
 )
 from hesskit.optim.global_state import GlobalStateOptimizer
+from hesskit.optim.hf_settings import HF_CG, HF_RATIO, CGSettings, RatioSettings
 from hesskit.optim.preconditioners import DiagonalPreconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -64,6 +65,7 @@ from hesskit.optim.safety import (
     move_parameters,
     record_acceptance,
     record_rejection,
+    restore_parameters,
 )
 from hesskit.solvers.cg import CGResult, StopRule, conjugate_gradient, geometric_snapshots
 from hesskit.solvers.result import Status
@@ -72,55 +74,43 @@ STATE_KEY = "hessian_free"
 """Key of the optimizer-wide state in :meth:`HessianFree.state_dict`."""
 
 
-@dataclass(frozen=True)
-class CGSettings:
-    """The inner conjugate-gradient solve of each step.
-
-    Attributes:
-        max_iterations: iteration cap (Martens' autoencoder runs: 250).
-        progress_tol: ε of the relative-progress stopping rule (§4.4: 5e-4).
-        rtol: residual rule ‖r‖ ≤ rtol·‖∇L‖ (0: off, as in the paper, which relies on §4.4).
-        snapshot_growth: γ, keep iterates ceil(γ^j) for backtracking (§4.6: 1.3).
-        warm_start_decay: start CG from this times the previous solution (§4.5: 0.95; 0
-            starts from zero).
-    """
-
-    max_iterations: int = 250
-    progress_tol: float = 5e-4
-    rtol: float = 0.0
-    snapshot_growth: float = 1.3
-    warm_start_decay: float = 0.95
-
-    def __post_init__(self) -> None:
-        if self.max_iterations < 1 or not 0 <= self.warm_start_decay <= 1:
-            raise InvalidArgumentError(
-                "need max_iterations ≥ 1 and 0 ≤ warm_start_decay ≤ 1, got "
-                f"{self.max_iterations} and {self.warm_start_decay}"
-            )
-
-
 HF_DAMPING = LevenbergMarquardt()
-HF_CG = CGSettings()
+"""λ₀ = 45 and Martens' rule (``nnet_train_2.m`` lines 100–116, 1391–1396)."""
 HF_LINE_SEARCH = ArmijoSearch()
+"""c = 10⁻², shrink 0.8, 60 tries (``nnet_train_2.m`` lines 1361–1385)."""
+
+__all__ = ["STATE_KEY", "CGSettings", "HessianFree", "RatioSettings"]
 
 
 class HessianFree(GlobalStateOptimizer):
     """Martens' Hessian-free optimizer as a ``torch.optim.Optimizer``.
 
     Args:
-        params: the parameters, one group (their order must be the curvature operator's
-            flat layout: pass ``model.parameters()`` and build B from the same model).
-        curvature: returns B at the *current* parameters as a ``CurvatureOperator``, e.g.
-            ``lambda: gauss_newton_operator(Problem(model, loss, curvature_batch))``;
-            called once per step. B must be positive semi-definite for CG (the GGN of a
-            convex loss is); with the Hessian, CG stops at negative curvature (§4.4).
+        params: the parameters, one or several groups; concatenated in group order they
+            must be the curvature operator's flat layout (pass ``model.parameters()``, or
+            groups that list the model's parameters in order, and build B from that model).
+            A group may set ``lr`` and ``weight_decay``.
+        curvature: returns, at the *current* parameters, B as a ``CurvatureOperator`` or a
+            :class:`~hesskit.optim.chunks.CurvatureChunk` (B and the objective on the data B
+            was built on, for ρ's numerator); called once per step, after the step counter
+            ``hf_state["steps"]`` has been advanced (chunk schedules read it). B excludes
+            the weight decay given here (HF adds wd_g). It must be positive semi-definite
+            for CG (the GGN of a convex loss is); with the Hessian, CG stops at negative
+            curvature (§4.4).
         damping: λ and its Levenberg-Marquardt rule (``adapt=False`` to fix λ).
-        cg: the CG settings, including the warm-start decay.
-        preconditioner: a :class:`DiagonalPreconditioner` (``martens_preconditioner``), or
-            None for plain CG.
+        cg: the CG settings, including the warm-start decay and the kept iterates.
+        preconditioner: a :class:`DiagonalPreconditioner` (``martens_preconditioner``) of
+            the loss's statistic (HF adds wd_g and λ), or None for plain CG.
         backtracking: choose among CG iterates (§4.6); False takes the last iterate.
         line_search: Armijo settings, or None to take the chosen iterate at step size 1
             (still rejected if its loss is not finite).
+        ratio: how ρ is measured (:class:`RatioSettings`; default Martens').
+        lr: default ``lr`` of the groups: the accepted step of group g is lr_g·t·p_g
+            (1: Martens); a ``torch.optim.lr_scheduler`` changes it between steps.
+        weight_decay: default ``weight_decay`` wd_g of the groups, added as (wd_g/2)‖θ_g‖² to
+            the objective, wd_g θ_g to the gradient, wd_g to the curvature's diagonal and to
+            the preconditioner's statistic (Martens' ``weightcost``, ``nnet_train_2.m`` lines
+            1114, 1124, 1264). Leave it 0 when the closure already adds the weight cost.
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
         distributed: sum the closure's loss and gradient over the ranks of the
             ``torch.distributed`` process group. ``None`` (default): when one with more than
@@ -131,8 +121,9 @@ class HessianFree(GlobalStateOptimizer):
     times per step: once at θ (its gradient is used), and once per loss evaluation at trial
     points θ + t·p during backtracking and the line search (those gradients are ignored). It
     must therefore use the same data every time within a step. After ``step`` the
-    parameters hold the accepted point; ``.grad`` holds the gradient of the last trial, not
-    necessarily of the new parameters.
+    parameters hold the accepted point; ``.grad`` holds the closure's gradient (without the
+    weight decay given here) at the last trial, not necessarily at the new parameters.
+    ``step()`` without a closure raises ``InvalidArgumentError``.
 
     ``step(closure, loss_closure)``: the optional ``loss_closure`` returns the same loss on
     the same data without calling ``backward()``; HF then evaluates trial points with it
@@ -144,18 +135,18 @@ class HessianFree(GlobalStateOptimizer):
     sum to it over the ranks: ``Problem(..., shard).local_loss(θ)``, or for a torch loss
     that averages over samples ``hesskit.distributed.sample_fraction(len(X)) *
     loss_fn(model(X), y)``, with a term such as the weight cost (λ/2)‖θ‖² added on one rank
-    only. (A closure that returns each rank's plain mean loss gets the objective times the
-    number of ranks.) HF sums loss and gradient over the ranks; ``curvature`` must return
-    the operator over all ranks (that of a distributed ``Problem``), and a preconditioner
-    statistic the global diagonal (``martens_preconditioner`` of a distributed ``Problem``
-    is). Every rank must start from identical parameters and call ``step`` together.
+    only (or given as ``weight_decay`` here, which HF adds once after the sum). HF sums loss
+    and gradient over the ranks; ``curvature`` must return the operator (and chunk loss)
+    over all ranks (those of a distributed ``Problem``), and a preconditioner statistic the
+    global diagonal. Every rank must start from identical parameters and call ``step``
+    together.
 
     State: per-parameter state is empty; the optimizer-wide state is ``self.hf_state`` and
     appears in :meth:`state_dict` under ``"hessian_free"`` with keys ``damping`` (λ),
     ``warm_start`` (the last CG solution, flat, or None), ``steps``, ``accepted_steps``,
     ``failed_line_searches``, ``nonfinite_rejections``, ``consecutive_nonfinite``,
-    ``cg_iterations`` and ``curvature_products`` (totals), ``last_ratio`` (ρ),
-    ``last_step_size`` and ``last_cg_status``.
+    ``cg_iterations`` and ``curvature_products`` (totals; the latter includes ρ's product),
+    ``last_ratio`` (ρ), ``last_step_size`` and ``last_cg_status``.
     """
 
     global_state_key = STATE_KEY
@@ -165,26 +156,26 @@ class HessianFree(GlobalStateOptimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict],
         *,
-        curvature: Callable[[], CurvatureOperator],
+        curvature: Callable[[], CurvatureOperator | CurvatureChunk],
         damping: LevenbergMarquardt = HF_DAMPING,
         cg: CGSettings = HF_CG,
         preconditioner: DiagonalPreconditioner | None = None,
         backtracking: bool = True,
         line_search: ArmijoSearch | None = HF_LINE_SEARCH,
+        ratio: RatioSettings = HF_RATIO,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
         distributed: bool | None = None,
     ) -> None:
-        super().__init__(params, defaults={})
-        if len(self.param_groups) != 1:
-            raise InvalidArgumentError(
-                "HessianFree takes one parameter group; pass model.parameters() or one list"
-            )
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
         self.curvature = curvature
         self.damping = damping
         self.cg = cg
         self.preconditioner = preconditioner
         self.backtracking = backtracking
         self.line_search = line_search
+        self.ratio = ratio
         self.max_rejections = max_rejections
         self.distributed = is_distributed() if distributed is None else (
             bool(distributed) and is_distributed()
@@ -203,31 +194,53 @@ class HessianFree(GlobalStateOptimizer):
         }
         init_rejection_state(self.hf_state)
 
-    def step(  # type: ignore[override]
-        self, closure: Callable[[], Tensor], loss_closure: Callable[[], Tensor] | None = None
-    ) -> float:
-        """One Hessian-free step; returns the loss at the start of the step (as LBFGS).
+    @classmethod
+    def martens2010(cls, *args: object, **kwargs: object) -> HessianFree:
+        """HFDemo's settings from a model, a loss and the data: see
+        :func:`hesskit.optim.martens.martens2010` for the arguments."""
+        from hesskit.optim.martens import martens2010
 
-        ``loss_closure`` (optional): the loss on the same batch without ``backward()``, for
-        the trial points (see the class docstring).
+        return martens2010(*args, **kwargs)
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        loss_closure: Callable[[], Tensor] | None = None,
+    ) -> Tensor:
+        """One Hessian-free step.
+
+        Returns:
+            F(θ) at the start of the step (the closure's loss plus the weight decay given
+            here), as a detached 0-d tensor in the parameters' dtype (``LBFGS`` returns its
+            closure's first loss).
         """
         closure, trial_closure, start = self._begin_step(closure, loss_closure)
+        loss = self._step(closure, trial_closure, start)
+        reference = self._params[0]
+        return torch.tensor(loss, dtype=reference.dtype, device=reference.device)
+
+    def _step(
+        self, closure: Callable[[], Tensor], trial_closure: Callable[[], Tensor],
+        start: list[Tensor],
+    ) -> float:
         state = self.hf_state
         loss, gradient = self._loss_and_gradient(closure)
         if not is_finite(loss, gradient):
             return self._reject(start, "the loss or its gradient", loss)
-        solve = self._solve(gradient)
+        chunk = self._curvature_chunk(gradient)
+        solve = self._solve(gradient, chunk.operator)
         if solve.status is Status.NON_FINITE:
             return self._reject(start, "a curvature or preconditioner product", loss)
-        direction, value, model_value = self._backtrack(solve, start, trial_closure)
-        resolution = loss_resolution(loss, value, dtype_eps=torch.finfo(gradient.dtype).eps)
-        state["last_ratio"] = reduction_ratio(value - loss, model_value, resolution)
+        direction, value, iteration = self._backtrack(solve, start, trial_closure)
+        state["last_ratio"] = self._reduction_ratio(
+            chunk, solve, iteration, direction, start, gradient, loss, value
+        )
         state["damping"] = levenberg_marquardt_update(
             state["last_ratio"], state["damping"], self.damping
         )
         step_size = self._line_search(direction, start, trial_closure, loss, gradient, value)
         state["last_step_size"] = step_size
-        move_parameters(self._params, start, direction, step_size)
+        move_parameters(self._params, start, self._scaled_step(direction), step_size)
         if step_size > 0:
             state["accepted_steps"] += 1
             record_acceptance(state)
@@ -240,43 +253,61 @@ class HessianFree(GlobalStateOptimizer):
     # -- the phases of a step ------------------------------------------------------------
 
     def _loss_and_gradient(self, closure: Callable[[], Tensor]) -> tuple[float, Tensor]:
-        """Phase 1: L(θ) and ∇L(θ); distributed, both summed in ONE all-reduce."""
+        """Phase 1: F(θ) and ∇F(θ); distributed, the closure's part summed in ONE
+        all-reduce, then the weight decay added once."""
         loss = loss_value(closure())
         gradient = flat_gradient(self._params)
-        if not self.distributed:
-            return loss, gradient
-        packed = torch.cat([gradient.new_tensor([loss]), gradient])
-        all_reduce_sum(packed)
-        return float(packed[0]), packed[1:]
+        if self.distributed:
+            packed = torch.cat([gradient.new_tensor([loss]), gradient])
+            all_reduce_sum(packed)
+            loss, gradient = float(packed[0]), packed[1:]
+        return self._with_weight_decay(loss, gradient)
 
     def _trial_loss(self, closure: Callable[[], Tensor]) -> float:
-        """L at the current (trial) parameters; distributed, summed over the ranks (in the
+        """F at the current (trial) parameters; distributed, summed over the ranks (in the
         parameters' dtype, as the loss at θ is, so that ρ and Armijo compare like with like)."""
         loss = loss_value(closure())
-        if not self.distributed:
-            return loss
-        reference = self._params[0]
-        total = torch.tensor([loss], dtype=reference.dtype, device=reference.device)
-        return float(all_reduce_sum(total)[0])
+        if self.distributed:
+            reference = self._params[0]
+            total = torch.tensor([loss], dtype=reference.dtype, device=reference.device)
+            loss = float(all_reduce_sum(total)[0])
+        return loss + self._weight_cost()
 
-    def _solve(self, gradient: Tensor) -> CGResult:
-        """Phase 2: CG on (B + λI) p = −∇L from the decayed warm start (§4.4–4.7)."""
+    def _curvature_chunk(self, gradient: Tensor) -> CurvatureChunk:
+        """B at θ on this step's chunk (and the chunk's objective, when given)."""
+        built = self.curvature()
+        chunk = built if isinstance(built, CurvatureChunk) else CurvatureChunk(built)
+        size = chunk.operator.shape[0]
+        if size != gradient.numel():
+            raise InvalidArgumentError(
+                f"the curvature operator is {size}×{size} but the optimizer has "
+                f"{gradient.numel()} parameters; build it from the same model"
+            )
+        return chunk
+
+    def _curvature_product(
+        self, operator: CurvatureOperator, damping: float, dtype: torch.dtype
+    ) -> Callable[[Tensor], Tensor]:
+        """v ↦ (B + diag(wd) + λI) v in ``dtype``."""
+        shift: Tensor | float = damping
+        if self._has_weight_decay():
+            shift = self._per_element("weight_decay").to(dtype) + damping
+
+        def product(v: Tensor) -> Tensor:
+            return operator.matvec(v).to(v.dtype) + shift * v
+
+        return product
+
+    def _solve(self, gradient: Tensor, operator: CurvatureOperator) -> CGResult:
+        """Phase 2: CG on (B + wd + λI) p = −∇F from the decayed warm start (§4.4–4.7)."""
         state, settings = self.hf_state, self.cg
         damping = float(state["damping"])
-        operator = self.curvature()
-        if operator.shape[0] != gradient.numel():
-            raise InvalidArgumentError(
-                f"the curvature operator is {operator.shape[0]}×{operator.shape[0]} but the "
-                f"optimizer has {gradient.numel()} parameters; build it from the same model"
-            )
-        damped_operator = damped(operator, damping)
-
-        def damped_product(v: Tensor) -> Tensor:
-            return damped_operator.matvec(v).to(v.dtype)
-
         inverse = None
         if self.preconditioner is not None:
-            m = self.preconditioner.diagonal(damping).to(gradient.dtype)
+            shift: Tensor | float = damping
+            if self._has_weight_decay():
+                shift = self._per_element("weight_decay") + damping
+            m = self.preconditioner.diagonal(shift).to(gradient.dtype)
             if not is_finite(m):
                 return CGResult(torch.zeros_like(gradient), Status.NON_FINITE, 0, 0)
             inverse = lambda r: r / m  # noqa: E731 - a one-line M⁻¹
@@ -286,7 +317,7 @@ class HessianFree(GlobalStateOptimizer):
         if warm is not None and settings.warm_start_decay > 0:
             x0 = settings.warm_start_decay * warm.to(gradient)
         solve = conjugate_gradient(
-            damped_product,
+            self._curvature_product(operator, damping, gradient.dtype),
             -gradient,
             x0=x0,
             rtol=settings.rtol,
@@ -294,7 +325,9 @@ class HessianFree(GlobalStateOptimizer):
             M=inverse,
             stop=StopRule.MARTENS | StopRule.RESIDUAL,
             progress_tol=settings.progress_tol,
-            snapshot_at=geometric_snapshots(settings.max_iterations, settings.snapshot_growth),
+            snapshot_at=geometric_snapshots(
+                settings.max_iterations, settings.snapshot_growth, settings.first_snapshot
+            ),
         )
         state["cg_iterations"] += solve.iterations
         state["curvature_products"] += solve.products
@@ -305,8 +338,9 @@ class HessianFree(GlobalStateOptimizer):
 
     def _backtrack(
         self, solve: CGResult, start: list[Tensor], trial_closure: Callable[[], Tensor]
-    ) -> tuple[Tensor, float, float]:
-        """Phase 3 (§4.6): the kept iterate with the lowest loss; returns it, L(θ+p), q(p)."""
+    ) -> tuple[Tensor, float, int]:
+        """Phase 3 (§4.6): the kept iterate with the lowest F; returns it, F(θ+p) and its
+        CG iteration."""
         candidates = solve.snapshots if self.backtracking else solve.snapshots[-1:]
 
         def loss_at(candidate: tuple[int, Tensor]) -> float:
@@ -315,7 +349,37 @@ class HessianFree(GlobalStateOptimizer):
 
         index, value, _ = choose_iterate(candidates, loss_at)
         iteration, direction = candidates[index]
-        return direction, value, solve.model_values[iteration]
+        return direction, value, iteration
+
+    def _reduction_ratio(
+        self, chunk: CurvatureChunk, solve: CGResult, iteration: int, direction: Tensor,
+        start: list[Tensor], gradient: Tensor, loss: float, value: float,
+    ) -> float:
+        """Phase 4: ρ = actual / predicted change as :attr:`ratio` says (HFDemo
+        ``nnet_train_2.m`` lines 1340–1353 by default)."""
+        if self.ratio.on_curvature_chunk and chunk.loss is not None:
+            new, old = self._chunk_losses(chunk, direction, start)
+        else:
+            new, old = value, loss
+        if self.ratio.undamped_model:
+            product = self._curvature_product(chunk.operator, 0.0, gradient.dtype)
+            self.hf_state["curvature_products"] += 1
+            predicted = float(gradient @ direction) + 0.5 * float(direction @ product(direction))
+        else:
+            predicted = solve.model_values[iteration]
+        resolution = loss_resolution(old, new, dtype_eps=torch.finfo(gradient.dtype).eps)
+        return reduction_ratio(new - old, predicted, resolution)
+
+    @torch.no_grad()
+    def _chunk_losses(
+        self, chunk: CurvatureChunk, direction: Tensor, start: list[Tensor]
+    ) -> tuple[float, float]:
+        """F_chunk(θ + p) and F_chunk(θ) (the chunk loss plus the weight decay)."""
+        move_parameters(self._params, start, direction)
+        new = loss_value(chunk.loss()) + self._weight_cost()
+        restore_parameters(self._params, start)
+        old = loss_value(chunk.loss()) + self._weight_cost()
+        return new, old
 
     def _line_search(
         self,

@@ -55,8 +55,9 @@ from hesskit.problem import Problem
 STATE_KEY = "damped_newton"
 """Key of the optimizer-wide state in :meth:`DampedNewton.state_dict`."""
 
-NEWTON_DAMPING = LevenbergMarquardt(initial=0.0, floor=1e-4)
-"""Start as pure Newton (λ = 0); the first increase goes to 1e-4."""
+NEWTON_DAMPING = LevenbergMarquardt(initial=0.0, floor=1e-4, nan_raises=False)
+"""Start as pure Newton (λ = 0); the first increase goes to 1e-4; a NaN ρ (a predicted
+decrease below rounding, see ``reduction_ratio``) keeps λ."""
 
 MAX_DAMPING_RAISES = 100
 """Cholesky attempts per step while raising λ to make H + λI positive definite."""
@@ -76,12 +77,19 @@ class DampedNewton(GlobalStateOptimizer):
     """Newton's method with the exact Hessian and Levenberg-Marquardt damping.
 
     Args:
-        params: the parameters, one group, in the order of the Hessian's rows (pass
-            ``model.parameters()`` for a ``Problem`` built from the same model).
+        params: the parameters, one or several groups; concatenated in group order they are
+            the Hessian's rows (pass ``model.parameters()`` for a ``Problem`` built from the
+            same model). A group may set ``lr`` and ``weight_decay``.
         hessian: a ``Problem`` (its exact dense Hessian at the current parameters, with a
             memory guard), or a function returning the N×N Hessian at the current parameters.
         damping: λ and its rule; default starts at λ = 0 (pure Newton).
         indefinite: :class:`Indefinite` handling of negative eigenvalues.
+        lr: default ``lr`` of the groups: the accepted step of group g is lr_g·p_g (1: the
+            Newton step; ``torch.optim.lr_scheduler`` changes it between steps). ρ judges
+            the full step p.
+        weight_decay: default ``weight_decay`` wd_g of the groups: (wd_g/2)‖θ_g‖² added to
+            the objective, wd_g θ_g to the gradient, wd_g to the Hessian's diagonal. Leave
+            it 0 when the closure already adds the weight cost.
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
 
     Raises:
@@ -90,7 +98,9 @@ class DampedNewton(GlobalStateOptimizer):
     The closure, as for ``torch.optim.LBFGS``, must clear the gradients, compute the loss,
     call ``backward()`` and return the loss, on the same data as the Hessian. It is called
     twice per step: at θ (loss and gradient) and at θ + p (the loss, to compute ρ; its
-    gradient is ignored). The Hessian is built once per step, at θ. The optional
+    gradient is ignored). The Hessian is built once per step, at θ. ``step()`` without a
+    closure raises ``InvalidArgumentError``; ``step`` returns F(θ) at the start of the step
+    (the closure's loss plus the weight decay given here) as a 0-d tensor. The optional
     ``loss_closure`` of :meth:`step` returns the same loss without ``backward()``; when given,
     it evaluates θ + p under ``torch.no_grad()`` (a forward pass instead of a gradient).
 
@@ -110,11 +120,11 @@ class DampedNewton(GlobalStateOptimizer):
         hessian: Problem | Callable[[], Tensor],
         damping: LevenbergMarquardt = NEWTON_DAMPING,
         indefinite: Indefinite = Indefinite.DAMPING,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
     ) -> None:
-        super().__init__(params, defaults={})
-        if len(self.param_groups) != 1:
-            raise InvalidArgumentError("DampedNewton takes one parameter group")
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
         if not isinstance(indefinite, Indefinite):
             raise InvalidArgumentError(
                 f"indefinite must be an Indefinite member, got {indefinite!r}"
@@ -140,25 +150,42 @@ class DampedNewton(GlobalStateOptimizer):
         init_rejection_state(self.newton_state)
 
     def step(  # type: ignore[override]
-        self, closure: Callable[[], Tensor], loss_closure: Callable[[], Tensor] | None = None
-    ) -> float:
-        """One damped Newton step; returns the loss at the start of the step.
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        loss_closure: Callable[[], Tensor] | None = None,
+    ) -> Tensor:
+        """One damped Newton step; returns F(θ) at its start as a detached 0-d tensor.
 
         ``loss_closure`` (optional): the loss on the same data without ``backward()``, for
         the trial point θ + p.
         """
         closure, trial_closure, start = self._begin_step(closure, loss_closure)
-        state = self.newton_state
+        loss = self._step(closure, trial_closure, start)
+        reference = self._params[0]
+        return torch.tensor(loss, dtype=reference.dtype, device=reference.device)
+
+    def _objective_and_gradient(self, closure: Callable[[], Tensor]) -> tuple[float, Tensor]:
+        """F(θ) = closure() + Σ_g (wd_g/2)‖θ_g‖² and ∇F = .grad + wd ⊙ θ."""
         loss = loss_value(closure())
         gradient = flat_gradient(self._params)
+        return self._with_weight_decay(loss, gradient)
+
+    def _step(
+        self, closure: Callable[[], Tensor], trial_closure: Callable[[], Tensor],
+        start: list[Tensor],
+    ) -> float:
+        state = self.newton_state
+        loss, gradient = self._objective_and_gradient(closure)
         if not is_finite(loss, gradient):
             return self._reject(start, "the loss or its gradient", loss)
         H = self._hessian(gradient)
         if not is_finite(H):
             return self._reject(start, "the Hessian", loss)
+        if self._has_weight_decay():
+            H = H + torch.diag(self._per_element("weight_decay").to(H))
         direction, predicted = self._direction(H, gradient)
         move_parameters(self._params, start, direction)
-        trial = loss_value(trial_closure())
+        trial = loss_value(trial_closure()) + self._weight_cost()
         resolution = loss_resolution(loss, trial, dtype_eps=torch.finfo(gradient.dtype).eps)
         ratio = reduction_ratio(trial - loss, predicted, resolution)
         state["last_ratio"] = ratio
@@ -166,6 +193,7 @@ class DampedNewton(GlobalStateOptimizer):
         if ratio > 0:
             state["accepted_steps"] += 1
             record_acceptance(state)
+            move_parameters(self._params, start, self._scaled_step(direction))
             return loss
         restore_parameters(self._params, start)
         if not is_finite(trial, direction):

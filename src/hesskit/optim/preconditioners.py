@@ -53,13 +53,17 @@ class DiagonalPreconditioner:
                 "Martens uses 0.75"
             )
 
-    def diagonal(self, damping: float) -> Tensor:
-        """m = (d + λ)^α, flat ``[N]``; entries with d_i + λ ≤ 0 get m_i = 1 (no scaling)."""
+    def diagonal(self, damping: float | Tensor) -> Tensor:
+        """m = (d + λ)^α, flat ``[N]``; entries with d_i + λ ≤ 0 get m_i = 1 (no scaling).
+
+        ``damping`` may be a flat ``[N]`` tensor: Hessian-free passes λ + wd_i, as Martens'
+        code adds the weight cost to the statistic (``precon = (grad2 + lambda +
+        weightcost)^(3/4)``, HFDemo ``nnet_train_2.m`` line 1264)."""
         shifted = self.statistic().detach() + damping
         m = shifted.clamp(min=0) ** self.exponent
         return torch.where(shifted > 0, m, torch.ones_like(m))
 
-    def inverse(self, damping: float) -> Callable[[Tensor], Tensor]:
+    def inverse(self, damping: float | Tensor) -> Callable[[Tensor], Tensor]:
         """The function r ↦ M⁻¹ r that CG's ``M`` argument takes."""
         m = self.diagonal(damping)
         return lambda r: r / m
@@ -70,7 +74,10 @@ def martens_preconditioner(
 ) -> DiagonalPreconditioner:
     """Martens' preconditioner: the empirical-Fisher diagonal of ``problem``, damped, to α.
 
-    Build ``problem`` on the gradient mini-batch (the per-sample gradients come with it in
-    Martens' code). Cost: one vmapped per-sample gradient pass over the problem's data.
+    Build ``problem`` on the gradient mini-batch (Martens' code accumulates Σ_i g_i ⊙ g_i in
+    its gradient pass, ``grad2``, HFDemo ``nnet_train_2.m`` lines 1086–1087, 1106). Here it
+    is a SEPARATE pass: one per-sample pass over the problem's data per step (through the
+    proved chain, ≈ 1.2 gradients on Martens' MNIST autoencoder; vmapped per-sample
+    gradients otherwise), which a fair comparison must count as data passed.
     """
     return DiagonalPreconditioner(lambda: empirical_fisher_diagonal(problem), exponent)

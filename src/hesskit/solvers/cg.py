@@ -38,7 +38,13 @@ MARTENS_PROGRESS_TOL = 5e-4
 """ε of Martens' relative-progress rule (Martens 2010, §4.4)."""
 
 MARTENS_SNAPSHOT_GROWTH = 1.3
-"""γ: keep the CG iterates numbered ceil(γ^j) for backtracking (Martens 2010, §4.6)."""
+"""γ: keep the CG iterates numbered ⌈i₀·γ^j⌉ for backtracking (Martens 2010, §4.6;
+``imult = 1.3`` in HFDemo ``conjgrad_1.m`` line 14)."""
+
+MARTENS_FIRST_SNAPSHOT = 5
+"""i₀: the first CG iterate kept for backtracking (``inext = 5`` in HFDemo ``conjgrad_1.m``
+line 13, advanced by ``inext = inext*imult`` at each kept iterate, lines 69–73): iterates
+5, 7, 9, 11, 15, 19, 25, … and the last."""
 
 
 class StopRule(enum.Flag):
@@ -70,17 +76,27 @@ class CGResult(SolverResult):
     negative_curvature: Tensor | None = None
 
 
-def geometric_snapshots(maxiter: int, growth: float = MARTENS_SNAPSHOT_GROWTH) -> tuple[int, ...]:
-    """The iterations ceil(γ^j), j = 0, 1, …, up to ``maxiter`` (Martens 2010, §4.6).
+def geometric_snapshots(
+    maxiter: int, growth: float = MARTENS_SNAPSHOT_GROWTH, first: float = 1.0
+) -> tuple[int, ...]:
+    """The distinct iterations ⌈first·γ^j⌉, j = 0, 1, …, up to ``maxiter`` (§4.6).
+
+    Martens' released code keeps ⌈5·1.3^j⌉ (``first`` = :data:`MARTENS_FIRST_SNAPSHOT`,
+    HFDemo ``conjgrad_1.m`` lines 13–14); ``first=1`` (the default here) also keeps the
+    iterates 1–4, which his backtracking never falls back to.
 
     >>> geometric_snapshots(10)
     (1, 2, 3, 4, 5, 7, 9)
+    >>> geometric_snapshots(30, first=5)
+    (5, 7, 9, 11, 15, 19, 25)
     """
     if growth <= 1:
         raise InvalidArgumentError(f"snapshot growth must be > 1, got {growth}; Martens uses 1.3")
+    if not first >= 1:
+        raise InvalidArgumentError(f"the first snapshot must be ≥ 1, got {first}; Martens uses 5")
     steps: list[int] = []
     j = 0
-    while (i := math.ceil(growth**j - 1e-9)) <= maxiter:
+    while (i := math.ceil(first * growth**j - 1e-9)) <= maxiter:
         if not steps or i != steps[-1]:
             steps.append(i)
         j += 1

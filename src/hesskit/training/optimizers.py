@@ -29,23 +29,39 @@ steps; with 25 evaluations it keeps descending).
 
 L-BFGS, Hessian-free and damped Newton run full-batch by default (L-BFGS's curvature pairs
 and line search assume a deterministic objective; Martens 2010 §4 computes HF's gradient
-on large batches). Hessian-free builds the Gauss-Newton operator G on a curvature
-mini-batch that is a subset of the gradient batch (Martens 2010, §4.3), plus the weight-
-decay term: the objective's curvature is G + wd·I.
+on large batches). Hessian-free follows Martens' released code (HFDemo ``nnet_train_2.m``):
+the gradient batch is cut into chunks the size of the loop's curvature batch (a shuffled
+partition, seed :data:`CHUNK_SEED`), and step k builds the Gauss-Newton operator G + wd·I
+on chunk (k − 1) mod numchunks (line 940), so that the curvature sees every case of a full
+batch in numchunks steps; ρ is measured on that chunk over the undamped model (lines
+1340–1353); the preconditioner is [diag(EF) + wd + λ]^¾ of the gradient batch (line 1264).
+
+Counting for the loop's epochs (it charges each product one pass over the curvature
+batch): besides CG's products and ρ's one, each of ρ's two chunk-loss evaluations is
+charged as one product (a pass over a chunk), and the preconditioner's per-sample pass
+over the gradient batch (an extra pass here; Martens takes it from the gradient pass) as
+numchunks products, one pass over the gradient batch's cases.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from hesskit.distributed import shard_range, sum_over_ranks, world_size
 from hesskit.errors import InvalidArgumentError
-from hesskit.operators.base import CurvatureOperator
 from hesskit.operators.counting import CountingOperator
+from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
+from hesskit.tensor_tree import num_samples, select
+
+CHUNK_SEED = 0
+"""Seeds the one shuffle of the gradient batch's positions into curvature chunks (Martens
+shuffles the data once, ``nnet_demo_2.m``)."""
 
 LBFGS_MAX_EVALUATIONS = 25
 """Closure calls one L-BFGS step may make (1 at θ + up to 24 in the strong-Wolfe search;
@@ -70,6 +86,11 @@ class ProductCounter:
     def count(self, value: int) -> None:
         self._base, self._latest = value, None
 
+    def add(self, products: int) -> None:
+        """Charge ``products`` passes over the curvature batch that were not operator products
+        (ρ's chunk losses, the preconditioner's pass), keeping the latest operator tracked."""
+        self._base += products
+
     def track(self, operator: CountingOperator) -> CountingOperator:
         self._base, self._latest = self.count, operator
         return operator
@@ -89,7 +110,8 @@ class OptimizerContext:
             the gradient batch.
         products: the counter that curvature operators built for this run increment.
         initial_damping: λ at Hessian-free's first step (its Levenberg-Marquardt rule
-            adapts it from there).
+            adapts it from there); 45 by default (``initlambda``, HFDemo ``nnet_train_2.m``
+            line 116).
     """
 
     model: nn.Module
@@ -99,7 +121,7 @@ class OptimizerContext:
     gradient_batch: Callable[[], tuple[Tensor, Tensor]]
     curvature_batch: Callable[[], tuple[Tensor, Tensor]]
     products: ProductCounter = field(default_factory=ProductCounter)
-    initial_damping: float = 1.0
+    initial_damping: float = 45.0
 
 
 @dataclass(frozen=True)
@@ -162,38 +184,94 @@ def _importable(requirement: str) -> bool:
         return False
 
 
-def gauss_newton_curvature(context: OptimizerContext) -> Callable[[], CurvatureOperator]:
-    """The callable HF calls each step: G + wd·I at the current θ on the curvature batch
-    (wd·I is the Hessian of the weight cost (wd/2)‖θ‖²), its products counted."""
+class _ChunkSchedule:
+    """Martens' round-robin curvature chunks over the positions of the gradient batch.
+
+    The chunk size is the loop's curvature-batch size c, so numchunks = ⌈B / c⌉ for a
+    gradient batch of B cases; the partition is rebuilt when B changes. Data parallel, the
+    partition is of the GLOBAL batch (B and c summed over the ranks) and each rank takes the
+    part of the chunk that lies in its contiguous shard (``shard_range``), so the chunk is
+    the one a single process would use."""
+
+    def __init__(self, context: OptimizerContext) -> None:
+        self.context = context
+        self.chunks: RoundRobinChunks | None = None
+        self.local_size, self.offset = -1, 0
+
+    def numchunks(self) -> int:
+        return self._chunks().numchunks
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """This rank's part of the chunk of step ``step`` (from 1) of the gradient batch."""
+        chunks = self._chunks()
+        indices = chunks.indices(step)
+        if chunks.num_data != self.local_size:
+            inside = (indices >= self.offset) & (indices < self.offset + self.local_size)
+            indices = indices[inside] - self.offset
+        return select(self.context.gradient_batch(), indices)
+
+    def _chunks(self) -> RoundRobinChunks:
+        local = num_samples(self.context.gradient_batch()[0])
+        if self.chunks is None or local != self.local_size:
+            curvature = num_samples(self.context.curvature_batch()[0])
+            total, chunk = int(sum_over_ranks(local)), max(1, int(sum_over_ranks(curvature)))
+            self.chunks = RoundRobinChunks(total, min(total, math.ceil(total / chunk)),
+                                           seed=CHUNK_SEED)
+            self.local_size = local
+            self.offset = shard_range(total).start if world_size() > 1 else 0
+        return self.chunks
+
+
+def gauss_newton_curvature(
+    context: OptimizerContext, schedule: _ChunkSchedule, step: Callable[[], int]
+) -> Callable[[], CurvatureChunk]:
+    """The callable HF calls each step: G + wd·I at the current θ on this step's chunk
+    (wd·I is the Hessian of the weight cost (wd/2)‖θ‖²), its products counted, with the
+    chunk's objective (loss + weight cost) for ρ, each evaluation charged as one product."""
     from hesskit.operators import damped, gauss_newton_operator
     from hesskit.problem import Problem
 
-    def curvature() -> CurvatureOperator:
-        problem = Problem(context.model, context.loss, context.curvature_batch())
+    def curvature() -> CurvatureChunk:
+        problem = Problem(context.model, context.loss, schedule.batch(step()))
         operator = damped(gauss_newton_operator(problem), context.weight_decay)
-        return context.products.track(CountingOperator(operator))
+        data_loss = chunk_loss(problem)
+
+        def objective() -> Tensor:
+            context.products.add(1)
+            squares = sum(float(p.square().sum()) for p in context.model.parameters())
+            return data_loss() + 0.5 * context.weight_decay * squares
+
+        return CurvatureChunk(context.products.track(CountingOperator(operator)), objective)
 
     return curvature
 
 
 def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
-    """Martens' HF: G on the curvature batch, preconditioned by diag(EF) of the gradient
-    batch (§4.7; the empirical Fisher of the loss, without the weight-decay term)."""
+    """Martens' HF (module docstring): G on round-robin chunks of the gradient batch, ρ on
+    the chunk over the undamped model, preconditioned by diag(EF) of the gradient batch plus
+    wd (§4.7; HFDemo ``nnet_train_2.m`` line 1264). The closure already holds the weight
+    cost, so HF's own ``weight_decay`` stays 0 and wd is built into G and the statistic."""
     from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
     from hesskit.optim import DiagonalPreconditioner, HessianFree, LevenbergMarquardt
     from hesskit.problem import Problem
 
+    schedule = _ChunkSchedule(context)
+
     def fisher_diagonal() -> Tensor:
-        return empirical_fisher_diagonal(
+        context.products.add(schedule.numchunks())  # one pass over the gradient batch
+        diagonal = empirical_fisher_diagonal(
             Problem(context.model, context.loss, context.gradient_batch())
         )
+        return diagonal + context.weight_decay
 
-    return HessianFree(
+    optimizer = HessianFree(
         context.model.parameters(),
-        curvature=gauss_newton_curvature(context),
+        curvature=lambda: curvature(),
         damping=LevenbergMarquardt(initial=context.initial_damping),
         preconditioner=DiagonalPreconditioner(fisher_diagonal),
     )
+    curvature = gauss_newton_curvature(context, schedule, lambda: int(optimizer.hf_state["steps"]))
+    return optimizer
 
 
 def _damped_newton(context: OptimizerContext) -> torch.optim.Optimizer:

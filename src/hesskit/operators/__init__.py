@@ -17,6 +17,8 @@ from hesskit.operators.fisher import (
 )
 from hesskit.operators.gauss_newton import GaussNewtonOperator, gauss_newton_operator
 from hesskit.operators.hessian import HessianOperator, hessian_operator
+from hesskit.operators.kfac import KFACOperator, kfac_operator
+from hesskit.operators.kfac_factors import FactorTargets
 from hesskit.operators.matrices import Matrix, as_matrix, curvature_operator
 
 __all__ = [
@@ -25,9 +27,11 @@ __all__ = [
     "DampedOperator",
     "DiagonalOperator",
     "EmpiricalFisherOperator",
+    "FactorTargets",
     "FisherOperator",
     "GaussNewtonOperator",
     "HessianOperator",
+    "KFACOperator",
     "Matrix",
     "MatrixOperator",
     "ProblemOperator",
@@ -40,4 +44,5 @@ __all__ = [
     "fisher_operator",
     "gauss_newton_operator",
     "hessian_operator",
+    "kfac_operator",
 ]

@@ -4,6 +4,8 @@
   saddle-free |H|; for small models.
 * :class:`HessianFree`: Martens (2010), matrix-free: CG on Gauss-Newton products;
   :func:`martens2010` (``HessianFree.martens2010``) builds it with HFDemo's settings.
+* Optimizers that estimate curvature: :class:`KFAC` (Martens & Grosse 2015), :class:`Sophia`
+  (Liu et al. 2023), :class:`AdaHessian` (Yao et al. 2021).
 
 The pieces are small modules usable alone: ``damping`` (ρ and the LM rule),
 ``backtracking`` (choose among CG iterates, Armijo search), ``preconditioners`` (Martens'
@@ -11,6 +13,7 @@ diagonal), ``safety`` (reject non-finite steps and restore the parameters exactl
 ``chunks`` (Martens' round-robin curvature chunks), ``hf_settings`` (CG and ρ settings).
 """
 
+from hesskit.optim.adahessian import AdaHessian
 from hesskit.optim.backtracking import (
     ArmijoSearch,
     LineSearchResult,
@@ -30,13 +33,23 @@ from hesskit.optim.hf_settings import (
     CGSettings,
     RatioSettings,
 )
+from hesskit.optim.kfac import KFAC
+from hesskit.optim.kfac_steps import KFACSchedule
 from hesskit.optim.martens import martens2010
 from hesskit.optim.newton import DampedNewton, Indefinite
 from hesskit.optim.preconditioners import DiagonalPreconditioner, martens_preconditioner
+from hesskit.optim.sophia import (
+    Sophia,
+    SophiaEstimator,
+    gauss_newton_bartlett_diagonal,
+    hutchinson_gaussian_diagonal,
+)
 
 __all__ = [
+    "KFAC",
     "PREVIOUS_CG",
     "PREVIOUS_RATIO",
+    "AdaHessian",
     "ArmijoSearch",
     "CGSettings",
     "CurvatureChunk",
@@ -44,13 +57,18 @@ __all__ = [
     "DiagonalPreconditioner",
     "HessianFree",
     "Indefinite",
+    "KFACSchedule",
     "LevenbergMarquardt",
     "LineSearchResult",
     "RatioSettings",
     "RoundRobinChunks",
+    "Sophia",
+    "SophiaEstimator",
     "armijo_line_search",
     "choose_iterate",
     "chunk_loss",
+    "gauss_newton_bartlett_diagonal",
+    "hutchinson_gaussian_diagonal",
     "levenberg_marquardt_update",
     "martens2010",
     "martens_preconditioner",

@@ -1,0 +1,300 @@
+"""K-FAC's Kronecker factors for ``nn.Linear`` layers, and their damped inverses.
+
+For a linear layer s = W̄ ā with W̄ = [W b] (``[out, in + 1]``) and ā = [a; 1] the input
+with a homogeneous 1 for the bias, the gradient of a sample's loss is g āᵀ with
+g = ∂ℓ_i/∂s. K-FAC (Martens & Grosse 2015, §3) approximates the layer's block of the
+Fisher, E[vec(g āᵀ) vec(g āᵀ)ᵀ] = E[ā āᵀ ⊗ g gᵀ], by the Kronecker product of the
+expectations A ⊗ G, with
+
+    A = (1/n) Σ_i ā_i ā_iᵀ      (``[in + 1, in + 1]``)
+    G = Σ_i a_i g_i g_iᵀ          (``[out, out]``),
+
+where a_i is the weight of sample i in the total loss (a_i = c, the reduction factor:
+1/n for a mean cross-entropy, 1/(n k) for a mean squared error). These weights make
+A ⊗ G approximate hesskit's Gauss-Newton / Fisher matrices of the same loss (so
+n·E[āāᵀ ⊗ ggᵀ]·c ≈ E[āāᵀ] ⊗ c Σ_i g gᵀ): for Martens' mean cross-entropy G is his
+E[g gᵀ]. Over several batches A = Σ_b (n_b/N) A_b and G = Σ_b w_b G_b.
+
+In the flat parameter layout (row-major ``W`` then ``b``) the block acts as
+V̄ ↦ G V̄ A on V̄ = [V_W  v_b] (``[out, in + 1]``): (A ⊗ G) vec(V̄) = vec(G V̄ A).
+
+Where g comes from (:class:`FactorTargets`): targets ŷ drawn from the model's predictive
+distribution p(y | z) (the Fisher, Martens & Grosse §5: unbiased for G), the observed
+targets (the empirical Fisher), or the exact expectation E_ŷ[r rᵀ] = H_ℓ through the
+square-root factor H_ℓ = S Sᵀ of the loss's output Hessian (k backward passes instead of
+one; the "exact" G, as kfac-jax's ``curvature_propagation``-free exact mode; exact K-FAC
+for a one-layer linear model under a loss whose H_ℓ does not depend on z, e.g. MSE).
+
+Cost per batch: one forward pass and one backward pass to the layer outputs (k backward
+passes for ``EXPECTED``), plus O(n (in² + out²)) for the outer products.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hesskit.errors import UnsupportedArchitectureError
+from hesskit.problem import Batch, Problem
+
+
+class FactorTargets(enum.Enum):
+    """Which targets the output gradients g of the G factor are computed with."""
+
+    SAMPLED = "sampled"
+    """ŷ ~ p(y | z), one draw per sample: the Fisher (Martens & Grosse 2015, §5)."""
+
+    EMPIRICAL = "empirical"
+    """The observed targets: the empirical Fisher (an option; biased, Kunstner et al. 2019)."""
+
+    EXPECTED = "expected"
+    """E_ŷ[r rᵀ] = H_ℓ exactly, by backpropagating the k columns of H_ℓ's square root."""
+
+
+@dataclass(frozen=True)
+class LinearBlock:
+    """One ``nn.Linear`` layer that K-FAC covers: its module and parameter names.
+
+    Attributes:
+        module: the module's name in ``model.named_modules()``.
+        weight: the name of its weight ``[out, in]``.
+        bias: the name of its bias ``[out]``, or None (no homogeneous coordinate).
+        in_features, out_features: the layer's sizes.
+    """
+
+    module: str
+    weight: str
+    bias: str | None
+    in_features: int
+    out_features: int
+
+    @property
+    def input_dim(self) -> int:
+        """dim A: the input size plus one for the bias' homogeneous coordinate."""
+        return self.in_features + (self.bias is not None)
+
+
+@dataclass
+class KroneckerFactors:
+    """A (``[in + 1, in + 1]``) and G (``[out, out]``) of one layer."""
+
+    A: Tensor
+    G: Tensor
+
+    def clone(self) -> KroneckerFactors:
+        return KroneckerFactors(self.A.clone(), self.G.clone())
+
+
+def linear_blocks(model: nn.Module, names: Iterable[str]) -> list[LinearBlock]:
+    """The ``nn.Linear`` layers of ``model`` whose weight is among the parameters ``names``.
+
+    A bias counts (homogeneous coordinate) only when it is among ``names`` too; other
+    parameters (and Linear layers with a weight outside ``names``) are not covered.
+    """
+    wanted = set(names)
+    blocks = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        weight = f"{prefix}weight"
+        if weight not in wanted:
+            continue
+        bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in wanted else None
+        blocks.append(
+            LinearBlock(module_name, weight, bias, module.in_features, module.out_features)
+        )
+    return blocks
+
+
+def covered_names(blocks: Iterable[LinearBlock]) -> set[str]:
+    """The parameter names the blocks cover."""
+    return {name for b in blocks for name in (b.weight, b.bias) if name is not None}
+
+
+def factor_statistics(
+    problem: Problem,
+    blocks: list[LinearBlock],
+    targets: FactorTargets = FactorTargets.SAMPLED,
+    generator: torch.Generator | None = None,
+) -> dict[str, KroneckerFactors]:
+    """A and G of every block over the problem's batches (module docstring), by weight name.
+
+    Raises:
+        UnsupportedArchitectureError: a covered layer is called more than once per forward
+            pass (shared weights) or with inputs that are not ``[n, in]``.
+    """
+    if targets is FactorTargets.SAMPLED:
+        problem.loss.require_likelihood("K-FAC with sampled targets")
+    sums: dict[str, KroneckerFactors] = {}
+    for batch in problem.batches():
+        share = batch.num_samples / problem.local_num_data
+        for name, (A, G) in _batch_factors(problem, blocks, batch, targets, generator).items():
+            if name not in sums:
+                sums[name] = KroneckerFactors(share * A, batch.weight * G)
+            else:
+                sums[name].A.add_(A, alpha=share)
+                sums[name].G.add_(G, alpha=batch.weight)
+    return sums
+
+
+def _batch_factors(
+    problem: Problem,
+    blocks: list[LinearBlock],
+    batch: Batch,
+    targets: FactorTargets,
+    generator: torch.Generator | None,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    records: dict[str, list[tuple[Tensor, Tensor]]] = {b.module: [] for b in blocks}
+    modules = dict(problem.model.named_modules())
+    handles = [
+        modules[b.module].register_forward_hook(_recorder(records[b.module])) for b in blocks
+    ]
+    params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
+    try:
+        with torch.enable_grad():
+            z = problem.output(params, batch.inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for b in blocks:
+        _check_record(b, records[b.module])
+    outputs = [records[b.module][0][1] for b in blocks]
+    deltas = _output_gradients(problem, z, batch, outputs, targets, generator)
+    factors = {}
+    for b, block_deltas in zip(blocks, zip(*deltas, strict=True), strict=True):
+        a = records[b.module][0][0].detach()
+        if b.bias is not None:
+            a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
+        A = a.T @ a / a.shape[0]
+        G = sum(d.T @ d for d in block_deltas)
+        factors[b.weight] = (A, G)
+    return factors
+
+
+def _output_gradients(
+    problem: Problem,
+    z: Tensor,
+    batch: Batch,
+    outputs: list[Tensor],
+    targets: FactorTargets,
+    generator: torch.Generator | None,
+) -> list[list[Tensor]]:
+    """Per backward pass, the scaled pre-activation gradients of each block, such that
+    G = Σ_passes δᵀ δ (the 1/c of the sampled and empirical cases folded in as √(1/c))."""
+    loss = problem.loss
+    if targets is FactorTargets.EXPECTED:
+        S = loss.hessian_sqrt(z.detach(), batch.targets)  # [n, k, m], H_ℓ = S Sᵀ (c inside)
+        passes = []
+        for j in range(S.shape[-1]):
+            u = S[:, :, j].reshape(z.shape)
+            grads = torch.autograd.grad(
+                z, outputs, grad_outputs=u, retain_graph=True, allow_unused=True
+            )
+            passes.append(_filled(grads, outputs))
+        return passes
+    y = batch.targets if targets is FactorTargets.EMPIRICAL else (
+        loss.sample_targets(z.detach(), generator=generator)
+    )
+    value = loss.value(z, y)
+    scale = loss.scale(z.detach(), y)
+    grads = torch.autograd.grad(value, outputs, allow_unused=True)
+    return [[g / math.sqrt(scale) for g in _filled(grads, outputs)]]
+
+
+def _filled(grads: tuple[Tensor | None, ...], outputs: list[Tensor]) -> list[Tensor]:
+    """Detached gradients, zeros for a layer output the loss does not depend on."""
+    return [
+        torch.zeros_like(s).detach() if g is None else g.detach()
+        for g, s in zip(grads, outputs, strict=True)
+    ]
+
+
+def _recorder(store: list[tuple[Tensor, Tensor]]):
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        store.append((inputs[0], output))
+
+    return hook
+
+
+def _check_record(block: LinearBlock, record: list[tuple[Tensor, Tensor]]) -> None:
+    if len(record) != 1:
+        raise UnsupportedArchitectureError(
+            f"K-FAC: layer {block.module!r} ran {len(record)} times in one forward pass; "
+            "K-FAC covers a Linear layer used exactly once (no shared weights); leave its "
+            "parameters out of the optimizer or the operator"
+        )
+    a = record[0][0]
+    if a.ndim != 2:
+        raise UnsupportedArchitectureError(
+            f"K-FAC: layer {block.module!r} got inputs of shape {tuple(a.shape)}; K-FAC here "
+            "covers Linear layers on [n, in] inputs only; flatten the extra dimensions "
+            "into the batch before the layer"
+        )
+
+
+@dataclass
+class FactorEigen:
+    """Eigendecompositions A = Q_A diag(λ_A) Q_Aᵀ, G = Q_G diag(λ_G) Q_Gᵀ and the π of
+    factored Tikhonov damping (eigenvalues clamped at 0: the factors are PSD)."""
+
+    A_values: Tensor
+    A_vectors: Tensor
+    G_values: Tensor
+    G_vectors: Tensor
+    pi: float
+
+    @classmethod
+    def of(cls, factors: KroneckerFactors) -> FactorEigen:
+        A_values, A_vectors = torch.linalg.eigh(factors.A)
+        G_values, G_vectors = torch.linalg.eigh(factors.G)
+        return cls(
+            A_values.clamp(min=0), A_vectors, G_values.clamp(min=0), G_vectors,
+            pi_correction(factors),
+        )
+
+    def damped_inverse(self, V: Tensor, gamma: float) -> Tensor:
+        """(G + (γ/π) I)⁻¹ V (A + π γ I)⁻¹ for V ``[..., out, in + 1]``: the inverse of
+        factored Tikhonov damping (A + πγI) ⊗ (G + γ/π I) (Martens & Grosse 2015, §6.3)."""
+        denominator = (self.G_values + gamma / self.pi)[:, None] * (
+            self.A_values + self.pi * gamma
+        )[None, :]
+        return self._solve(V, denominator)
+
+    def exact_inverse(self, V: Tensor, damping: float) -> Tensor:
+        """(A ⊗ G + damping·I)⁻¹ vec(V) exactly, through both eigenbases."""
+        return self._solve(V, self.G_values[:, None] * self.A_values[None, :] + damping)
+
+    def _solve(self, V: Tensor, denominator: Tensor) -> Tensor:
+        rotated = self.G_vectors.T @ V @ self.A_vectors
+        return self.G_vectors @ (rotated / denominator) @ self.A_vectors.T
+
+
+def pi_correction(factors: KroneckerFactors) -> float:
+    """π = √((tr(A)/dim A) / (tr(G)/dim G)) (Martens & Grosse 2015, §6.3, the trace norm);
+    1 when either trace is 0 (a layer without signal)."""
+    a = float(factors.A.diagonal().sum()) / factors.A.shape[0]
+    g = float(factors.G.diagonal().sum()) / factors.G.shape[0]
+    if not (a > 0 and g > 0 and math.isfinite(a) and math.isfinite(g)):
+        return 1.0
+    return math.sqrt(a / g)
+
+
+def join(block: LinearBlock, pieces: dict[str, Tensor]) -> Tensor:
+    """V̄ = [V_W  v_b] (``[..., out, in + 1]``) from parameter-shaped pieces."""
+    weight = pieces[block.weight]
+    if block.bias is None:
+        return weight
+    return torch.cat([weight, pieces[block.bias].unsqueeze(-1)], dim=-1)
+
+
+def split(block: LinearBlock, joined: Tensor) -> dict[str, Tensor]:
+    """The inverse of :func:`join`."""
+    if block.bias is None:
+        return {block.weight: joined}
+    return {block.weight: joined[..., :-1], block.bias: joined[..., -1]}

@@ -1,0 +1,349 @@
+"""K-FAC (Martens & Grosse 2015, ICML) for ``nn.Linear`` layers, as a torch optimizer.
+
+One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = L(θ) +
+Σ (η/2)‖θ‖² (weight decay η per group, part of the objective, §6.1):
+
+1. the factors of every covered layer from the first τ₁ of the batch
+   (:mod:`hesskit.operators.kfac_factors`; sampled targets by default: the Fisher),
+   averaged A ← ε A + (1 − ε) A_batch with ε = min(1 − 1/k, 0.95) (§5);
+2. on the first 3 iterations and every T₃: the factors' eigendecompositions (§8);
+3. Δ = −F̆⁻¹ ∇h with factored Tikhonov damping, layer by layer
+   (G + γ/π I)⁻¹ ∇_W̄ h (A + πγ I)⁻¹, π = √((tr A/dim A)/(tr G/dim G)) (§6.3);
+   uncovered parameters (not in a covered ``nn.Linear``): the damping alone,
+   Δ = −∇h/γ² (the limit of zero factors; the step size below rescales it);
+4. α, μ minimise M(δ) = ½δᵀ(F + (λ + η)I)δ + ∇hᵀδ over δ = αΔ + μδ₀ (δ₀ the previous
+   update), with F ``v`` the exact Gauss-Newton products of
+   ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for the
+   matching losses MSE, cross-entropy, BCE): ONE ``matmat`` of [Δ, δ₀] (§7);
+5. every T₂ iterations γ is re-chosen among {γ, ω₂γ, γ/ω₂} by the lowest M(δ) (§6.6),
+   their products in the same ``matmat``; γ₀ = √(λ₀ + η);
+6. θ ← θ + lr·δ (lr = 1 the published method; a scheduler may change it);
+7. every T₁ iterations λ by the Levenberg-Marquardt rule on ρ = (h(θ+δ) − h(θ)) /
+   (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5).
+
+Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. Not implemented from the paper:
+the block-tridiagonal inverse (§4.3), the mini-batch size schedule (§13; the caller
+chooses the batches), Conv2d layers (Grosse & Martens 2016; they use the fallback).
+
+Cost per iteration: one gradient; the statistics (one forward and backward pass on τ₁
+of the batch); one linearisation plus one matmat of 2 vectors (4 on γ iterations;
+≈ 1 + 1.3·K gradients); every T₁ one forward pass for ρ; every refresh two eigh per layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from hesskit.errors import InvalidArgumentError
+from hesskit.operators import gauss_newton_operator
+from hesskit.operators.kfac_factors import (
+    FactorEigen,
+    FactorTargets,
+    KroneckerFactors,
+    LinearBlock,
+    factor_statistics,
+    join,
+    linear_blocks,
+    split,
+)
+from hesskit.optim.kfac_steps import (
+    KFACSchedule,
+    QuadraticStep,
+    levenberg_marquardt,
+    quadratic_step,
+)
+from hesskit.optim.safety import (
+    DEFAULT_MAX_REJECTIONS,
+    init_rejection_state,
+    is_finite,
+    record_acceptance,
+    record_rejection,
+)
+from hesskit.problem import Problem
+from hesskit.tensor_tree import Tree, map_tensors, num_samples
+
+STATE_KEY = "kfac"
+"""Key of the optimizer-wide state in :meth:`KFAC.state_dict`."""
+
+
+class KFAC(torch.optim.Optimizer):
+    """K-FAC over a model's parameters (module docstring for the iteration).
+
+    Args:
+        model: the network; its ``nn.Linear`` layers are covered.
+        loss: the loss (a hesskit ``Loss`` or a torch loss module), convex in the outputs
+            and, for sampled targets, a negative log-likelihood.
+        params: parameter groups over ``model``'s parameters (default all of them); each
+            may set ``lr`` and ``weight_decay`` (η).
+        lr, weight_decay: group defaults.
+        targets: :class:`FactorTargets` of the G factors (default SAMPLED, the Fisher).
+        schedule: the constants (:class:`KFACSchedule`, the paper's by default).
+        seed: seed of the target sampling (in the state dict: resumes exactly).
+        max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+
+    Usage: ``optimizer.set_batch(inputs, targets)`` then ``optimizer.step(closure)``.
+    The closure is optional; given, it computes the loss ON THE SAME BATCH, calls
+    ``backward()`` and returns it (once per step); without it K-FAC computes the loss and
+    gradient of the batch itself (``.grad`` is then left as it was). ``step`` returns the
+    loss. A non-finite loss, gradient, product, step or trial loss is rejected: parameters
+    bitwise unchanged, factors and γ as before, λ ← λ/ω₁, the rejection counted.
+
+    State: per parameter ``previous_update`` (δ₀); optimizer-wide ``self.kfac_state``
+    (state dict key ``"kfac"``): ``steps``, ``damping`` (λ), ``gamma`` (γ), ``factors``,
+    ``eigen``, ``generator``, ``last_ratio``, ``last_alpha``, ``last_mu``, and the rejection
+    counters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        params: Iterable[Tensor] | Iterable[dict] | None = None,
+        *,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
+        targets: FactorTargets = FactorTargets.SAMPLED,
+        schedule: KFACSchedule | None = None,
+        seed: int = 0,
+        max_rejections: int = DEFAULT_MAX_REJECTIONS,
+    ) -> None:
+        if not (lr >= 0 and weight_decay >= 0):
+            raise InvalidArgumentError(
+                f"lr and weight_decay must be ≥ 0, got lr={lr}, weight_decay={weight_decay}"
+            )
+        super().__init__(model.parameters() if params is None else params,
+                         {"lr": lr, "weight_decay": weight_decay})
+        self.model, self.loss = model, loss
+        self.targets = FactorTargets(targets)
+        self.schedule = schedule or KFACSchedule()
+        self.max_rejections = max_rejections
+        by_id = {id(t): name for name, t in model.named_parameters()}
+        self.names = [by_id.get(id(p)) for p in self._params]
+        if None in self.names:
+            raise InvalidArgumentError(
+                "every parameter given to KFAC must be a parameter of the model it was given"
+            )
+        self.blocks: list[LinearBlock] = linear_blocks(model, self.names)
+        self.generator = torch.Generator().manual_seed(seed)
+        eta = max(g["weight_decay"] for g in self.param_groups)
+        self.kfac_state: dict[str, object] = {
+            "steps": 0, "damping": self.schedule.initial_damping,
+            "gamma": math.sqrt(self.schedule.initial_damping + eta),
+            "factors": {}, "eigen": {}, "last_ratio": math.nan,
+            "last_alpha": math.nan, "last_mu": math.nan,
+        }
+        init_rejection_state(self.kfac_state)
+        self._batch: tuple[Tree, Tree] | None = None
+
+    @property
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def set_batch(self, inputs: Tree, targets: Tree) -> None:
+        """The mini-batch of the next steps (statistics, curvature products, ρ)."""
+        self._batch = (inputs, targets)
+
+    def _problem(self, fraction: float = 1.0) -> Problem:
+        if self._batch is None:
+            raise InvalidArgumentError(
+                "KFAC needs the mini-batch: call optimizer.set_batch(inputs, targets) "
+                "before optimizer.step()"
+            )
+        inputs, targets = self._batch
+        if fraction < 1:
+            n = max(1, math.ceil(fraction * num_samples(inputs)))
+            inputs, targets = map_tensors(inputs, lambda t: t[:n]), map_tensors(
+                targets, lambda t: t[:n])
+        return Problem(self.model, self.loss, (inputs, targets), params=self.names)
+
+    def _per_element(self, key: str, like: Tensor) -> Tensor:
+        return torch.cat([
+            torch.full((p.numel(),), float(g[key]), dtype=like.dtype, device=like.device)
+            for g in self.param_groups for p in g["params"]
+        ])
+
+    def _flat(self, tensors: Iterable[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _pieces(self, flat: Tensor) -> dict[str, Tensor]:
+        out, offset = {}, 0
+        for name, p in zip(self.names, self._params, strict=True):
+            out[name] = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return out
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """One K-FAC iteration on the batch of :meth:`set_batch`; returns the loss."""
+        state = self.kfac_state
+        iteration = int(state["steps"]) + 1
+        problem = self._problem()
+        loss, gradient = self._loss_and_gradient(problem, closure)
+        if not is_finite(loss, gradient):
+            return self._reject("the loss or its gradient", loss)
+        theta = self._flat(p.detach() for p in self._params)
+        eta = self._per_element("weight_decay", theta)
+        h = float(loss) + 0.5 * float((eta * theta * theta).sum())
+        grad_h = gradient + eta * theta
+        factors = self._averaged_factors(iteration)
+        eigen = self._eigen(factors, iteration)
+        previous = self._flat(self.state[p].get("previous_update", torch.zeros_like(p))
+                              for p in self._params)
+        choice = self._choose(problem, eigen, grad_h, previous, eta, iteration)
+        if choice is None:
+            return self._reject("a curvature product or the step", loss)
+        delta, gamma, model = choice
+        applied = delta * self._per_element("lr", delta)
+        if not is_finite(applied):
+            return self._reject("the step", loss)
+        start = [p.detach().clone() for p in self._params]
+        self._move(start, applied)
+        if iteration % self.schedule.damping_interval == 0:
+            ratio = self._ratio(problem, h, grad_h, applied, delta, model, eta)
+            if not math.isfinite(ratio):
+                self._move(start, torch.zeros_like(applied))
+                return self._reject("the loss after the step", loss)
+            state["damping"] = levenberg_marquardt(ratio, float(state["damping"]),
+                                                   self.schedule.omega1)
+            state["last_ratio"] = ratio
+        for p, piece in zip(self._params, self._pieces(applied).values(), strict=True):
+            self.state[p]["previous_update"] = piece.clone()
+        state.update(steps=iteration, gamma=gamma, factors=factors, eigen=eigen,
+                     last_alpha=model[0].alpha, last_mu=model[0].mu)
+        record_acceptance(state)
+        return loss
+
+    def _loss_and_gradient(
+        self, problem: Problem, closure: Callable[[], Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p)
+                     for p in self._params]
+            return loss.detach(), self._flat(g.detach() for g in grads)
+        params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
+        with torch.enable_grad():
+            loss = problem.local_loss(params)
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        by_name = {n: (torch.zeros_like(p) if g is None else g)
+                   for (n, p), g in zip(params.items(), grads, strict=True)}
+        return loss.detach(), self._flat(by_name[n] for n in self.names)
+
+    def _averaged_factors(self, iteration: int) -> dict[str, KroneckerFactors]:
+        stats = factor_statistics(self._problem(self.schedule.statistics_fraction),
+                                  self.blocks, self.targets, self.generator)
+        old: dict[str, KroneckerFactors] = self.kfac_state["factors"]  # type: ignore[assignment]
+        decay = self.schedule.decay(iteration)
+        if not old or decay == 0:
+            return stats
+        return {w: KroneckerFactors(decay * old[w].A + (1 - decay) * f.A,
+                                    decay * old[w].G + (1 - decay) * f.G)
+                for w, f in stats.items()}
+
+    def _eigen(self, factors: dict[str, KroneckerFactors], iteration: int) -> dict:
+        cached: dict[str, FactorEigen] = self.kfac_state["eigen"]  # type: ignore[assignment]
+        if cached and not self.schedule.refresh_inverses(iteration):
+            return cached
+        return {w: FactorEigen.of(f) for w, f in factors.items()}
+
+    def _direction(self, eigen: dict[str, FactorEigen], grad_h: Tensor, gamma: float) -> Tensor:
+        """Δ = −F̆_γ⁻¹ ∇h (factored damping; uncovered parameters −∇h/γ²)."""
+        pieces = self._pieces(grad_h)
+        out = {name: -g / gamma**2 for name, g in pieces.items()}
+        for block in self.blocks:
+            solved = eigen[block.weight].damped_inverse(join(block, pieces), gamma)
+            out.update({n: -t for n, t in split(block, solved).items()})
+        return self._flat(out[n] for n in self.names)
+
+    def _choose(
+        self, problem: Problem, eigen: dict, grad_h: Tensor, previous: Tensor, eta: Tensor,
+        iteration: int,
+    ) -> tuple[Tensor, float, tuple[QuadraticStep, Tensor, Tensor]] | None:
+        """δ and γ of lowest M among the γ candidates; None if a product is not finite."""
+        gamma = float(self.kfac_state["gamma"])
+        omega2 = self.schedule.omega2
+        gammas = [gamma, omega2 * gamma, gamma / omega2] if (
+            iteration % self.schedule.gamma_interval == 0) else [gamma]
+        directions = [self._direction(eigen, grad_h, g) for g in gammas]
+        products = self._curvature_products(problem, [*directions, previous], eta)
+        if not is_finite(*products, *directions):
+            return None
+        lam = float(self.kfac_state["damping"])
+        best = None
+        for g, d, fd in zip(gammas, directions, products[:-1], strict=False):
+            q = quadratic_step(grad_h, d, previous, fd, products[-1], lam)
+            if best is None or q.model_decrease < best[2][0].model_decrease:
+                best = (q.alpha * d + q.mu * previous, g, (q, fd, products[-1]))
+        return best
+
+    def _curvature_products(self, problem: Problem, vectors: list[Tensor], eta: Tensor):
+        """(F + ηI) u for each u: ONE Gauss-Newton matmat on the batch (optimizer order)."""
+        layout = problem.layout
+        order = [self.names.index(n) for n in layout.names]
+        starts = [0, *torch.cumsum(torch.tensor([p.numel() for p in self._params]), 0).tolist()]
+
+        def to_layout(v: Tensor) -> Tensor:
+            return torch.cat([v[starts[i]: starts[i + 1]] for i in order])
+
+        def from_layout(v: Tensor) -> Tensor:
+            pieces = layout.unflatten(v)
+            return self._flat(pieces[n] for n in self.names)
+
+        V = torch.stack([to_layout(v) for v in vectors], dim=1)
+        FV = gauss_newton_operator(problem).matmat(V)
+        return [from_layout(FV[:, j]) + eta * vectors[j] for j in range(len(vectors))]
+
+    def _ratio(
+        self, problem: Problem, h: float, grad_h: Tensor, applied: Tensor, delta: Tensor,
+        model: tuple, eta: Tensor,
+    ) -> float:
+        """ρ = (h(θ + δ) − h(θ)) / (M(δ) − M(0)), M with F + ηI, without λ (§6.5); the
+        parameters are at θ + δ. NaN when the predicted change is not a decrease."""
+        q, fd, fp = model
+        if torch.equal(applied, delta):
+            curvature = q.alpha * fd + q.mu * fp
+        else:  # per-group learning rates: one more product for the applied step
+            curvature = self._curvature_products(problem, [applied], eta)[0]
+        predicted = 0.5 * float(applied.dot(curvature)) + float(grad_h.dot(applied))
+        with torch.no_grad():
+            new_loss = float(problem.local_loss())
+        theta = self._flat(p.detach() for p in self._params)
+        new_h = new_loss + 0.5 * float((eta * theta * theta).sum())
+        return (new_h - h) / predicted if predicted < 0 else math.nan
+
+    @torch.no_grad()
+    def _move(self, start: list[Tensor], step: Tensor) -> None:
+        for p, s, piece in zip(self._params, start, self._pieces(step).values(), strict=True):
+            p.copy_(s + piece)
+
+    def _reject(self, what: str, loss: Tensor) -> Tensor:
+        state = self.kfac_state
+        state["damping"] = float(state["damping"]) / self.schedule.omega1
+        record_rejection(state, what, self.max_rejections)
+        return loss
+
+    def state_dict(self) -> dict:
+        """Torch's state dict plus a deep copy of the optimizer-wide state."""
+        state = super().state_dict()
+        wide = copy.deepcopy(self.kfac_state)
+        wide["generator"] = self.generator.get_state()
+        state[STATE_KEY] = wide
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a :meth:`state_dict` (factors, eigenbases, λ, γ, RNG): resumes exactly."""
+        state_dict = dict(state_dict)
+        if STATE_KEY not in state_dict:
+            raise InvalidArgumentError(
+                f"the state dict has no {STATE_KEY!r} entry; load one saved by KFAC"
+            )
+        wide = copy.deepcopy(state_dict.pop(STATE_KEY))
+        super().load_state_dict(state_dict)
+        self.generator.set_state(wide.pop("generator"))
+        self.kfac_state = wide
+

@@ -1,0 +1,122 @@
+"""K-FAC's schedule constants and its quadratic-model step: pure pieces of :mod:`kfac`.
+
+All from Martens & Grosse (2015), "Optimizing Neural Networks with Kronecker-factored
+Approximate Curvature", ICML; section numbers of the arXiv version (1503.05671).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hesskit.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class KFACSchedule:
+    """When K-FAC adapts what (defaults: the paper's).
+
+    Attributes:
+        initial_damping: λ₀ = 150 (§13, "λ initialised to 150").
+        damping_interval: T₁ = 5, iterations between Levenberg-Marquardt updates of λ (§6.5).
+        gamma_interval: T₂ = 20, iterations between re-choices of γ (§6.6).
+        inverse_interval: T₃ = 20, iterations between refreshes of the factors' inverses
+            (§8); they are also refreshed on each of the first ``initial_inverse_steps``.
+        initial_inverse_steps: 3 (§8).
+        max_decay: the cap of the factors' averaging weight ε = min(1 − 1/k, 0.95) (§5).
+        statistics_fraction: τ₁ = 1/8, the share of the mini-batch (its first samples)
+            the factor statistics are computed on (§8, §13).
+    """
+
+    initial_damping: float = 150.0
+    damping_interval: int = 5
+    gamma_interval: int = 20
+    inverse_interval: int = 20
+    initial_inverse_steps: int = 3
+    max_decay: float = 0.95
+    statistics_fraction: float = 1 / 8
+
+    def __post_init__(self) -> None:
+        for name in ("damping_interval", "gamma_interval", "inverse_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an integer ≥ 1, got {value!r}")
+        if not (self.initial_damping > 0 and 0 <= self.max_decay < 1
+                and 0 < self.statistics_fraction <= 1):
+            raise InvalidArgumentError(
+                "KFACSchedule needs initial_damping > 0, max_decay in [0, 1) and "
+                f"statistics_fraction in (0, 1]; got {self.initial_damping}, "
+                f"{self.max_decay}, {self.statistics_fraction}"
+            )
+
+    @property
+    def omega1(self) -> float:
+        """ω₁ = (19/20)^T₁, the LM factor for λ (§6.5)."""
+        return (19 / 20) ** self.damping_interval
+
+    @property
+    def omega2(self) -> float:
+        """ω₂ = (√(19/20))^T₂, the factor between γ candidates (§6.6)."""
+        return math.sqrt(19 / 20) ** self.gamma_interval
+
+    def decay(self, iteration: int) -> float:
+        """ε_k = min(1 − 1/k, max_decay) for iteration k ≥ 1 (§5)."""
+        return min(1 - 1 / iteration, self.max_decay)
+
+    def refresh_inverses(self, iteration: int) -> bool:
+        """On the first few iterations and every T₃ (§8)."""
+        return iteration <= self.initial_inverse_steps or iteration % self.inverse_interval == 0
+
+
+def levenberg_marquardt(ratio: float, damping: float, omega1: float) -> float:
+    """λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (or ρ not finite), else λ (§6.5)."""
+    if not math.isfinite(ratio) or ratio < 0.25:
+        return damping / omega1
+    if ratio > 0.75:
+        return damping * omega1
+    return damping
+
+
+@dataclass(frozen=True)
+class QuadraticStep:
+    """The minimiser δ = αΔ + μδ₀ of M(δ) = ½δᵀ(F + (λ + η)I)δ + ∇hᵀδ in span{Δ, δ₀}.
+
+    Attributes:
+        alpha, mu: the coefficients (μ = 0 without a previous update).
+        model_decrease: M(δ) − M(0) with the damping (< 0), what γ is chosen by (§6.6).
+    """
+
+    alpha: float
+    mu: float
+    model_decrease: float
+
+
+def quadratic_step(
+    gradient: Tensor, direction: Tensor, previous: Tensor,
+    curvature_direction: Tensor, curvature_previous: Tensor, damping: float,
+) -> QuadraticStep:
+    """α and μ by minimising the damped quadratic model in the 2-D span (§7, Eq. 13).
+
+    With C = F + ηI applied as ``curvature_*`` (exact products) and λ = ``damping``,
+    solves [ΔᵀCΔ + λ‖Δ‖², ΔᵀCδ₀ + λΔᵀδ₀; ·, δ₀ᵀCδ₀ + λ‖δ₀‖²] [α; μ] = −[∇hᵀΔ; ∇hᵀδ₀];
+    with δ₀ = 0 (first step) or a singular system, only α (§6.4). All vectors flat ``[N]``.
+    """
+    def dot(a: Tensor, b: Tensor) -> float:
+        return float(torch.dot(a.reshape(-1), b.reshape(-1)))
+
+    a11 = dot(direction, curvature_direction) + damping * dot(direction, direction)
+    b1 = -dot(gradient, direction)
+    if dot(previous, previous) > 0:
+        a12 = dot(direction, curvature_previous) + damping * dot(direction, previous)
+        a22 = dot(previous, curvature_previous) + damping * dot(previous, previous)
+        b2 = -dot(gradient, previous)
+        det = a11 * a22 - a12 * a12
+        if det > 1e-12 * abs(a11 * a22) and det > 0:
+            alpha = (b1 * a22 - a12 * b2) / det
+            mu = (a11 * b2 - a12 * b1) / det
+            return QuadraticStep(alpha, mu, -0.5 * (alpha * b1 + mu * b2))
+    alpha = b1 / a11 if a11 > 0 else 0.0
+    return QuadraticStep(alpha, 0.0, -0.5 * alpha * b1)

@@ -31,9 +31,11 @@ def test_training_writes_json_and_png_and_prints_the_numbers(tmp_path, capsys):
 
 
 def test_a_bad_alpha_ends_with_one_line_and_exit_code_2(tmp_path, capsys):
-    assert main(["diagonal", "--alpha", "2", "--out", str(tmp_path), *SMALL]) == 2
+    with pytest.raises(SystemExit) as caught:  # refused while parsing, before any work
+        main(["diagonal", "--alpha", "2", "--out", str(tmp_path), *SMALL])
     err = capsys.readouterr().err
-    assert "alpha must be in [0, 1), got 2.0" in err and len(err.strip().splitlines()) == 1
+    assert caught.value.code == 2 and "'2' must lie in [0, 1)" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_negative_steps_are_an_argparse_error_with_exit_code_2(capsys):

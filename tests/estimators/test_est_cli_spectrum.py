@@ -45,10 +45,11 @@ def test_spectrum_writes_json_and_plots_matching_the_dense_hessian(tmp_path, cap
     assert "top 3 eigenvalues" in out and "Hutch++" in out
 
 
-def test_top_larger_than_the_model_is_capped_at_n(tmp_path):
-    assert main(["spectrum", *TINY, "--top", "100", *DENSITY, "--out", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "spectrum.json").read_text())
-    assert len(record["eigenvalues"]["values"]) == 26
+def test_top_larger_than_the_model_is_one_line_naming_n(tmp_path, capsys):
+    assert main(["spectrum", *TINY, "--top", "100", *DENSITY, "--out", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--top 26 or fewer" in lines[0]
+    assert not (tmp_path / "spectrum.json").exists()
 
 
 def test_bad_option_is_one_line_and_exit_2(capsys):

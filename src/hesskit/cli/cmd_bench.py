@@ -13,24 +13,46 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hesskit.cli.options import output_dir, positive_float, positive_int
+from hesskit.cli.options import MAX_SEED, float_below, int_between, output_dir
 
 DEFAULT_OPTIMIZERS = "hf,newton,rmsprop,adam,sgd,lbfgs"
+MAX_SEEDS = 1000
+MAX_JOBS = 64
+MAX_BUDGET_SECONDS = 7 * 24 * 3600.0
+MAX_BUDGET_EPOCHS = 1e6
 
 
 def seed_list(text: str) -> tuple[int, ...]:
-    """``"3"`` → seeds 0, 1, 2; ``"0,5"`` → seeds 0 and 5."""
+    """``"3"`` → seeds 0, 1, 2; ``"0,5"`` → seeds 0 and 5 (at most :data:`MAX_SEEDS`)."""
     try:
         if "," in text:
             seeds = tuple(int(part) for part in text.split(",") if part.strip())
         else:
-            seeds = tuple(range(int(text)))
+            count = int(text)
+            if count > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} seeds are too many: at most {MAX_SEEDS}")
+            seeds = tuple(range(count))
     except ValueError:
         message = f"{text!r} is neither a count nor a list like 0,1,2"
         raise argparse.ArgumentTypeError(message) from None
     if not seeds:
         raise argparse.ArgumentTypeError(f"{text!r} gives no seeds; pass a count >= 1 or a list")
+    if len(seeds) > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"{text!r} lists more than {MAX_SEEDS} seeds")
+    if any(not 0 <= seed <= MAX_SEED for seed in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: every seed must lie in 0 .. 2**63 - 1")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a seed; list each seed once")
     return seeds
+
+
+def optimizer_list(text: str) -> tuple[str, ...]:
+    """``"hf,adam"`` → ("hf", "adam"); names are checked against the registry later."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no optimizer; e.g. {DEFAULT_OPTIMIZERS}")
+    return names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,17 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--problem", required=True, help="e.g. digits-autoencoder")
-    parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
+    parser.add_argument("--optimizers", type=optimizer_list,
+                        default=optimizer_list(DEFAULT_OPTIMIZERS),
                         help=f"comma-separated (default {DEFAULT_OPTIMIZERS})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--budget-seconds", type=positive_float,
-                        help="optimizer wall-clock seconds per run (default 10)")
-    budget.add_argument("--budget-epochs", type=positive_float, help="epochs of data per run")
+    budget.add_argument("--budget-seconds", type=float_below(MAX_BUDGET_SECONDS),
+                        help="optimizer wall-clock seconds per run, up to a week (default 10)")
+    budget.add_argument("--budget-epochs", type=float_below(MAX_BUDGET_EPOCHS),
+                        help=f"epochs of data per run (up to {MAX_BUDGET_EPOCHS:g})")
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="a count (3 → seeds 0,1,2) or a list (0,5); default 1")
-    parser.add_argument("--tune-fraction", type=positive_float, default=0.2,
-                        help="share of the budget per lr while tuning (default 0.2)")
-    parser.add_argument("--jobs", type=positive_int, default=1,
+    parser.add_argument("--tune-fraction", type=float_below(1.0), default=0.2,
+                        help="share of the budget per lr while tuning, in (0, 1] (default 0.2)")
+    parser.add_argument("--jobs", type=int_between(1, MAX_JOBS), default=1,
                         help="methods run at the same time, each in its own process on an "
                              "equal share of the torch threads (default 1: one after another)")
     parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
@@ -70,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                    else ("seconds", args.budget_seconds or 10.0))
     config = BenchConfig(
         problem=args.problem,
-        optimizers=tuple(name.strip() for name in args.optimizers.split(",") if name.strip()),
+        optimizers=args.optimizers,
         budget_kind=kind, budget_value=value, seeds=args.seeds,
         tune_fraction=args.tune_fraction, data_dir=args.data_dir, jobs=args.jobs,
     )

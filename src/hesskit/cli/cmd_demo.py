@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hesskit.cli.options import output_dir, positive_float
+from hesskit.cli.options import float_below, output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,9 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--bench-seconds",
-        type=positive_float,
+        type=float_below(24 * 3600.0),
         default=20.0,
-        help="wall-clock budget per optimizer and seed in the benchmark (default 20)",
+        help="wall-clock budget per optimizer and seed in the benchmark, up to a day "
+        "(default 20)",
     )
     parser.set_defaults(run=run)
 

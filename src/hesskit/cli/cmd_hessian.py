@@ -20,6 +20,8 @@ def memory_size(text: str) -> int:
         return parse_bytes(text)
     except InvalidArgumentError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    except (OverflowError, ValueError):  # "1e400GB" is infinite
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite memory size") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,8 +7,11 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from hesskit.cli.options import finite_float, output_dir, positive_int
+from hesskit.cli.options import finite_float, int_between, output_dir, seed
 from hesskit.neuron import newton_neuron, synthetic_data
+
+MAX_SAMPLES = 10_000_000
+MAX_ITER = 1_000_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--w0", type=finite_float, default=1.0, help="start w (default 1)")
     parser.add_argument("--b0", type=finite_float, default=0.0, help="start b (default 0)")
-    parser.add_argument("--samples", type=positive_int, default=24, help="n (default 24)")
-    parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    parser.add_argument("--max-iter", type=positive_int, default=50, help="default 50")
+    parser.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=24,
+                        help="n (default 24)")
+    parser.add_argument("--seed", type=seed, default=0, help="data seed (default 0)")
+    parser.add_argument("--max-iter", type=int_between(1, MAX_ITER), default=50,
+                        help="most Newton steps (default 50)")
     parser.add_argument(
         "--b-fixed",
         type=finite_float,

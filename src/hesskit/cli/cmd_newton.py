@@ -8,8 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from hesskit.activations import ACTIVATION_NAMES, get_activation
-from hesskit.cli.options import finite_float, non_negative_int, output_dir
+from hesskit.cli.options import finite_float, int_between, output_dir
 from hesskit.newton import NewtonMode, diagnose_activation
+
+MAX_ITER = 1_000_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--activation", required=True, metavar="NAME", help="e.g. relu, sigmoid")
     parser.add_argument("--x0", required=True, type=finite_float, help="starting point")
     parser.add_argument(
-        "--max-iter", type=non_negative_int, default=50, help="most Newton steps (default 50)"
+        "--max-iter", type=int_between(0, MAX_ITER), default=50,
+        help=f"most Newton steps, up to {MAX_ITER:,} (default 50)"
     )
     parser.add_argument(
         "--mode",

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from hesskit.cli.model_spec import add_model_options, problem_from_args
-from hesskit.cli.options import output_dir, positive_float, positive_int
+from hesskit.cli.options import float_below, int_between, output_dir
+from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import (
     density_on_grid,
     hutchinson_diagonal,
@@ -30,6 +31,8 @@ MATRICES = {
     "hessian": ("Hessian", hessian_operator),
     "ggn": ("Gauss-Newton", gauss_newton_operator),
 }
+MAX_PROBES = 1_000_000
+MAX_DENSITY_STEPS = 100_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,15 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--matrix", choices=sorted(MATRICES), default="hessian",
                         help="curvature matrix (default hessian)")
-    parser.add_argument("--top", type=positive_int, default=5,
-                        help="number of top eigenvalues (default 5)")
-    parser.add_argument("--tol", type=positive_float, default=1e-3,
-                        help="relative residual tolerance of the eigenpairs (default 1e-3)")
-    parser.add_argument("--probes", type=positive_int, default=60,
+    parser.add_argument("--top", type=int_between(1, MAX_PROBES), default=5,
+                        help="number of top eigenvalues, at most the parameter count (default 5)")
+    parser.add_argument("--tol", type=float_below(1.0, open_high=True), default=1e-3,
+                        help="relative residual tolerance of the eigenpairs, in (0, 1) "
+                             "(default 1e-3)")
+    parser.add_argument("--probes", type=int_between(1, MAX_PROBES), default=60,
                         help="Hutch++ product budget and Hutchinson diagonal probes (default 60)")
-    parser.add_argument("--density-probes", type=positive_int, default=4,
+    parser.add_argument("--density-probes", type=int_between(1, MAX_PROBES), default=4,
                         help="probes of the spectral density (default 4)")
-    parser.add_argument("--density-steps", type=positive_int, default=64,
+    parser.add_argument("--density-steps", type=int_between(1, MAX_DENSITY_STEPS), default=64,
                         help="Lanczos steps per density probe (default 64)")
     parser.add_argument("--out", default="hesskit-out/spectrum",
                         help="output folder (default hesskit-out/spectrum)")
@@ -62,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
     name, build = MATRICES[args.matrix]
     op = build(problem)
     n = problem.num_params
+    if args.top > n:
+        raise InvalidArgumentError(
+            f"--top {args.top} asks for more eigenvalues than the {n} parameters have; use "
+            f"--top {n} or fewer (or hesskit hessian for all of them)"
+        )
     print(f"{name} of {n} parameters on {problem.num_data} samples (seed {args.seed})")
-    top = min(args.top, n)
+    top = args.top
     eig = top_eigenpairs(op, top, tol=args.tol, seed=args.seed)
     state = "converged" if eig.converged else "NOT converged (raise the budget or --tol)"
     print(f"top {top} eigenvalues (Lanczos, tol {args.tol:g}, {eig.products} products, {state}):")

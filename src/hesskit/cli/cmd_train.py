@@ -3,7 +3,13 @@
 Writes ``log.jsonl`` (one JSON record per iteration; see ``hesskit.report.schema``) and an
 atomic ``checkpoint.pt`` into ``--out`` (default ``hesskit-out/train/<problem>-<optimizer>``);
 ``--resume`` continues from that checkpoint exactly. The budget is the first of
-``--iterations``, ``--time-limit`` (optimizer seconds) and ``--epochs`` reached.
+``--iterations``, ``--time-limit`` (optimizer seconds) and ``--epochs`` reached. A run whose
+objective becomes NaN or infinite stops with one line on stderr and exit code 2.
+
+Your own model instead of a benchmark problem: ``--model module:function`` (see
+``hesskit hessian --help``); its data is held in memory (a list of batches or a DataLoader
+is read once and concatenated), there is no test set, and the reported error is the loss
+on all of the data.
 
 Data parallel (Hessian-free): ``torchrun --nproc-per-node 2 -m hesskit train ...`` runs one
 process per rank (gloo on the CPU, NCCL with ``--device cuda``); each works on its shard of
@@ -13,9 +19,20 @@ every batch and only rank 0 writes the log and checkpoints (docs/distributed.md)
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from hesskit.cli.options import non_negative_float, output_dir, positive_float, positive_int
+from hesskit.cli.model_spec import add_user_model_option
+from hesskit.cli.options import (
+    float_below,
+    non_negative_float,
+    output_dir,
+    positive_float,
+    positive_int,
+    seed,
+)
+
+MAX_LR = 1e6
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--problem", required=True, help="e.g. digits-autoencoder")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--problem", help="a benchmark problem, e.g. digits-autoencoder")
+    add_user_model_option(what, extra="; instead of --problem")
     parser.add_argument("--optimizer", required=True,
                         help="hf, newton, rmsprop, adam, sgd or lbfgs")
     budget = parser.add_argument_group("budget (the first limit reached stops the run)")
@@ -35,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--epochs", type=positive_float, help="epoch-equivalents of data")
     parser.add_argument("--batch-size", type=positive_int,
                         help="gradient mini-batch (default: all for hf/newton/lbfgs, else 128)")
-    parser.add_argument("--lr", type=positive_float, help="learning rate (default: per optimizer)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    parser.add_argument("--lr", type=float_below(MAX_LR),
+                        help=f"learning rate in (0, {MAX_LR:g}] (default: per optimizer)")
+    parser.add_argument("--seed", type=seed, default=0, help="initialisation and batch order")
     parser.add_argument("--initial-damping", type=non_negative_float, metavar="LAMBDA",
                         help="Hessian-free's λ at the first step (default: the problem's, "
                              "45 for Martens' autoencoders, 1 otherwise)")
@@ -76,10 +96,17 @@ def _train(args: argparse.Namespace) -> int:
 
     get_optimizer_spec(args.optimizer)  # unknown name: one line before loading any data
     budget = Budget(iterations=args.iterations, seconds=args.time_limit, epochs=args.epochs)
-    problem = make_problem(args.problem, seed=args.seed, data_dir=args.data_dir)
+    if args.model:
+        from hesskit.cli.user_training import user_training_problem
+
+        problem = user_training_problem(args.model)
+        label = args.model.rpartition(":")[2]
+    else:
+        problem = make_problem(args.problem, seed=args.seed, data_dir=args.data_dir)
+        label = args.problem
     if args.device != "cpu":
         _move_to(problem, args.device)
-    out = output_dir(args.out or Path("hesskit-out", "train", f"{args.problem}-{args.optimizer}"))
+    out = output_dir(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                          initial_damping=args.initial_damping)
@@ -87,13 +114,22 @@ def _train(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     last = result.records[-1]
     if rank() != 0:
-        return 1 if result.diverged else 0
+        return 2 if result.diverged else 0
     print(f"stopped by {result.stopped_by} after {last.iteration} iterations, "
           f"{last.epochs:.3g} epochs, {last.wall_time:.3g} s, {last.products} curvature products")
-    print(f"train error {result.final_train_error:.6g}, test error {result.final_test_error:.6g}")
+    if args.model:
+        print(f"loss on all the data {result.final_train_error:.6g}")
+    else:
+        print(f"train error {result.final_train_error:.6g}, "
+              f"test error {result.final_test_error:.6g}")
     print(f"log: {out / 'log.jsonl'}")
     print(f"checkpoint: {out / 'checkpoint.pt'}")
-    return 1 if result.diverged else 0
+    if result.diverged:
+        print(f"hesskit train: error: the objective became NaN or infinite at iteration "
+              f"{last.iteration} (lr {result.lr:g}); lower --lr, or for hf raise "
+              "--initial-damping", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _move_to(problem, device: str) -> None:
@@ -106,6 +142,8 @@ def _move_to(problem, device: str) -> None:
         raise InvalidArgumentError("--device cuda needs a CUDA GPU and none is visible; "
                                    "use --device cpu")
     target = torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
+    from hesskit.tensor_tree import to_device
+
     problem.model.to(target)
-    problem.train = tuple(t.to(target) for t in problem.train)
-    problem.test = tuple(t.to(target) for t in problem.test)
+    problem.train = tuple(to_device(side, target) for side in problem.train)
+    problem.test = tuple(to_device(side, target) for side in problem.test)

@@ -2,17 +2,24 @@
 
 Each sub-command lives in its own module ``hesskit.cli.cmd_<name>`` exposing
 ``register(subparsers)``, which adds a parser and sets ``run=<function(args) -> int>``.
-Every :class:`~hesskit.errors.HesskitError` becomes one line on stderr and exit code 2.
+Every :class:`~hesskit.errors.HesskitError` becomes one line on stderr and exit code 2, and
+so does any exception raised by the user's own code (``--model``; see
+:mod:`hesskit.cli.user_code`), running out of memory, and a file-system error. Anything else
+is a bug in hesskit: one line asking for a report, exit code 1. ``--traceback`` (anywhere on
+the command line) or ``HESSKIT_TRACEBACK=1`` prints the full traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from hesskit import __version__
+from hesskit.cli.user_code import USER_ROOTS, describe_exception, one_line, user_frame
 from hesskit.errors import HesskitError
 
 COMMANDS = (
@@ -28,6 +35,8 @@ COMMANDS = (
 )
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+TRACEBACK_VARIABLE = "HESSKIT_TRACEBACK"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,11 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Second-order derivatives of neural networks and the optimizers that use them.",
     )
     parser.add_argument("--version", action="version", version=f"hesskit {__version__}")
+    parser.add_argument("--traceback", action="store_true", help=TRACEBACK_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:
         importlib.import_module(f"hesskit.cli.cmd_{name}").register(subparsers)
+    for subparser in subparsers.choices.values():  # also accepted after the command
+        subparser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                               help=TRACEBACK_HELP)
     return parser
+
+
+TRACEBACK_HELP = (f"on an error, print Python's full traceback as well as the one-line message "
+                  f"(or set {TRACEBACK_VARIABLE}=1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,12 +72,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except HesskitError as error:
-        print(f"hesskit {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("hesskit: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if args.traceback or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            traceback.print_exception(error, file=sys.stderr)
+        message, code = failure_line(error, user_code=bool(getattr(args, "model", None)))
+        print(f"hesskit {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int]:
+    """The one line (after ``hesskit COMMAND: ``) and exit code for an exception.
+
+    Args:
+        error: what escaped the command.
+        user_code: the command ran the user's own code (``--model``), so an error raised
+            inside torch while running it (a shape mismatch) is most likely the user's.
+    """
+    if isinstance(error, HesskitError):
+        return f"error: {one_line(str(error), limit=2000)}", EXIT_USAGE
+    if isinstance(error, MemoryError):
+        return (f"error: out of memory ({describe_exception(error)}); choose a smaller "
+                "model, fewer samples or smaller counts"), EXIT_USAGE
+    if isinstance(error, OSError):
+        return f"error: {describe_exception(error)}", EXIT_USAGE
+    if user_frame(error) is not None:
+        return f"error: {describe_exception(error)}", EXIT_USAGE
+    if user_code and USER_ROOTS:
+        return (f"error: your model raised {describe_exception(error)} while hesskit ran it "
+                "(--traceback shows where)"), EXIT_USAGE
+    return (f"internal error: {describe_exception(error)}; this is a bug in hesskit: rerun "
+            "with --traceback and report it"), EXIT_BUG
 
 
 if __name__ == "__main__":

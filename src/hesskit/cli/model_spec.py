@@ -2,25 +2,40 @@
 
 Commands that analyse a model (``hessian``, ``spectrum``, ``diagonal``) share these options and
 turn them into a ``Problem`` with :func:`problem_from_args`. A user's own model is given as
-``package.module:function``; the function takes no arguments and returns
-``(model, loss, data)`` with ``data`` either ``(inputs, targets)`` or an iterable of batches.
+``module:function`` or ``path/to/file.py:function`` (:data:`MODEL_CONTRACT`); importing and
+calling it goes through :mod:`hesskit.cli.user_code`, so that its failures are one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import itertools
+from typing import Any
 
 import torch
 from torch import nn
 
-from hesskit.cli.options import positive_int
+from hesskit.cli.options import int_between, seed
+from hesskit.cli.user_code import call_user_function, load_user_function
 from hesskit.errors import InvalidArgumentError
 from hesskit.models import mlp
 from hesskit.problem import Problem
 
 LOSSES = {"mse": nn.MSELoss, "cross_entropy": nn.CrossEntropyLoss}
 DATA_SOURCES = ("digits", "random")
+MAX_LAYER_SIZE = 1_000_000
+MAX_MLP_PARAMS = 50_000_000
+MAX_SAMPLES = 10_000_000
+DIGITS_SAMPLES = 1438  # the training split of the 1797 digits
+
+MODEL_CONTRACT = (
+    "your own model: MODULE:FUNCTION (MODULE imported from the current directory, as "
+    "python -m does) or path/to/file.py:FUNCTION. FUNCTION takes no arguments and returns "
+    "(model, loss, data): model an nn.Module; loss any torch loss module or a callable "
+    "loss(output, target) -> scalar; data one batch (inputs, targets), a list of batches or "
+    "a DataLoader, where inputs is a tensor, a tuple of tensors (passed to forward "
+    "positionally) or a dict (passed as one argument), samples along dimension 0"
+)
 
 
 def layer_sizes(text: str) -> list[int]:
@@ -32,6 +47,16 @@ def layer_sizes(text: str) -> list[int]:
         ) from None
     if len(sizes) < 2 or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} needs at least two positive sizes")
+    if max(sizes) > MAX_LAYER_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a layer wider than {MAX_LAYER_SIZE:,}; choose smaller sizes"
+        )
+    params = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
+    if params > MAX_MLP_PARAMS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} gives {params:,} parameters, more than the {MAX_MLP_PARAMS:,} the "
+            "built-in MLP allows; choose smaller sizes"
+        )
     return sizes
 
 
@@ -57,7 +82,10 @@ def add_model_options(parser: argparse.ArgumentParser, default_layers: str = "64
         help="bundled scikit-learn digits or random data (default digits)",
     )
     group.add_argument(
-        "--samples", type=positive_int, default=256, help="number of samples (default 256)"
+        "--samples",
+        type=int_between(1, MAX_SAMPLES),
+        default=256,
+        help=f"number of samples (default 256; the digits offer {DIGITS_SAMPLES})",
     )
     group.add_argument(
         "--dtype",
@@ -65,19 +93,31 @@ def add_model_options(parser: argparse.ArgumentParser, default_layers: str = "64
         default="float64",
         help="floating-point type (default float64)",
     )
-    group.add_argument("--seed", type=int, default=0, help="seed for weights and data")
-    group.add_argument(
-        "--model",
-        metavar="MODULE:FUNCTION",
-        default=None,
-        help="your own model: a function returning (model, loss, data)",
-    )
+    group.add_argument("--seed", type=seed, default=0, help="seed for weights and data")
+    add_user_model_option(group, extra="; it replaces --layers, --activation, --loss, --data, "
+                          "--samples and --dtype")
+
+
+def add_user_model_option(parser: argparse.ArgumentParser | Any, extra: str = "") -> None:
+    """``--model MODULE:FUNCTION`` with the contract in its help (``extra`` appended)."""
+    parser.add_argument("--model", metavar="MODULE:FUNCTION", type=model_spec_text,
+                        default=None, help=MODEL_CONTRACT + extra)
+
+
+def model_spec_text(text: str) -> str:
+    """``--model``'s value, checked for its shape (``something:function``) only."""
+    module_part, _, function_name = text.rpartition(":")
+    if not module_part.strip() or not function_name.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must look like module:function or path/to/file.py:function"
+        )
+    return text
 
 
 def problem_from_args(args: argparse.Namespace) -> Problem:
     """Build the ``Problem`` the options describe."""
     if args.model:
-        model, loss, data = _load_user_model(args.model)
+        model, loss, data = load_user_model(args.model)
         return Problem(model, loss, data)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
@@ -86,17 +126,58 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
     return Problem(model, LOSSES[args.loss](), (inputs, targets))
 
 
+def load_user_model(spec: str) -> tuple[nn.Module, Any, Any]:
+    """Import the function ``spec`` names, call it and check the (model, loss, data) shape.
+
+    Raises:
+        InvalidArgumentError: bad spec, missing module or function, or a wrong return value.
+        UserCodeError: the user's module or function raised.
+    """
+    function, where = load_user_function(spec)
+    result = call_user_function(function, where)
+    name = f"{getattr(function, '__name__', 'function')}() in {where}"
+    if not (isinstance(result, (tuple, list)) and len(result) == 3):
+        got = f"a {len(result)}-tuple" if isinstance(result, tuple) else type(result).__name__
+        raise InvalidArgumentError(
+            f"your model function {name} must return (model, loss, data), got {got}"
+        )
+    model, loss, data = result
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"your model function {name} returned a {type(model).__name__} as the model; "
+            "the first of (model, loss, data) must be a torch.nn.Module"
+        )
+    if not callable(loss):
+        raise InvalidArgumentError(
+            f"your model function {name} returned a {type(loss).__name__} as the loss; the "
+            "second of (model, loss, data) must be a torch loss module or a function "
+            "loss(output, target)"
+        )
+    if data is None:
+        raise InvalidArgumentError(
+            f"your model function {name} returned None as the data; return one batch "
+            "(inputs, targets), a list of batches or a DataLoader"
+        )
+    return model, loss, data
+
+
 def _data(args: argparse.Namespace, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     n_in, n_out = args.layers[0], args.layers[-1]
     if args.data == "digits":
         from hesskit.data import load_dataset
 
-        digits = load_dataset("digits", dtype=dtype)
-        inputs = digits.train_x[: args.samples]
-        if inputs.shape[1] != n_in:
+        if n_in != 64:
             raise InvalidArgumentError(
                 f"digits have 64 features but the first layer has {n_in}; use --layers 64,..."
             )
+        digits = load_dataset("digits", dtype=dtype)
+        available = int(digits.train_x.shape[0])
+        if args.samples > available:
+            raise InvalidArgumentError(
+                f"--samples {args.samples} is more than the {available} training digits; use "
+                f"--samples {available} or fewer, or --data random"
+            )
+        inputs = digits.train_x[: args.samples]
         labels = digits.train_y[: args.samples]
         if args.loss == "cross_entropy":
             if n_out < 10:
@@ -104,7 +185,13 @@ def _data(args: argparse.Namespace, dtype: torch.dtype) -> tuple[torch.Tensor, t
                     f"digits have 10 classes but the last layer has {n_out}; use --layers ...,10"
                 )
             return inputs, labels
+        if n_out < 10:
+            raise InvalidArgumentError(
+                f"--loss mse on the digits compares with one-hot labels of 10 classes but the "
+                f"last layer has {n_out}; use --layers ...,10"
+            )
         return inputs, nn.functional.one_hot(labels.long(), n_out).to(dtype)
+    _check_random_data_fits(args.samples, n_in + n_out, dtype)
     generator = torch.Generator().manual_seed(args.seed)
     inputs = torch.randn(args.samples, n_in, generator=generator, dtype=dtype)
     if args.loss == "cross_entropy":
@@ -112,17 +199,14 @@ def _data(args: argparse.Namespace, dtype: torch.dtype) -> tuple[torch.Tensor, t
     return inputs, torch.randn(args.samples, n_out, generator=generator, dtype=dtype)
 
 
-def _load_user_model(spec: str) -> tuple[nn.Module, nn.Module, object]:
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise InvalidArgumentError(f"--model {spec!r} must look like package.module:function")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise InvalidArgumentError(f"cannot load --model {spec!r}: {error}") from None
-    result = function()
-    if not (isinstance(result, tuple) and len(result) == 3):
+RANDOM_DATA_BYTES = 2 * 1024**3
+
+
+def _check_random_data_fits(samples: int, width: int, dtype: torch.dtype) -> None:
+    size = samples * width * torch.empty((), dtype=dtype).element_size()
+    if size > RANDOM_DATA_BYTES:
         raise InvalidArgumentError(
-            f"--model {spec!r} must return (model, loss, data), got {type(result).__name__}"
+            f"--samples {samples} random samples of {width} inputs and targets take "
+            f"{size / 1024**3:.1f} GiB, above the {RANDOM_DATA_BYTES // 1024**3} GiB the "
+            "random data may use; choose fewer --samples or smaller --layers"
         )
-    return result

@@ -2,6 +2,8 @@
 
 Each type raises ``argparse.ArgumentTypeError`` so that a bad value ends with one line and
 exit code 2; :func:`output_dir` raises :class:`InvalidArgumentError` for the same effect.
+Every count has an upper bound (:data:`MAX_COUNT` unless the option says less), so that a
+typo such as ``10**30`` is refused at once instead of running out of memory or time.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from hesskit.errors import InvalidArgumentError
@@ -41,23 +44,66 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+MAX_COUNT = 10**9
+"""The largest count (steps, probes, samples, ...) any option accepts."""
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch's and NumPy's generators take 64-bit seeds."""
+
+
 def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    return _integer_at_least(text, 1)
+    """An integer from 1 to :data:`MAX_COUNT`."""
+    return _integer_in(text, 1, MAX_COUNT)
 
 
 def non_negative_int(text: str) -> int:
-    """An integer >= 0 (e.g. a step count where 0 means "only the start")."""
-    return _integer_at_least(text, 0)
+    """An integer from 0 to :data:`MAX_COUNT` (e.g. a step count, 0 meaning "only the start")."""
+    return _integer_in(text, 0, MAX_COUNT)
 
 
-def _integer_at_least(text: str, lowest: int) -> int:
+def seed(text: str) -> int:
+    """A seed: an integer from 0 to 2⁶³ − 1."""
+    return _integer_in(text, 0, MAX_SEED)
+
+
+def int_between(lowest: int, highest: int) -> Callable[[str], int]:
+    """The argument type of an integer from ``lowest`` to ``highest`` (both included)."""
+
+    def parse(text: str) -> int:
+        return _integer_in(text, lowest, highest)
+
+    parse.__name__ = f"integer from {lowest} to {highest}"
+    return parse
+
+
+def float_below(highest: float, *, lowest: float = 0.0, open_high: bool = False,
+                open_low: bool = True) -> Callable[[str], float]:
+    """The argument type of a finite float in the interval ``(lowest, highest]``; the ends are
+    open or closed as ``open_low`` / ``open_high`` say."""
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        low_ok = value > lowest if open_low else value >= lowest
+        high_ok = value < highest if open_high else value <= highest
+        if not (low_ok and high_ok):
+            interval = (f"{'(' if open_low else '['}{lowest:g}, {highest:g}"
+                        f"{')' if open_high else ']'}")
+            raise argparse.ArgumentTypeError(f"{text!r} must lie in {interval}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _integer_in(text: str, lowest: int, highest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < lowest:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least {lowest}")
+    if value > highest:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large: at most {highest:,}")
     return value
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -116,37 +117,164 @@ def _python_state_to_lists(state: tuple) -> list:
 
 
 class RunLog:
-    """The append-only JSON-lines run log, mirrored in memory (``records``).
+    """The append-only JSON-lines run log, mirrored in memory (``records`` and its bytes).
 
-    A checkpoint stores the log's byte ``size()``; :meth:`resume` cuts the file back to it,
-    dropping records written after the checkpoint (they will be written again). With
-    ``folder=None`` the log lives in memory only.
+    Every line is flushed as it is written; :meth:`sync` makes the file durable (fsync) and
+    is called before every checkpoint, so that a checkpoint never refers to log lines that a
+    power cut could lose. A checkpoint stores the log's byte :meth:`size` and, compressed,
+    the log itself (:meth:`snapshot`); :meth:`resume` cuts the file back to that size,
+    dropping records written after the checkpoint (they will be written again), and
+    rebuilds the file from the snapshot when it is missing, shorter than the checkpoint
+    expects or differs from it. With ``folder=None`` the log lives in memory only.
     """
 
     def __init__(self, folder: Path | None, header: RunHeader) -> None:
         self.path = None if folder is None else Path(folder) / LOG_NAME
         self.header = header
         self.records: list[IterationRecord] = []
+        self._written = bytearray()
 
     def start(self, first: IterationRecord) -> None:
+        header = {"kind": "header", **to_json_dict(self.header), "version": SCHEMA_VERSION}
+        data = (json.dumps(header, allow_nan=False) + "\n").encode()
+        self._written = bytearray(data)
         if self.path is not None:
-            header = {"kind": "header", **to_json_dict(self.header), "version": SCHEMA_VERSION}
-            self.path.write_text(json.dumps(header, allow_nan=False) + "\n")
+            with self.path.open("wb") as stream:
+                stream.write(data)
         self.append(first)
 
-    def resume(self, size: int) -> None:
-        """Cut the file back to ``size`` bytes (the checkpoint's iteration) and reload it."""
-        with self.path.open("r+b") as stream:
-            stream.truncate(size)
-        lines = self.path.read_text().splitlines()
-        self.records = [validate_log_line(json.loads(line)) for line in lines[1:]]
+    def resume(self, size: int, snapshot: torch.Tensor | None = None) -> str | None:
+        """Restore the log as it was at a checkpoint; return a one-line note when the file had
+        to be rebuilt from ``snapshot`` (the checkpoint's copy), else ``None``.
+
+        Raises:
+            DataError: the file is missing, too short or damaged and there is no snapshot
+                (a checkpoint from before snapshots) to rebuild it from.
+        """
+        expected = None if snapshot is None else unpack_log(snapshot)
+        on_disk = self.path.read_bytes() if self.path.is_file() else None
+        problem = _log_problem(on_disk, size, expected)
+        if problem is None:
+            if len(on_disk) > size:
+                with self.path.open("r+b") as stream:
+                    stream.truncate(size)  # only ever shortens: never pads with NUL bytes
+            self._load(on_disk[:size])
+            return None
+        if expected is None:
+            raise DataError(
+                f"{str(self.path)!r} {problem}, and the checkpoint holds no copy of the log "
+                "to rebuild it from; restore the log, or train again without --resume"
+            )
+        self._load(expected)
+        _write_atomically(self.path, expected)
+        return (f"{str(self.path)!r} {problem}; rebuilt it from the checkpoint "
+                f"({len(self.records)} iteration records)")
+
+    def _load(self, data: bytes) -> None:
+        try:
+            lines = data.decode().splitlines()
+            validate_log_line(json.loads(lines[0]))
+            records = [validate_log_line(json.loads(line)) for line in lines[1:]]
+        except (UnicodeDecodeError, ValueError, IndexError) as error:
+            raise DataError(
+                f"the run log at the checkpoint cannot be read ({type(error).__name__}); "
+                "train again without --resume"
+            ) from None
+        self.records = records
+        self._written = bytearray(data)
 
     def append(self, record: IterationRecord) -> None:
         self.records.append(record)
+        line = json.dumps({"kind": "iteration", **to_json_dict(record)}, allow_nan=False)
+        data = (line + "\n").encode()
+        self._written.extend(data)
         if self.path is not None:
-            line = json.dumps({"kind": "iteration", **to_json_dict(record)}, allow_nan=False)
-            with self.path.open("a") as stream:
-                stream.write(line + "\n")
+            with self.path.open("ab") as stream:
+                stream.write(data)
+                stream.flush()
+
+    def sync(self) -> None:
+        """Make every line written so far durable on disk (``os.fsync``)."""
+        if self.path is not None and self.path.is_file():
+            with self.path.open("rb") as stream:
+                os.fsync(stream.fileno())
 
     def size(self) -> int:
-        return 0 if self.path is None else self.path.stat().st_size
+        """Bytes written to the log so far."""
+        return len(self._written)
+
+    def snapshot(self) -> torch.Tensor:
+        """The log so far, zlib-compressed, as a uint8 tensor (what a checkpoint stores)."""
+        return pack_log(bytes(self._written))
+
+
+def read_log_records(folder: Path, size: int,
+                     snapshot: torch.Tensor | None = None) -> list[IterationRecord]:
+    """The records of the run log at a checkpoint, read without writing (for the ranks other
+    than 0): from the checkpoint's copy when it has one, else the first ``size`` bytes of the
+    file in ``folder``."""
+    if snapshot is not None:
+        data = unpack_log(snapshot)
+    else:
+        with (Path(folder) / LOG_NAME).open("rb") as stream:
+            data = stream.read(size)
+    return [validate_log_line(json.loads(line)) for line in data.splitlines()[1:]]
+
+
+def pack_log(data: bytes) -> torch.Tensor:
+    """``data`` compressed into a uint8 tensor (tensors load with ``weights_only=True``)."""
+    packed = zlib.compress(data, level=6)
+    return torch.frombuffer(bytearray(packed), dtype=torch.uint8).clone()
+
+
+def unpack_log(packed: torch.Tensor) -> bytes:
+    """Undo :func:`pack_log`.
+
+    Raises:
+        DataError: the checkpoint's copy of the log cannot be decompressed.
+    """
+    try:
+        return zlib.decompress(packed.numpy().tobytes())
+    except zlib.error:
+        raise DataError(
+            "the checkpoint's copy of the run log is damaged; train again without --resume"
+        ) from None
+
+
+def _log_problem(on_disk: bytes | None, size: int, expected: bytes | None) -> str | None:
+    """What is wrong with the log file for a resume at ``size`` bytes, or ``None``."""
+    if on_disk is None:
+        return "is missing"
+    if len(on_disk) < size:
+        return f"is shorter than the checkpoint expects ({len(on_disk)} of {size} bytes)"
+    prefix = on_disk[:size]
+    if expected is not None:
+        if prefix != expected:
+            pairs = enumerate(zip(prefix, expected, strict=False))
+            differing = (i for i, (a, b) in pairs if a != b)
+            first = next(differing, min(len(prefix), len(expected)))
+            line = prefix[:first].count(b"\n") + 1
+            return f"differs from the checkpoint's copy from line {line} on"
+        return None
+    try:
+        lines = prefix.decode().splitlines()
+        validate_log_line(json.loads(lines[0]))  # the header
+        for line in lines[1:]:
+            validate_log_line(json.loads(line))
+    except (UnicodeDecodeError, ValueError, IndexError, KeyError, TypeError, DataError):
+        return "is damaged (a line is not a valid log record)"
+    return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``path`` replaced by ``data`` (temporary file, fsync, ``os.replace``)."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

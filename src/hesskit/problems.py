@@ -27,6 +27,10 @@ as Martens (2010, "Deep learning via Hessian-free optimization", §6) trained th
   objective is ``loss + (λ/2)‖θ‖²`` over ALL parameters, biases included, and its gradient
   adds ``λθ``: the same convention as ``torch.optim.SGD(weight_decay=λ)``.
   :meth:`BenchmarkProblem.penalty` returns ``(λ/2)‖θ‖²``.
+* Hessian-free as in his released code: λ₀ = 45 (:data:`MARTENS_INITIAL_DAMPING`) and his
+  ``numchunks`` curvature chunks, CURVES 4 and MNIST 8 (:data:`CURVES_NUMCHUNKS`,
+  :data:`MNIST_NUMCHUNKS`); the training loop's curvature batch is then 1/numchunks of the
+  gradient batch (``BenchmarkProblem.hf_numchunks``).
 * reported error (his ``errtype = 'L2'``): the squared error between σ(z) and the input,
   summed over the pixels of a case (NOT halved), averaged over all cases of the full
   training or test set; see :func:`autoencoder_squared_error`.
@@ -55,8 +59,19 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.losses import BCEWithLogitsLoss
 
 SPARSE_CONNECTIONS = 15
+"""Non-zero incoming weights per unit in Martens' sparse initialisation (2010, §5)."""
 MARTENS_INITIAL_DAMPING = 45.0
-"""``initlambda`` of Martens' released HF code, used for his two autoencoders."""
+"""``initlambda = 45`` of Martens' released HF code (HFDemo ``nnet_train_2.m`` line 116), λ
+added to the curvature of the per-case MEAN objective; hesskit's Hessian-free default
+(:data:`hesskit.optim.damping.MARTENS_INITIAL_DAMPING`) for every problem."""
+CURVES_NUMCHUNKS = 4
+"""Martens' curvature chunks for CURVES: the training set is cut into 4 chunks and step k
+builds the curvature on chunk (k − 1) mod 4 (HFDemo: the ``numchunks`` argument of
+``nnet_train_2.m``, its ``targetchunk = mod(epoch-1, numchunks)+1`` at line 940; the value
+is set for CURVES in ``nnet_demo_2.m``)."""
+MNIST_NUMCHUNKS = 8
+"""Martens' curvature chunks for MNIST: 8 (the same ``numchunks`` argument of HFDemo
+``nnet_train_2.m``; the value set for MNIST in ``nnet_demo_2.m``)."""
 _EVAL_CHUNK = 5000
 
 
@@ -76,7 +91,12 @@ class BenchmarkProblem:
         description: the architecture, loss, initialisation and data, in words.
         hf_initial_damping: λ at Hessian-free's first step. Martens' released code starts
             his autoencoders at 45, with λ added to the curvature of the per-case *mean*
-            objective, which is how hesskit's losses are normalised too.
+            objective, which is how hesskit's losses are normalised too; 45 for every
+            problem (:data:`MARTENS_INITIAL_DAMPING`).
+        hf_numchunks: Martens' ``numchunks`` for this problem (CURVES 4, MNIST 8): the
+            training loop's curvature batch is 1/numchunks of the gradient batch, so that
+            Hessian-free's round-robin chunks are his; ``None`` (problems he did not train):
+            the loop's default fraction, 1/10.
     """
 
     name: str
@@ -88,7 +108,8 @@ class BenchmarkProblem:
     error_fn: Callable[[nn.Module, Tensor, Tensor], float]
     error_name: str
     description: str
-    hf_initial_damping: float = 1.0
+    hf_initial_damping: float = MARTENS_INITIAL_DAMPING
+    hf_numchunks: int | None = None
 
     def penalty(self) -> Tensor:
         """The weight cost ``(λ/2) Σ_p ‖p‖²`` over all model parameters (a scalar)."""
@@ -102,14 +123,15 @@ class BenchmarkProblem:
 
 @dataclass(frozen=True)
 class ProblemSpec:
-    """What a named problem is made of: data set, layer widths, kind, weight cost and
-    Hessian-free's initial damping."""
+    """What a named problem is made of: data set, layer widths, kind, weight cost, and
+    Hessian-free's initial damping and curvature chunks (see :class:`BenchmarkProblem`)."""
 
     dataset: str
     layer_sizes: tuple[int, ...]
     is_autoencoder: bool
     weight_decay: float
-    hf_initial_damping: float = 1.0
+    hf_initial_damping: float = MARTENS_INITIAL_DAMPING
+    hf_numchunks: int | None = None
 
 
 def _mirror(encoder: tuple[int, ...]) -> tuple[int, ...]:
@@ -119,11 +141,11 @@ def _mirror(encoder: tuple[int, ...]) -> tuple[int, ...]:
 PROBLEMS: dict[str, ProblemSpec] = {
     "curves-autoencoder": ProblemSpec(
         "curves", _mirror((784, 400, 200, 100, 50, 25, 6)), True, 2e-5,
-        hf_initial_damping=MARTENS_INITIAL_DAMPING,
+        hf_numchunks=CURVES_NUMCHUNKS,
     ),
     "mnist-autoencoder": ProblemSpec(
         "mnist", _mirror((784, 1000, 500, 250, 30)), True, 1e-5,
-        hf_initial_damping=MARTENS_INITIAL_DAMPING,
+        hf_numchunks=MNIST_NUMCHUNKS,
     ),
     "digits-autoencoder": ProblemSpec("digits", _mirror((64, 32, 8)), True, 1e-5),
     "digits-classifier": ProblemSpec("digits", (64, 32, 32, 10), False, 0.0),
@@ -167,6 +189,7 @@ def make_problem(
             test=(data.test_x, data.test_x),
             weight_decay=spec.weight_decay,
             hf_initial_damping=spec.hf_initial_damping,
+            hf_numchunks=spec.hf_numchunks,
             error_fn=autoencoder_squared_error,
             error_name="squared reconstruction error per case",
             description=(
@@ -183,6 +206,8 @@ def make_problem(
         train=(data.train_x, data.train_y),
         test=(data.test_x, data.test_y),
         weight_decay=spec.weight_decay,
+        hf_initial_damping=spec.hf_initial_damping,
+        hf_numchunks=spec.hf_numchunks,
         error_fn=classification_error,
         error_name="classification error rate",
         description=(

@@ -117,6 +117,29 @@ def test_hessian_free_epochs_count_closure_calls_and_each_product_on_the_curvatu
     assert last.epochs == pytest.approx((40 * len(calls) + 4 * last.products) / 40, rel=1e-12)
 
 
+@pytest.mark.skipif(not REGISTRY["hf"].available, reason="Hessian-free not installed yet")
+def test_hessian_free_curvature_batch_is_one_numchunks_th_of_the_batch_for_martens_problems(
+    monkeypatch,
+):
+    """A problem with Martens' ``hf_numchunks`` (CURVES 4) gets chunks of 40 / 4 = 10 cases,
+    not the default ceil(0.1 · 40) = 4; the epochs show which (closure calls aside)."""
+    import hesskit.training.loop as loop
+
+    calls = []
+
+    def counted_objective(*args, **kwargs):
+        calls.append(1)
+        return objective(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "objective", counted_objective)
+    problem = toy_problem(num_train=40)
+    problem.hf_numchunks = 4
+    result = train(problem, TrainConfig("hf"), Budget(iterations=3), progress=False)
+    last = result.records[-1]
+    assert last.epochs == pytest.approx((40 * len(calls) + 10 * last.products) / 40, rel=1e-12)
+    assert loop.curvature_fraction(TrainConfig("hf", curvature_fraction=0.5), problem) == 0.5
+
+
 @pytest.mark.skipif(not REGISTRY["newton"].available, reason="DampedNewton not installed yet")
 def test_newton_epochs_charge_each_dense_hessian_as_n_passes_over_the_batch():
     problem = toy_problem(num_train=40)

@@ -44,6 +44,7 @@ from hesskit.optim.sophia import (
     gauss_newton_bartlett_diagonal,
     hutchinson_gaussian_diagonal,
 )
+from hesskit.optim.stochastic_hf import StochasticHessianFree
 
 __all__ = [
     "KFAC",
@@ -64,6 +65,7 @@ __all__ = [
     "RoundRobinChunks",
     "Sophia",
     "SophiaEstimator",
+    "StochasticHessianFree",
     "armijo_line_search",
     "choose_iterate",
     "chunk_loss",

@@ -25,8 +25,8 @@ slowest rank's time, so that all ranks stop at the same iteration.
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,16 +38,16 @@ from torch import Tensor, nn
 from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, world_size
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import as_loss
-from hesskit.report.schema import IterationRecord, RunHeader, RunResult, validate_log_line
+from hesskit.report.schema import IterationRecord, RunHeader, RunResult
 from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
 from hesskit.training.budget import Budget
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
-    LOG_NAME,
     RunLog,
     capture_rng_state,
     load_checkpoint,
+    read_log_records,
     restore_rng_state,
     save_checkpoint,
 )
@@ -88,9 +88,12 @@ class TrainConfig:
         checkpoint_every: write a checkpoint every this many iterations (``None``: only at
             the end, when ``out_dir`` is given).
         curvature_fraction: share of the gradient batch used as HF's curvature batch (its
-            first rows; the batch is already a random draw). Martens 2010 §4.3: 1/10.
+            size; Hessian-free cycles round-robin chunks of that size through the batch).
+            ``None``: 1/numchunks for a problem with Martens' ``hf_numchunks`` (CURVES 4,
+            MNIST 8; HFDemo ``nnet_train_2.m`` ``numchunks``), else
+            :data:`DEFAULT_CURVATURE_FRACTION`.
         initial_damping: λ at Hessian-free's first step; ``None`` takes the problem's
-            ``hf_initial_damping`` (45 for Martens' autoencoders, otherwise 1).
+            ``hf_initial_damping`` (45, Martens' ``initlambda``, for every named problem).
     """
 
     optimizer: str
@@ -100,11 +103,23 @@ class TrainConfig:
     eval_every: int = 10
     eval_points: int | None = None
     checkpoint_every: int | None = None
-    curvature_fraction: float = 0.1
+    curvature_fraction: float | None = None
     initial_damping: float | None = None
 
 
 DEFAULT_BATCH_SIZE = 128
+DEFAULT_CURVATURE_FRACTION = 0.1
+"""The curvature batch of a problem without Martens' ``numchunks``: 1/10 of the gradient
+batch (Martens 2010 §4.3 computes the curvature on a mini-batch, a fraction of the data)."""
+
+
+def curvature_fraction(config: TrainConfig, problem: TrainingProblem) -> float:
+    """The share of the gradient batch in HF's curvature batch: the configured one, else
+    1/``problem.hf_numchunks`` (Martens' chunks), else :data:`DEFAULT_CURVATURE_FRACTION`."""
+    if config.curvature_fraction is not None:
+        return config.curvature_fraction
+    numchunks = getattr(problem, "hf_numchunks", None)
+    return 1.0 / numchunks if numchunks else DEFAULT_CURVATURE_FRACTION
 
 
 def objective(
@@ -203,7 +218,8 @@ class _Run:
         torch.manual_seed(config.seed)
         self.sampler = BatchSampler(num_train, self.batch_size, config.seed)
         self.batch: tuple[Tensor, Tensor] = select(problem.train, slice(0, 0))
-        self.curvature_size = max(1, math.ceil(config.curvature_fraction * self.batch_size))
+        fraction = curvature_fraction(config, problem)  # 1/numchunks: Martens' chunks
+        self.curvature_size = max(1, math.ceil(fraction * self.batch_size))
         self.curvature_shard, self.global_batch_size = self.batch, 0
         self.context = OptimizerContext(
             model=problem.model, loss=problem.loss, weight_decay=problem.weight_decay,
@@ -260,19 +276,25 @@ class _Run:
         restore_rng_state(saved["rng"])
         self.context.products.count = saved["products"]
         self.counters = saved["counters"]
+        snapshot = saved.get("log")
         if self.is_main:
-            self.log.resume(saved["log_bytes"])
+            note = self.log.resume(saved["log_bytes"], snapshot)
+            if note is not None:
+                print(f"hesskit: note: {note}", file=sys.stderr, flush=True)
         else:
-            self.log.records = _read_log(self.out_dir, saved["log_bytes"])
+            self.log.records = read_log_records(self.out_dir, saved["log_bytes"], snapshot)
 
     def save(self) -> None:
+        """The log made durable first (fsync), then the checkpoint that refers to it."""
         if self.out_dir is None or not self.is_main:
             return
+        self.log.sync()
         save_checkpoint({
             "header": asdict(self.header), "model": self.problem.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(), "products": self.context.products.count,
             "counters": dict(self.counters), "log_bytes": self.log.size(),
+            "log": self.log.snapshot(),
         }, self.out_dir / CHECKPOINT_NAME)
 
     def closure(self) -> Tensor:
@@ -356,12 +378,6 @@ def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
     if batch_size < ranks:
         raise InvalidArgumentError(f"a batch of {batch_size} samples cannot be split over "
                                    f"{ranks} processes; use a larger --batch-size")
-
-
-def _read_log(out_dir: Path, size: int) -> list[IterationRecord]:
-    """The records in the first ``size`` bytes of rank 0's run log (for the other ranks)."""
-    with (out_dir / LOG_NAME).open("rb") as stream:
-        return [validate_log_line(json.loads(line)) for line in stream.read(size).splitlines()[1:]]
 
 
 def _passed_mark(fraction: float, previous: float, points: int | None) -> bool:

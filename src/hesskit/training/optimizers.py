@@ -41,6 +41,11 @@ batch): besides CG's products and ρ's one, each of ρ's two chunk-loss evaluati
 charged as one product (a pass over a chunk), and the preconditioner's per-sample pass
 over the gradient batch (an extra pass here; Martens takes it from the gradient pass) as
 numchunks products, one pass over the gradient batch's cases.
+
+Stochastic Hessian-free (``shf``, :mod:`hesskit.optim.stochastic_hf`) runs the same step on
+gradient mini-batches that grow along the run, which it draws itself from the training set,
+with the curvature on 1/10 of each; see :func:`_stochastic_hessian_free` for how its cases
+enter the epochs.
 """
 
 from __future__ import annotations
@@ -274,6 +279,40 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
     return optimizer
 
 
+def _stochastic_hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
+    """Stochastic HF (:mod:`hesskit.optim.stochastic_hf`) inside the training loop.
+
+    The loop runs it full-batch: its batch is the training set, from which the optimizer draws
+    its own growing mini-batches (the loop's closures, over the whole set, are not called).
+    Its cases (``hf_state["cases"]``, every case through a gradient, a loss evaluation or a
+    curvature product) are charged to the loop's epochs through the product counter, in units
+    of the loop's curvature batch (the counter's unit); the remainder below one unit is
+    carried to the next step, so the run's epochs are exact to within one curvature batch.
+    The logged ``products`` of an ``shf`` run are therefore those units, not G·v products."""
+    from hesskit.optim import LevenbergMarquardt
+    from hesskit.optim.stochastic_hf import StochasticHessianFree
+
+    class LoopStochasticHessianFree(StochasticHessianFree):
+        def training_data(self) -> tuple[object, object]:
+            return context.gradient_batch()
+
+        def step(self, closure: object = None, loss_closure: object = None) -> Tensor:
+            loss = super().step()
+            unit = max(1, num_samples(context.curvature_batch()[0]))
+            units = int(self.hf_state["cases"]) // unit
+            context.products.add(units - int(self.hf_state["charged_units"]))
+            self.hf_state["charged_units"] = units
+            return loss
+
+    optimizer = LoopStochasticHessianFree(
+        context.model, context.loss, (None, None),
+        weight_decay=context.weight_decay,
+        damping=LevenbergMarquardt(initial=context.initial_damping),
+    )
+    optimizer.hf_state["charged_units"] = 0
+    return optimizer
+
+
 def _damped_newton(context: OptimizerContext) -> torch.optim.Optimizer:
     """Damped Newton with the exact dense Hessian of the objective on the gradient batch
     (H + wd·I); one build counts as N curvature-vector products (its cost in products)."""
@@ -313,6 +352,12 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "hf", "Hessian-free", _hessian_free, full_batch=True,
             products_on_curvature_batch=True, takes_loss_closure=True,
             requires=("hesskit.optim:HessianFree", "hesskit.operators:gauss_newton_operator"),
+            diagnostics=_state_diagnostics("hf_state"),
+        ),
+        OptimizerSpec(
+            "shf", "stochastic Hessian-free", _stochastic_hessian_free, full_batch=True,
+            products_on_curvature_batch=True,
+            requires=("hesskit.optim.stochastic_hf:StochasticHessianFree",),
             diagnostics=_state_diagnostics("hf_state"),
         ),
         OptimizerSpec(

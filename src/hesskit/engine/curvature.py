@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hesskit.engine.map_curvature import map_chain_diagonal
+from hesskit.engine.map_primal import MapPrimal
 from hesskit.engine.primal import ActivationRecord, LinearRecord, Primal
 from hesskit.losses import Loss
 
@@ -97,8 +99,13 @@ def output_curvature(primal: Primal, loss: Loss, targets: Tensor, kind: str) -> 
     return OutputCurvature(factor.reshape(factor.shape[0], -1, factor.shape[-1]))
 
 
-def chain_diagonal(primal: Primal, loss: Loss, targets: Tensor, kind: str) -> dict[str, Tensor]:
+def chain_diagonal(
+    primal: Primal | MapPrimal, loss: Loss, targets: Tensor, kind: str
+) -> dict[str, Tensor]:
     """The diagonal of one batch's (unweighted) curvature matrix, per differentiated parameter.
+
+    Feature-map chains (CNNs) go to :func:`~hesskit.engine.map_curvature.map_chain_diagonal`,
+    which keeps Q factorised in the maps' own shapes and never densifies it.
 
     Args:
         primal: the batch's primal records.
@@ -110,6 +117,8 @@ def chain_diagonal(primal: Primal, loss: Loss, targets: Tensor, kind: str) -> di
         ``{name: diagonal shaped [out, in] or [out]}`` for the differentiated parameters the
         chain uses (a parameter it does not use has a zero diagonal and is left out).
     """
+    if isinstance(primal, MapPrimal):
+        return map_chain_diagonal(primal, loss, targets, kind)
     records = primal.records
     if not records:
         return {}

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from hesskit.engine.curvature import OutputCurvature
+from hesskit.engine.layers import Table
 from hesskit.engine.primal import ActivationRecord, LinearRecord, primal_pass
 from hesskit.engine.recorder import Chain, problem_chain
 from hesskit.errors import UnsupportedArchitectureError
@@ -55,7 +56,7 @@ def dense_chain(problem: Problem, params: dict[str, Tensor] | None = None) -> Ch
     """
     batch = next(problem.batches())
     params = problem.parameters() if params is None else params
-    chain = problem_chain(problem, params, batch.inputs)
+    chain = problem_chain(problem, params, batch.inputs, table=Table.PRODUCT)
     linear = [s for s in chain.steps if s.kind == "linear"]
     names = [n for s in linear for n in chain.names[id(s.module)] if n is not None]
     if sorted(names) != sorted(problem.layout.names):
@@ -190,7 +191,7 @@ class LinearChainBuilder:
         """
         if samples is not None:
             inputs, targets = select(inputs, slice(samples)), select(targets, slice(samples))
-        chain = problem_chain(self.problem, self.params, inputs)
+        chain = problem_chain(self.problem, self.params, inputs, table=Table.PRODUCT)
         if chain.structure() != self.chain.structure():
             raise UnsupportedArchitectureError(
                 "a batch runs through other modules than the first one; the dense closed "

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from hesskit.engine.primal import LinearRecord, Primal
+from hesskit.errors import UnsupportedArchitectureError
 from hesskit.losses import Loss
 
 Params = dict[str, Tensor]
@@ -144,6 +145,11 @@ class ChainHessian:
     """Directions per pass of :meth:`matmat` (bounds the memory of the tangents)."""
 
     def __init__(self, primal: Primal, loss: Loss, targets: Tensor, params: Params) -> None:
+        if not isinstance(primal, Primal):
+            raise UnsupportedArchitectureError(
+                "the hand-written Hessian-vector product takes flat chains of nn.Linear "
+                "layers and elementwise activations only; record with Table.PRODUCT"
+            )
         self.loss, self.targets, self.params = loss, targets, params
         self.outputs = primal.outputs
         self.layers: list[_LinearLayer | _ActivationLayer] = []

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from hesskit.engine.layers import ELEMENTWISE, LINEAR, elementwise_derivatives
+from hesskit.engine.map_primal import MapPrimal, map_primal_pass
 from hesskit.engine.recorder import Chain
 from hesskit.losses import Loss
 
@@ -76,8 +77,12 @@ class Primal:
 
 def primal_pass(
     chain: Chain, loss: Loss, targets: Tensor, params: Mapping[str, Tensor]
-) -> Primal:
+) -> Primal | MapPrimal:
     """The records of ``chain`` from its first differentiated Linear to the output.
+
+    A chain with feature-map layers (convolutions, pooling, padding; proved in the diagonal
+    table only) gets its :class:`~hesskit.engine.map_primal.MapPrimal` instead, which the
+    exact diagonals take and the Hessian-vector product and dense blocks refuse.
 
     Args:
         chain: a proved chain, recorded with ``params``.
@@ -85,6 +90,8 @@ def primal_pass(
         targets: the batch targets.
         params: the differentiated parameters by name.
     """
+    if not chain.flat:
+        return map_primal_pass(chain, loss, targets, params)
     names = chain.linear_names(params)
     steps = chain.steps
     first = next(

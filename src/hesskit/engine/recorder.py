@@ -10,9 +10,12 @@ that the next module receives; a weight tied between two layers is one parameter
 :func:`record_chain` *proves* it, and refuses with the reason otherwise:
 
 1. the input is one tensor and the model's output is the output of its last module call;
-2. every module that holds parameters is exactly an ``nn.Linear``, no parameter is
-   registered under two names (tied weights), and no ``nn.Linear`` is called twice;
-3. every leaf module called is in the table (Dropout only while inactive);
+2. every module that holds parameters is exactly an ``nn.Linear`` (or, for the diagonal
+   table, an ``nn.Conv1d``/``nn.Conv2d``), no parameter is registered under two names
+   (tied weights), and no such module is called twice;
+3. every leaf module called is in the requested table (:class:`~hesskit.engine.layers.Table`;
+   Dropout only while inactive) and receives the input shape it is proved for: ``[n, d]``
+   for ``nn.Linear``, ``[n, C, *spatial]`` for convolutions, pooling and padding;
 4. each module receives the very tensor the previous one returned;
 5. no torch operation that returns a tensor runs inside the model's ``forward`` outside a
    leaf module call (a ``TorchFunctionMode`` sees every torch function and tensor method,
@@ -21,7 +24,9 @@ that the next module receives; a weight tied between two layers is one parameter
    in-place module's input is recorded as a copy taken before it runs.
 
 What is refused goes to the generic ``torch.func`` path: a fast path is only taken when
-it is proved to apply.
+it is proved to apply. The table is part of the proof: a CNN is a chain for the exact
+diagonals (``table=Table.DIAGONAL``) but not for the Hessian-vector product or the dense
+blocks, which record with the default ``Table.PRODUCT``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,18 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from hesskit.engine.layers import LINEAR, PASSTHROUGH, layer_kind
+from hesskit.engine.layers import (
+    AVERAGING,
+    CONV,
+    CONV_MODULES,
+    LINEAR,
+    PARAMETRIC_KINDS,
+    PASSTHROUGH,
+    SELECTION,
+    Table,
+    layer_kind,
+    spatial_dims,
+)
 from hesskit.errors import UnsupportedArchitectureError
 
 
@@ -56,13 +72,20 @@ class Chain:
     Attributes:
         steps: the module calls, first to last.
         output: the model output z (the last step's output).
-        names: for every ``nn.Linear`` by ``id``: the full names of its weight and bias
-            (None for a bias the layer does not have).
+        names: for every module with parameters (``nn.Linear``, convolutions) by ``id``:
+            the full names of its weight and bias (None for a bias it does not have).
+        table: the table the chain was proved in.
     """
 
     steps: list[Step]
     output: Tensor
     names: dict[int, tuple[str, str | None]] = field(repr=False)
+    table: Table = Table.PRODUCT
+
+    @property
+    def flat(self) -> bool:
+        """Every step is in :attr:`Table.PRODUCT` (a chain of flat Linear layers)."""
+        return all(step.kind in Table.PRODUCT.value for step in self.steps)
 
     def linear_names(self, wanted: Mapping[str, object]) -> dict[int, tuple[str | None, ...]]:
         """(weight, bias) names of each Linear by ``id``, None where not in ``wanted``."""
@@ -76,13 +99,19 @@ class Chain:
         return tuple(id(step.module) for step in self.steps)
 
 
-def check_parameters(model: nn.Module) -> dict[int, tuple[str, str | None]]:
-    """Conditions 2 (parameters): the (weight, bias) names of every Linear by ``id``.
+def check_parameters(
+    model: nn.Module, table: Table = Table.PRODUCT
+) -> dict[int, tuple[str, str | None]]:
+    """Conditions 2 (parameters): the (weight, bias) names of every parametric layer by ``id``.
 
     Raises:
-        UnsupportedArchitectureError: a module other than ``nn.Linear`` holds parameters,
-            or a parameter is registered under two names.
+        UnsupportedArchitectureError: a module other than ``nn.Linear`` (or, in the
+            diagonal table, a convolution) holds parameters, or a parameter is registered
+            under two names.
     """
+    holders: tuple[type[nn.Module], ...] = (nn.Linear,)
+    if table is Table.DIAGONAL:
+        holders += tuple(CONV_MODULES)
     owners: dict[int, str] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
         if id(parameter) in owners:
@@ -93,9 +122,10 @@ def check_parameters(model: nn.Module) -> dict[int, tuple[str, str | None]]:
     for prefix, module in model.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
             continue
-        if type(module) is not nn.Linear:
+        if type(module) not in holders:
+            allowed = " or ".join(f"an nn.{kind.__name__}" for kind in holders)
             raise _refuse(f"module {prefix or 'model'!r} ({type(module).__name__}) holds "
-                          "parameters but is not an nn.Linear")
+                          f"parameters but is not {allowed}")
         full = f"{prefix}." if prefix else ""
         bias = f"{full}bias" if module.bias is not None else None
         names[id(module)] = (f"{full}weight", bias)
@@ -103,7 +133,11 @@ def check_parameters(model: nn.Module) -> dict[int, tuple[str, str | None]]:
 
 
 def record_chain(
-    model: nn.Module, inputs: object, params: Mapping[str, Tensor] | None = None
+    model: nn.Module,
+    inputs: object,
+    params: Mapping[str, Tensor] | None = None,
+    *,
+    table: Table = Table.PRODUCT,
 ) -> Chain:
     """Run ``model(inputs)`` once (no grad) with ``params`` swapped in, and prove it a chain.
 
@@ -112,6 +146,9 @@ def record_chain(
         inputs: its input; only a single tensor can be a chain.
         params: parameter values by name to use instead of the model's own (others and
             buffers as in the model), as ``torch.func.functional_call`` takes them.
+        table: the layers allowed: ``Table.PRODUCT`` (default; what the Hessian-vector
+            product and the dense blocks handle) or ``Table.DIAGONAL`` (also convolutions,
+            pooling and padding, for the exact diagonals).
 
     Returns:
         The :class:`Chain`, whose step inputs are computed with ``params``.
@@ -122,7 +159,7 @@ def record_chain(
     """
     if not isinstance(inputs, Tensor):
         raise _refuse("the model takes other than one tensor")
-    names = check_parameters(model)
+    names = check_parameters(model, table)
     watch = _Watch(model)
     try:
         with torch.no_grad(), watch:
@@ -131,7 +168,7 @@ def record_chain(
         watch.remove()
     if watch.violation is not None:
         raise _refuse(watch.violation)
-    return Chain(_check_sequence(watch.calls, inputs, output), output, names)
+    return Chain(_check_sequence(watch.calls, inputs, output, table), output, names, table)
 
 
 class _Watch(TorchFunctionMode):
@@ -195,7 +232,7 @@ class _Watch(TorchFunctionMode):
             self.violation = reason
 
 
-def _check_sequence(calls: list, inputs: Tensor, output: object) -> list[Step]:
+def _check_sequence(calls: list, inputs: Tensor, output: object, table: Table) -> list[Step]:
     """Conditions 1, 3, 4 and 6 on the recorded calls."""
     if not calls:
         raise _refuse("the forward pass calls no modules")
@@ -207,19 +244,24 @@ def _check_sequence(calls: list, inputs: Tensor, output: object) -> list[Step]:
         kind = layer_kind(module)
         if kind is None:
             raise _refuse(f"layer {name} is not supported")
+        if kind not in table.value:
+            raise _refuse(f"layer {name} is supported for the exact diagonals only, not for "
+                          "this fast path")
         if given is not previous:
             raise _refuse(f"the input of {name} is not the output of the layer before it "
                           "(a residual connection or an operation between modules)")
         if value._version != version:
             raise _refuse(f"the input of {name} was changed in place after it was used")
-        if kind == LINEAR:
+        if kind in PARAMETRIC_KINDS:
             if id(module) in linear_seen:
                 raise _refuse(f"the layer {module} is called twice (shared weights)")
             linear_seen.add(id(module))
-            if value.ndim != 2:
-                raise _refuse(f"an nn.Linear receives a {value.ndim}-d input; only [n, d]")
+        if kind == LINEAR and value.ndim != 2:
+            raise _refuse(f"an nn.Linear receives a {value.ndim}-d input; only [n, d]")
         elif kind == PASSTHROUGH:
             _check_passthrough(module, value)
+        elif kind in (CONV, SELECTION, AVERAGING):
+            _check_feature_map_layer(module, kind, value)
         steps.append(Step(module, kind, value))
         previous = result
     if output is not previous:
@@ -237,18 +279,38 @@ def _check_passthrough(module: nn.Module, value: Tensor) -> None:
         raise _refuse("nn.Dropout is active (train mode); call model.eval() first")
 
 
+def _check_feature_map_layer(module: nn.Module, kind: str, value: Tensor) -> None:
+    """Convolutions, pooling and padding act on ``[n, C, *spatial]``, one sample at a time."""
+    name = type(module).__name__
+    dims = spatial_dims(module)
+    if value.ndim != dims + 2:
+        raise _refuse(f"{name} receives a {value.ndim}-d input; only [n, C, *spatial] with "
+                      f"{dims} spatial dimension(s), so that it acts on each sample alone")
+    if kind == CONV and module.groups != 1:
+        raise _refuse(f"{name} has groups={module.groups}; only groups=1 is supported")
+    if kind == SELECTION and getattr(module, "return_indices", False):
+        raise _refuse(f"{name} returns indices; use return_indices=False")
+
+
 def _refuse(reason: str) -> UnsupportedArchitectureError:
     return UnsupportedArchitectureError(
         f"the model is not a chain the structural engine can prove: {reason}"
     )
 
 
-def problem_chain(problem: object, params: Mapping[str, Tensor], inputs: object) -> Chain:
-    """:func:`record_chain` of a ``Problem``'s model, inside the problem's functional mode
-    (its treatment of dropout, batch statistics and attention kernels) when it has one."""
+def problem_chain(
+    problem: object,
+    params: Mapping[str, Tensor],
+    inputs: object,
+    *,
+    table: Table = Table.PRODUCT,
+) -> Chain:
+    """:func:`record_chain` of a ``Problem``'s model in ``table``, inside the problem's
+    functional mode (its treatment of dropout, batch statistics and attention kernels)
+    when it has one."""
     mode = getattr(problem, "functional_mode", None)
     with mode() if mode is not None else contextlib.nullcontext():
-        return record_chain(problem.model, inputs, params)
+        return record_chain(problem.model, inputs, params, table=table)
 
 
 def sequential_leaves(model: nn.Module) -> list[tuple[str, nn.Module]] | None:

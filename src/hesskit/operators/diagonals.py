@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.func import grad, vjp, vmap
 
 from hesskit.distributed import all_reduce_sum
-from hesskit.engine import chain_diagonal, primal_pass, problem_chain
+from hesskit.engine import Table, chain_diagonal, primal_pass, problem_chain
 from hesskit.errors import UnsupportedArchitectureError
 from hesskit.problem import Batch, Problem
 from hesskit.tensor_tree import map_tensors, num_samples, select
@@ -50,7 +50,7 @@ def backprop_diagonal(problem: Problem, kind: str, params: Params | None = None)
     problem.check_finite_parameters(params)
     total = {name: torch.zeros_like(p) for name, p in params.items()}
     for batch in problem.batches():
-        chain = problem_chain(problem, params, batch.inputs)
+        chain = problem_chain(problem, params, batch.inputs, table=Table.DIAGONAL)
         primal = primal_pass(chain, problem.loss, batch.targets, params)
         parts = chain_diagonal(primal, problem.loss, batch.targets, kind)
         for name, part in parts.items():

@@ -53,6 +53,7 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
+from hesskit.optim.seeded_state import SeededStateMixin
 
 STATE_KEY = "adahessian"
 """Key of the optimizer-wide state in :meth:`AdaHessian.state_dict`."""
@@ -70,7 +71,7 @@ HESSIAN_POWER = 1.0
 """Default Hessian power k (authors' code ``hessian_power=1``; paper Eq. 12)."""
 
 
-class AdaHessian(Optimizer):
+class AdaHessian(SeededStateMixin, Optimizer):
     """AdaHessian as a ``torch.optim.Optimizer`` (module docstring for the update).
 
     Args:
@@ -95,6 +96,9 @@ class AdaHessian(Optimizer):
     ``"adahessian"``): ``steps``, ``estimates``, ``generator`` (the probes' RNG state),
     ``nonfinite_rejections``, ``consecutive_nonfinite``.
     """
+
+    seeded_state_key = STATE_KEY
+    seeded_state_attribute = "adahessian_state"
 
     def __init__(
         self,
@@ -235,26 +239,6 @@ class AdaHessian(Optimizer):
     def _reject(self, what: str, loss: Tensor) -> Tensor:
         record_rejection(self.adahessian_state, what, self.max_rejections)
         return loss.detach()
-
-    def state_dict(self) -> dict:
-        """Torch's state dict plus the optimizer-wide state (with the probes' RNG state)."""
-        state = super().state_dict()
-        wide = dict(self.adahessian_state)
-        wide["generator"] = self.generator.get_state()
-        state[STATE_KEY] = wide
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict` (including the probes' RNG state): resumes exactly."""
-        state_dict = dict(state_dict)
-        if STATE_KEY not in state_dict:
-            raise InvalidArgumentError(
-                f"the state dict has no {STATE_KEY!r} entry; load one saved by AdaHessian"
-            )
-        wide = dict(state_dict.pop(STATE_KEY))
-        super().load_state_dict(state_dict)
-        self.generator.set_state(wide.pop("generator").clone())
-        self.adahessian_state = wide
 
 
 def _check_settings(

@@ -32,7 +32,6 @@ of the batch); one linearisation plus one matmat of 2 vectors (4 on γ iteration
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable
 
@@ -64,6 +63,7 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
+from hesskit.optim.seeded_state import SeededStateMixin
 from hesskit.problem import Problem
 from hesskit.tensor_tree import Tree, map_tensors, num_samples
 
@@ -71,7 +71,7 @@ STATE_KEY = "kfac"
 """Key of the optimizer-wide state in :meth:`KFAC.state_dict`."""
 
 
-class KFAC(torch.optim.Optimizer):
+class KFAC(SeededStateMixin, torch.optim.Optimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
@@ -98,6 +98,9 @@ class KFAC(torch.optim.Optimizer):
     ``eigen``, ``generator``, ``last_ratio``, ``last_alpha``, ``last_mu``, and the rejection
     counters.
     """
+
+    seeded_state_key = STATE_KEY
+    seeded_state_attribute = "kfac_state"
 
     def __init__(
         self,
@@ -326,24 +329,3 @@ class KFAC(torch.optim.Optimizer):
         state["damping"] = float(state["damping"]) / self.schedule.omega1
         record_rejection(state, what, self.max_rejections)
         return loss
-
-    def state_dict(self) -> dict:
-        """Torch's state dict plus a deep copy of the optimizer-wide state."""
-        state = super().state_dict()
-        wide = copy.deepcopy(self.kfac_state)
-        wide["generator"] = self.generator.get_state()
-        state[STATE_KEY] = wide
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict` (factors, eigenbases, λ, γ, RNG): resumes exactly."""
-        state_dict = dict(state_dict)
-        if STATE_KEY not in state_dict:
-            raise InvalidArgumentError(
-                f"the state dict has no {STATE_KEY!r} entry; load one saved by KFAC"
-            )
-        wide = copy.deepcopy(state_dict.pop(STATE_KEY))
-        super().load_state_dict(state_dict)
-        self.generator.set_state(wide.pop("generator"))
-        self.kfac_state = wide
-

@@ -51,6 +51,7 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
+from hesskit.optim.seeded_state import SeededStateMixin
 from hesskit.problem import Problem
 
 STATE_KEY = "sophia"
@@ -116,7 +117,7 @@ def hutchinson_gaussian_diagonal(problem: Problem, generator: torch.Generator) -
     return u * hessian_operator(problem).matvec(u)
 
 
-class Sophia(Optimizer):
+class Sophia(SeededStateMixin, Optimizer):
     """Sophia as a ``torch.optim.Optimizer`` (module docstring for the update).
 
     Args:
@@ -141,6 +142,9 @@ class Sophia(Optimizer):
     ``self.sophia_state`` (state dict key ``"sophia"``): ``steps``, ``estimates``,
     ``generator``, ``nonfinite_rejections``, ``consecutive_nonfinite``.
     """
+
+    seeded_state_key = STATE_KEY
+    seeded_state_attribute = "sophia_state"
 
     def __init__(
         self,
@@ -258,23 +262,3 @@ class Sophia(Optimizer):
     def _reject(self, what: str, loss: Tensor) -> Tensor:
         record_rejection(self.sophia_state, what, self.max_rejections)
         return loss
-
-    def state_dict(self) -> dict:
-        """Torch's state dict plus the optimizer-wide state (with the generator's state)."""
-        state = super().state_dict()
-        wide = dict(self.sophia_state)
-        wide["generator"] = self.generator.get_state()
-        state[STATE_KEY] = wide
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict` (with the generator's state): resumes exactly."""
-        state_dict = dict(state_dict)
-        if STATE_KEY not in state_dict:
-            raise InvalidArgumentError(
-                f"the state dict has no {STATE_KEY!r} entry; load one saved by Sophia"
-            )
-        wide = dict(state_dict.pop(STATE_KEY))
-        super().load_state_dict(state_dict)
-        self.generator.set_state(wide.pop("generator").clone())
-        self.sophia_state = wide

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from hesskit.estimators import top_eigenpairs
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac import kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets, linear_blocks
@@ -226,3 +227,17 @@ def test_non_finite_loss_is_rejected_leaving_parameters_unchanged():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert opt.kfac_state["nonfinite_rejections"] == 1 and opt.kfac_state["steps"] == 0
     assert opt.kfac_state["damping"] == pytest.approx(150.0 / 0.95**5)
+
+
+def test_the_kfac_operator_works_with_the_matrix_free_estimators():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    X, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    op = kfac_operator(Problem(model, nn.CrossEntropyLoss(), (X, y)),
+                       targets=FactorTargets.EXPECTED)
+    dense = op.to_dense()
+    expected = torch.linalg.eigvalsh(dense)[-2:].flip(0)
+    found = top_eigenpairs(op, 2, tol=1e-8)
+    torch.testing.assert_close(torch.as_tensor(found.values, dtype=torch.float64)[:2], expected,
+                               rtol=1e-6, atol=1e-10)
+    assert op.trace() == pytest.approx(float(dense.trace()), rel=1e-10)

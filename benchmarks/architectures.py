@@ -42,7 +42,6 @@ import json
 import platform
 import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hesskit import losses
 from hesskit.operators import gauss_newton_operator, hessian_operator
 from hesskit.problem import Problem
-from products import _guarded, _reraise, _version, environment
+from products import _guarded, _reraise, _version, environment, interleaved_times
 
 THREADS = 2
 RESULTS = Path(__file__).parent / "results" / "architectures.json"
@@ -218,16 +217,7 @@ def measure(name: str, repeats: int) -> dict:
     calls, chosen = methods(model, X, y, is_transformer)
     calls = {key: _guarded(call, errors, key) if key.startswith(PEER_PREFIX) else call
              for key, call in calls.items()}
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for call in calls.values():  # warm-up
-        call()
-    for _ in range(repeats):
-        for key, call in calls.items():  # interleaved: every method once per round
-            start = time.perf_counter()
-            call()
-            times[key].append(time.perf_counter() - start)
-    for key in errors:
-        times.pop(key, None)
+    times = interleaved_times(calls, repeats, errors)
     result = {
         "num_params": sum(p.numel() for p in model.parameters()),
         "batch_size": len(X),

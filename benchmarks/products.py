@@ -210,13 +210,12 @@ def hessian_method(model, loss, X, y) -> str:
     return op.method.name
 
 
-def measure(name: str, repeats: int) -> dict:
-    torch.manual_seed(0)
-    model, loss, torch_loss, X, y = MODELS[name]()
-    errors: dict[str, str] = {}
-    calls = methods(model, loss, torch_loss, X, y)
-    calls = {key: _guarded(call, errors, key) if key.startswith(PEER_PREFIXES) else call
-             for key, call in calls.items()}
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], repeats: int, errors: dict[str, str]
+) -> dict[str, list[float]]:
+    """Seconds of every call per round: one warm-up round, then ``repeats`` rounds in which
+    each call runs once (interleaved, so load changes hit all alike); calls that recorded
+    an error in ``errors`` are left out."""
     times: dict[str, list[float]] = {key: [] for key in calls}
     for call in calls.values():  # warm-up
         call()
@@ -227,6 +226,17 @@ def measure(name: str, repeats: int) -> dict:
             times[key].append(time.perf_counter() - start)
     for key in errors:
         times.pop(key, None)
+    return times
+
+
+def measure(name: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model, loss, torch_loss, X, y = MODELS[name]()
+    errors: dict[str, str] = {}
+    calls = methods(model, loss, torch_loss, X, y)
+    calls = {key: _guarded(call, errors, key) if key.startswith(PEER_PREFIXES) else call
+             for key, call in calls.items()}
+    times = interleaved_times(calls, repeats, errors)
     for key, ts in times.items():
         if "matmat" in key:
             times[key] = [t / MATMAT_COLUMNS for t in ts]

@@ -309,7 +309,7 @@ class Problem:
         evaluates trial points and rejects a non-finite value itself).
         """
         params = self.parameters() if params is None else params
-        accumulate = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
+        accumulate = accumulation_dtype(self.dtype)
         total = torch.zeros((), dtype=accumulate, device=self.device)
         for batch in self.batches():
             loss = self.batch_loss(params, batch.inputs, batch.targets)
@@ -333,7 +333,7 @@ class Problem:
         plus one all-reduce of N numbers)."""
         self.check_finite_parameters(params)
         params = self.parameters() if params is None else params
-        accumulate = torch.float32 if self.dtype in (torch.bfloat16, torch.float16) else self.dtype
+        accumulate = accumulation_dtype(self.dtype)
         total = torch.zeros(self.num_params, dtype=accumulate, device=self.device)
         for batch in self.batches():
             values = {name: p.detach().requires_grad_(True) for name, p in params.items()}
@@ -342,6 +342,12 @@ class Problem:
             total += batch.weight * self.layout.flatten(grads).to(accumulate)
         total = all_reduce_sum(total) if self.distributed else total
         return total.to(self.dtype)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the 16-bit dtypes (bfloat16 keeps 8 significant bits: a sum over
+    batches in it loses the small batches' share), else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def _chosen_parameters(model: nn.Module, params: Iterable[str] | None) -> dict[str, Tensor]:

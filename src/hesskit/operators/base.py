@@ -31,7 +31,7 @@ from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.layout import ParameterLayout
 from hesskit.memory import check_dense_fits
-from hesskit.problem import Batch, Problem
+from hesskit.problem import Batch, Problem, accumulation_dtype
 
 Vector = Tensor | Mapping[str, Tensor] | Sequence[Tensor]
 T = TypeVar("T")
@@ -282,12 +282,6 @@ class ProblemOperator(CurvatureOperator):
         if self.problem.distributed:
             total = all_reduce_sum(total.contiguous())
         return total.T.to(self.dtype)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for the 16-bit dtypes (bfloat16 keeps 8 significant bits: a sum over
-    batches in it loses the small batches' share), else ``dtype`` itself."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def apply_columns(

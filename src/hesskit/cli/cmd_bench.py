@@ -78,6 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int_between(1, MAX_JOBS), default=1,
                         help="methods run at the same time, each in its own process on an "
                              "equal share of the torch threads (default 1: one after another)")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="how optimizer seconds are counted: wall (elapsed, default) or "
+                             "process (CPU time of each run's process: fair when other work "
+                             "shares the machine; one thread per job recommended)")
     parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
     parser.add_argument("--out", help="output folder (default hesskit-out/bench/<problem>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         optimizers=args.optimizers,
         budget_kind=kind, budget_value=value, seeds=args.seeds,
         tune_fraction=args.tune_fraction, data_dir=args.data_dir, jobs=args.jobs,
+        clock=args.clock,
     )
     from hesskit.problems import build_model
 

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
                         help="optimizer wall-clock seconds (evaluation excluded)")
     budget.add_argument("--epochs", type=positive_float, help="epoch-equivalents of data")
+    budget.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="how --time-limit seconds are counted: wall (elapsed, default) "
+                             "or process (CPU time of this process)")
     parser.add_argument("--batch-size", type=positive_int,
                         help="gradient mini-batch (default: all for hf/newton/lbfgs, else 128)")
     parser.add_argument("--lr", type=float_below(MAX_LR),
@@ -109,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     out = output_dir(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         initial_damping=args.initial_damping)
+                         initial_damping=args.initial_damping, clock=args.clock)
     result = train(problem, config, budget, out_dir=out, resume=args.resume,
                    progress=not args.no_progress)
     last = result.records[-1]

@@ -63,6 +63,8 @@ class BenchConfig:
             they do not oversubscribe the cores.
         threads_per_job: torch threads of each process when ``jobs > 1`` (``None``: this
             process's thread count divided by ``jobs``, at least 1).
+        clock: how optimizer seconds are measured (``"wall"`` or ``"process"``, the CPU time
+            of each run's process: :data:`hesskit.training.budget.CLOCKS`).
     """
 
     problem: str
@@ -74,6 +76,7 @@ class BenchConfig:
     data_dir: Path | None = None
     jobs: int = 1
     threads_per_job: int | None = None
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         if self.budget_kind not in BUDGET_KINDS:
@@ -219,7 +222,8 @@ def run_method(
             folder.mkdir(parents=True, exist_ok=True)
         run = train(
             problem_for(seed),
-            TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS),
+            TrainConfig(name, lr=lr, seed=seed, eval_every=10**9, eval_points=EVAL_POINTS,
+                        clock=config.clock),
             config.budget(), out_dir=folder, progress=progress,
         ).for_report()
         outcome.runs.append(run)
@@ -267,7 +271,8 @@ def _tune(config: BenchConfig, name: str, problem_for, progress: bool,
     seed = config.seeds[0]
 
     def final_train_error(lr: float) -> float:
-        result = train(problem_for(seed), TrainConfig(name, lr=lr, seed=seed, eval_every=10**9),
+        result = train(problem_for(seed), TrainConfig(name, lr=lr, seed=seed, eval_every=10**9,
+                                                     clock=config.clock),
                        config.budget(config.tune_fraction), progress=progress)
         announce(f"{spec.title} tuning, lr {lr:g}: train error {result.final_train_error:.4g}")
         return result.final_train_error
@@ -281,7 +286,8 @@ def _tune(config: BenchConfig, name: str, problem_for, progress: bool,
 
 def protocol_note(config: BenchConfig) -> str:
     """The protocol in two sentences, with this benchmark's numbers."""
-    unit = "s of optimizer wall-clock time" if config.budget_kind == "seconds" else "epochs"
+    clock = "wall-clock time" if config.clock == "wall" else "CPU time (its process's)"
+    unit = f"s of optimizer {clock}" if config.budget_kind == "seconds" else "epochs"
     return (
         f"Each run gets {config.budget_value:g} {unit} (error evaluation excluded). "
         f"First-order learning rates are chosen per method from its grid by the lowest final "

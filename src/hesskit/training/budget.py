@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hesskit.errors import InvalidArgumentError
+
+CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,
+    "process": time.process_time,
+}
+"""How optimizer seconds are measured. ``wall``: elapsed time (``time.perf_counter``), what
+a user waits for on a quiet machine. ``process``: CPU seconds of the training process, all
+its threads together (``time.process_time``): on one torch thread this equals the wall
+time of a quiet machine, and it stays fair when other work shares the cores (a benchmark
+that runs beside other jobs), because time the process waits for a core is not counted."""
+
+
+def clock(name: str) -> Callable[[], float]:
+    """The clock called ``name`` (a key of :data:`CLOCKS`)."""
+    if name not in CLOCKS:
+        raise InvalidArgumentError(f"clock must be one of {', '.join(CLOCKS)}, not {name!r}")
+    return CLOCKS[name]
 
 
 @dataclass(frozen=True)

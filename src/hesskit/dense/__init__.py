@@ -14,7 +14,13 @@ from hesskit.dense.cost import (
 from hesskit.dense.evidence import DeadUnit
 from hesskit.dense.hessian import DenseHessian, Part, hessian, hessian_of
 from hesskit.dense.spectrum import Spectrum, spectrum
-from hesskit.dense.structure import BlockStructure, StructureReport, ZeroReason, structure_report
+from hesskit.dense.structure import (
+    BlockStructure,
+    StructureReport,
+    ZeroReason,
+    structure_report,
+    zero_reason_codes,
+)
 
 __all__ = [
     "MEMORY_FRACTION",
@@ -37,4 +43,5 @@ __all__ = [
     "parse_bytes",
     "spectrum",
     "structure_report",
+    "zero_reason_codes",
 ]

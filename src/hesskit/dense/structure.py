@@ -17,6 +17,11 @@ number of exactly-zero entries of H, G and R with the reason for each zero, from
 * ``dead_unit``: a row or column of a ReLU unit inactive on every sample at this point;
 * ``zero_input_feature``: a row or column of a first-layer weight whose input feature is
   0 on every sample (blank pixels of an image);
+* ``disjoint_support``: in a chain of Linear layers and piecewise-linear activations, no
+  sample on which every factor of the entry's per-sample terms is non-zero, e.g. two
+  first-layer weights whose input features are never non-zero together or whose units
+  are never active together (:class:`~hesskit.dense.evidence.JointSupport` gives the
+  factors of H, G and R and their proof);
 * ``unexplained``: exact zeros none of the above accounts for.
 
 A zero is given the first reason in this order that applies.
@@ -33,13 +38,16 @@ from torch import Tensor
 
 from hesskit.dense.evidence import (
     DeadUnit,
+    JointSupport,
     dead_units,
+    joint_support,
     linear_layers,
     output_units,
     separate_units,
     zero_inputs,
 )
 from hesskit.dense.hessian import DenseHessian
+from hesskit.errors import InvalidArgumentError
 
 
 class ZeroReason(enum.Enum):
@@ -50,6 +58,7 @@ class ZeroReason(enum.Enum):
     SEPARATE_HIDDEN_UNITS = "separate_hidden_units"
     DEAD_UNIT = "dead_unit"
     ZERO_INPUT_FEATURE = "zero_input_feature"
+    DISJOINT_SUPPORT = "disjoint_support"
     UNEXPLAINED = "unexplained"
 
 
@@ -75,6 +84,12 @@ EXPLANATIONS = {
     ZeroReason.ZERO_INPUT_FEATURE.value: (
         "first-layer weights from an input feature that is 0 on every sample: zero rows and "
         "columns (depends on the data, not the architecture)"
+    ),
+    ZeroReason.DISJOINT_SUPPORT.value: (
+        "no sample on which every factor of the entry's per-sample term is non-zero: e.g. "
+        "two first-layer weights whose input features are never non-zero together, or "
+        "whose units are never active together (ReLU-family chains; depends on the point "
+        "and the data)"
     ),
     ZeroReason.UNEXPLAINED.value: "exactly zero for no reason hesskit could establish",
 }
@@ -123,30 +138,49 @@ class StructureReport:
         return json.dumps(self.to_dict(), indent=indent)
 
 
+REASONS: list[str] = [reason.value for reason in ZeroReason]
+"""The reason values in the order :func:`zero_reason_codes` numbers them."""
+
+
+def zero_reason_codes(result: DenseHessian, part: str) -> tuple[Tensor, list[str]]:
+    """Per entry of H, G or R (``part`` in ``"H"``, ``"G"``, ``"R"``), why it is zero.
+
+    Returns an ``[N, N]`` int8 tensor (on the CPU) holding −1 where the entry is non-zero
+    and otherwise the index into the returned list of :class:`ZeroReason` values of the
+    first reason that applies (the same rule and evidence as :func:`structure_report`,
+    whose per-block counts are the counts of these codes). Cost: the evidence (one forward
+    pass over the data) plus O(N²) comparisons.
+    """
+    if part not in ("H", "G", "R"):
+        raise InvalidArgumentError(f"part must be 'H', 'G' or 'R', not {part!r}")
+    matrix = result.matrix(part)
+    facts = _Facts(result)
+    layout = result.layout
+    codes = torch.full(matrix.shape, -1, dtype=torch.int8)
+    for columns in layout.names:
+        for rows in layout.names:
+            rs, cs = layout.slice(rows), layout.slice(columns)
+            codes[rs, cs] = _codes(part, matrix[rs, cs], facts.evidence(rows, columns))
+    return codes, list(REASONS)
+
+
 def structure_report(result: DenseHessian) -> StructureReport:
     """Analyse the blocks of ``result`` (built with ``split=True`` for G and R shares)."""
-    problem, layout = result.problem, result.layout
+    layout = result.layout
     parts = {"H": result.hessian, "G": result.gauss_newton, "R": result.residual}
     parts = {key: value for key, value in parts.items() if value is not None}
-    layers = linear_layers(problem)
-    units = output_units(problem)
-    separate = separate_units(problem)
-    dead, dead_mask = dead_units(problem, result.parameters)
-    features, zero_mask = zero_inputs(problem)
+    facts = _Facts(result)
     blocks = []
     for j, columns in enumerate(layout.names):
         for rows in layout.names[j:]:
             rs, cs = layout.slice(rows), layout.slice(columns)
-            evidence = _Evidence(
-                outputs=_cross_outputs(units, rs, cs),
-                linear=rows in layers and layers.get(columns) == layers[rows],
-                separate=separate.get((rows, columns)),
-                dead=dead_mask[rs][:, None] | dead_mask[cs][None, :],
-                zero_input=zero_mask[rs][:, None] | zero_mask[cs][None, :],
-            )
-            blocks.append(_block(rows, columns, {k: m[rs, cs] for k, m in parts.items()}, evidence))
+            evidence = facts.evidence(rows, columns)
+            codes = {k: _codes(k, m[rs, cs], evidence) for k, m in parts.items()}
+            blocks.append(_block(rows, columns, {k: m[rs, cs] for k, m in parts.items()}, codes))
     dtype = str(result.hessian.dtype).removeprefix("torch.")
-    return StructureReport(layout.num_params, dtype, result.method.value, blocks, dead, features)
+    return StructureReport(
+        layout.num_params, dtype, result.method.value, blocks, facts.dead, facts.features
+    )
 
 
 @dataclass
@@ -156,6 +190,36 @@ class _Evidence:
     separate: Tensor | None  # R entries of different hidden units in consecutive layers
     dead: Tensor  # rows or columns of dead units
     zero_input: Tensor  # rows or columns of weights from always-zero input features
+    support: JointSupport | None  # per-sample factor patterns of a piecewise-linear chain
+    rows: str
+    columns: str
+
+
+class _Facts:
+    """The evidence about one :class:`DenseHessian`, gathered once and cut into blocks."""
+
+    def __init__(self, result: DenseHessian) -> None:
+        problem = result.problem
+        self.layout = result.layout
+        self.layers = linear_layers(problem)
+        self.units = output_units(problem)
+        self.separate = separate_units(problem)
+        self.dead, self.dead_mask = dead_units(problem, result.parameters)
+        self.features, self.zero_mask = zero_inputs(problem)
+        self.support = joint_support(problem, result.parameters)
+
+    def evidence(self, rows: str, columns: str) -> _Evidence:
+        rs, cs = self.layout.slice(rows), self.layout.slice(columns)
+        return _Evidence(
+            outputs=_cross_outputs(self.units, rs, cs),
+            linear=rows in self.layers and self.layers.get(columns) == self.layers[rows],
+            separate=self.separate.get((rows, columns)),
+            dead=self.dead_mask[rs][:, None] | self.dead_mask[cs][None, :],
+            zero_input=self.zero_mask[rs][:, None] | self.zero_mask[cs][None, :],
+            support=self.support,
+            rows=rows,
+            columns=columns,
+        )
 
 
 def _cross_outputs(units: Tensor | None, rows: slice, cols: slice) -> Tensor | None:
@@ -165,25 +229,46 @@ def _cross_outputs(units: Tensor | None, rows: slice, cols: slice) -> Tensor | N
     return (r[:, None] >= 0) & (c[None, :] >= 0) & (r[:, None] != c[None, :])
 
 
+def _codes(part: str, matrix: Tensor, evidence: _Evidence) -> Tensor:
+    """Per entry of one block of ``part``: −1 if non-zero, else the index in :data:`REASONS`
+    of the first reason whose evidence covers it (``unexplained`` when none does)."""
+    codes = torch.full(matrix.shape, -1, dtype=torch.int8)
+    remaining = (matrix == 0).cpu()
+    candidates: list[tuple[ZeroReason, Tensor | None]] = [
+        (ZeroReason.NON_INTERACTING_OUTPUTS, evidence.outputs),
+        (ZeroReason.LINEAR_IN_LAYER, _full(remaining) if part == "R" and evidence.linear else None),
+        (ZeroReason.SEPARATE_HIDDEN_UNITS, evidence.separate if part == "R" else None),
+        (ZeroReason.DEAD_UNIT, evidence.dead),
+        (ZeroReason.ZERO_INPUT_FEATURE, evidence.zero_input),
+        (ZeroReason.DISJOINT_SUPPORT, None),  # computed only if zeros remain
+        (ZeroReason.UNEXPLAINED, _full(remaining)),
+    ]
+    for reason, mask in candidates:
+        support = evidence.support
+        if reason is ZeroReason.DISJOINT_SUPPORT and support is not None and remaining.any():
+            mask = ~support.possible(part, evidence.rows, evidence.columns)
+        if mask is not None:
+            claimed = remaining & mask
+            codes[claimed] = REASONS.index(reason.value)
+            remaining &= ~claimed
+    return codes
+
+
+def _full(like: Tensor) -> Tensor:
+    return torch.ones_like(like)
+
+
 def _block(
-    rows: str, columns: str, parts: dict[str, Tensor], evidence: _Evidence
+    rows: str, columns: str, parts: dict[str, Tensor], codes: dict[str, Tensor]
 ) -> BlockStructure:
     norms = {k: float(torch.linalg.matrix_norm(v)) for k, v in parts.items()}
     zeros, reasons = {}, {}
-    for part, matrix in parts.items():
-        remaining = matrix == 0
-        zeros[part] = int(remaining.sum())
-        counts = {}
-        if evidence.outputs is not None:
-            counts[ZeroReason.NON_INTERACTING_OUTPUTS.value] = _claim(remaining, evidence.outputs)
-        if part == "R" and evidence.linear:
-            counts[ZeroReason.LINEAR_IN_LAYER.value] = _claim(remaining, torch.ones_like(remaining))
-        if part == "R" and evidence.separate is not None:
-            counts[ZeroReason.SEPARATE_HIDDEN_UNITS.value] = _claim(remaining, evidence.separate)
-        counts[ZeroReason.DEAD_UNIT.value] = _claim(remaining, evidence.dead)
-        counts[ZeroReason.ZERO_INPUT_FEATURE.value] = _claim(remaining, evidence.zero_input)
-        counts[ZeroReason.UNEXPLAINED.value] = int(remaining.sum())
-        reasons[part] = {k: v for k, v in counts.items() if v}
+    for part, code in codes.items():
+        counts = torch.bincount(code[code >= 0].long(), minlength=len(REASONS)).tolist()
+        zeros[part] = sum(counts)
+        reasons[part] = {
+            reason: count for reason, count in zip(REASONS, counts, strict=True) if count
+        }
     g2, r2 = norms.get("G", 0.0) ** 2, norms.get("R", 0.0) ** 2
     split = "G" in parts and g2 + r2 > 0
     shape = tuple(parts["H"].shape)
@@ -197,11 +282,3 @@ def _block(
         zeros,
         reasons,
     )
-
-
-def _claim(remaining: Tensor, mask: Tensor) -> int:
-    """Count the still-unexplained zeros under ``mask`` and mark them explained."""
-    claimed = remaining & mask
-    count = int(claimed.sum())
-    remaining &= ~claimed
-    return count

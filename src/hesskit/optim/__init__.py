@@ -38,6 +38,7 @@ from hesskit.optim.kfac_steps import KFACSchedule
 from hesskit.optim.martens import martens2010
 from hesskit.optim.newton import DampedNewton, Indefinite
 from hesskit.optim.preconditioners import DiagonalPreconditioner, martens_preconditioner
+from hesskit.optim.shampoo import Shampoo
 from hesskit.optim.sophia import (
     Sophia,
     SophiaEstimator,
@@ -63,6 +64,7 @@ __all__ = [
     "LineSearchResult",
     "RatioSettings",
     "RoundRobinChunks",
+    "Shampoo",
     "Sophia",
     "SophiaEstimator",
     "StochasticHessianFree",

@@ -5,7 +5,8 @@
 * :class:`HessianFree`: Martens (2010), matrix-free: CG on Gauss-Newton products;
   :func:`martens2010` (``HessianFree.martens2010``) builds it with HFDemo's settings.
 * Optimizers that estimate curvature: :class:`KFAC` (Martens & Grosse 2015), :class:`Sophia`
-  (Liu et al. 2023), :class:`AdaHessian` (Yao et al. 2021).
+  (Liu et al. 2023), :class:`AdaHessian` (Yao et al. 2021), :class:`Shampoo` (Gupta et al.
+  2018, grafted onto Adam's step size as Anil et al. 2020).
 
 The pieces are small modules usable alone: ``damping`` (ρ and the LM rule),
 ``backtracking`` (choose among CG iterates, Armijo search), ``preconditioners`` (Martens'

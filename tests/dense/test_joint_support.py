@@ -147,7 +147,10 @@ def test_units_never_active_together_are_disjoint_support_in_every_block():
     check_against_brute_force(result, model, X, y, nn.CrossEntropyLoss(reduction="sum"))
 
 
-def test_disjoint_support_is_not_claimed_for_tanh_where_those_zeros_are_not_proven():
+def test_tanh_claims_disjoint_features_but_not_a_saturated_unit():
+    """With tanh only the factor x_n[a] x_n[b] of the first weight block is proved
+    (:class:`~hesskit.dense.support.FirstLayerSupport`); a unit whose tanh′ underflows to 0
+    has zero rows too, but nothing proves them (tanh′ > 0 in exact arithmetic)."""
     torch.manual_seed(0)
     model = mlp([3, 4, 2], "tanh").double()
     with torch.no_grad():
@@ -156,11 +159,16 @@ def test_disjoint_support_is_not_claimed_for_tanh_where_those_zeros_are_not_prov
     X[:5, 0] = 0.0
     X[5:, 1] = 0.0
     result = hessian(model, nn.CrossEntropyLoss(), (X, torch.randint(0, 2, (10,))))
-    totals = structure_report(result).totals()
-    assert all(DISJOINT not in reasons for reasons in totals.values())
+    report = structure_report(result)
     W = result.block("0.weight", "0.weight").reshape(4, 3, 4, 3)
-    assert torch.all(W[:, 0, :, 1] == 0)  # zero (x_0 x_1 = 0), but the chain is not proven
-    assert count(structure_report(result), "0.weight", "0.weight", "H", "unexplained") >= 32
+    assert torch.all(W[:, 0, :, 1] == 0)  # x_0 x_1 = 0 on every sample
+    for part in "HGR":
+        # by hand: W1[i, 0] with W1[j, 1] and the transpose, 2 · 4 · 4, in that block only
+        assert count(report, "0.weight", "0.weight", part) == 32
+        assert report.totals()[part][DISJOINT] == 32
+    # unit 1's 3 rows and columns in the block (3 · 12 · 2 − 9 = 63 entries), less its 14
+    # entries already claimed above
+    assert count(report, "0.weight", "0.weight", "H", "unexplained") == 63 - 14
 
 
 def test_numerical_cancellation_with_overlapping_supports_stays_unexplained():
@@ -172,7 +180,11 @@ def test_numerical_cancellation_with_overlapping_supports_stays_unexplained():
     assert block.zero_reasons["H"] == {"unexplained": 2}
 
 
-def test_disjoint_support_is_not_claimed_for_a_model_that_is_not_a_sequential_chain():
+def test_a_wrapped_chain_gets_the_first_layer_proof_but_not_the_sequential_one():
+    """JointSupport reads an ``nn.Sequential``'s structure, so a wrapper has none; the
+    recorded call chain still proves the first-layer factor x_n[a] x_n[b]."""
+    from hesskit.dense.support import first_layer_support, joint_support
+
     class Wrapped(nn.Module):
         def __init__(self):
             super().__init__()
@@ -189,8 +201,9 @@ def test_disjoint_support_is_not_claimed_for_a_model_that_is_not_a_sequential_ch
     X[:4, 0] = 0.0
     X[4:, 1] = 0.0
     result = hessian(model, nn.CrossEntropyLoss(), (X, torch.randint(0, 2, (8,))))
-    totals = structure_report(result).totals()
-    assert totals["H"] == {"unexplained": 18}  # the same zeros as above, but not proven here
+    assert joint_support(result.problem, result.parameters) is None
+    assert first_layer_support(result.problem, result.parameters) is not None
+    assert structure_report(result).totals()["H"] == {DISJOINT: 18}  # the same zeros as above
 
 
 def test_disjoint_support_is_not_claimed_with_a_user_loss_that_may_couple_samples():
@@ -216,7 +229,7 @@ def test_support_claims_are_sound_on_a_deeper_chain_with_kinks_and_sparse_data(s
     """Every entry the factors call zero is exactly zero in float64 H, G and R, and in each
     sample's terms; integer weights and data put pre-activations exactly on the kink (where
     leaky ReLU has x = 0 but s ≠ 0: R keeps s, not x, as a factor)."""
-    from hesskit.dense.evidence import joint_support
+    from hesskit.dense.support import joint_support
 
     torch.manual_seed(seed)
     sizes = [5, 4, 3, 3]

@@ -2,7 +2,8 @@
 
 Each function reads only the model's structure (a (nested) ``nn.Sequential``: which leaf
 module owns which parameter and what follows it) or one forward pass. Anything it cannot
-establish it leaves out, so a zero it cannot explain stays "unexplained".
+establish it leaves out, so a zero it cannot explain stays "unexplained". The per-sample
+factor patterns behind ``disjoint_support`` are in :mod:`hesskit.dense.support`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hesskit.engine.layers import (
-    ELEMENTWISE_MODULES,
-    PIECEWISE_LINEAR_MODULES,
-    elementwise_derivatives,
-)
+from hesskit.engine.layers import ELEMENTWISE_MODULES
 from hesskit.engine.recorder import sequential_leaves
-from hesskit.losses import AutodiffLoss, BCEWithLogitsLoss, Loss, MSELoss
+from hesskit.losses import BCEWithLogitsLoss, MSELoss
 from hesskit.problem import Problem
 
 AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -31,7 +28,9 @@ DIAGONAL_LOSSES = (MSELoss, BCEWithLogitsLoss)
 """Losses whose Hessian in the outputs is diagonal: no two output units interact."""
 
 
-def _owners(problem: Problem) -> tuple[list[tuple[str, nn.Module]], dict[str, int]] | None:
+def leaf_owners(problem: Problem) -> tuple[list[tuple[str, nn.Module]], dict[str, int]] | None:
+    """The leaf modules of a (nested) ``nn.Sequential`` model in call order, and each
+    chosen parameter's position among them (None when the model is not such a chain)."""
     leaves = sequential_leaves(problem.model)
     if leaves is None:
         return None
@@ -49,7 +48,7 @@ def linear_layers(problem: Problem) -> dict[str, str]:
     other parameters fixed the output is piecewise linear in this layer's parameters, so
     ∇²_θ z = 0 within the layer and the layer's diagonal block of R is zero (H = G there).
     """
-    owners = _owners(problem)
+    owners = leaf_owners(problem)
     if owners is None:
         return {}
     leaves, position = owners
@@ -72,7 +71,7 @@ def output_units(problem: Problem) -> Tensor | None:
     Only when the last module is an ``nn.Linear`` and the loss's output Hessian is diagonal;
     otherwise None. Entry ``weight[a, c]`` or ``bias[a]`` of that layer feeds output a alone.
     """
-    owners = _owners(problem)
+    owners = leaf_owners(problem)
     if owners is None or not isinstance(problem.loss, DIAGONAL_LOSSES):
         return None
     leaves, position = owners
@@ -96,7 +95,7 @@ def separate_units(problem: Problem) -> dict[tuple[str, str], Tensor]:
     p ≠ i, and R[b_B, θ_A] = 0. Keys are ``(row parameter, column parameter)`` in both
     orders; values are boolean masks shaped like the block.
     """
-    owners, linear = _owners(problem), linear_layers(problem)
+    owners, linear = leaf_owners(problem), linear_layers(problem)
     if owners is None:
         return {}
     leaves, _ = owners
@@ -146,7 +145,7 @@ def dead_units(problem: Problem, params: dict[str, Tensor]) -> tuple[list[DeadUn
     ``nn.Linear`` follows) then have zero rows and columns in H, G and R at this point.
     """
     mask = torch.zeros(problem.num_params, dtype=torch.bool)
-    owners = _owners(problem)
+    owners = leaf_owners(problem)
     if owners is None:
         return [], mask
     leaves, _ = owners
@@ -207,7 +206,7 @@ def zero_inputs(problem: Problem) -> tuple[list[int], Tensor]:
     rows and columns in H, G and R (a fact about the data, not the architecture).
     """
     mask = torch.zeros(problem.num_params, dtype=torch.bool)
-    owners = _owners(problem)
+    owners = leaf_owners(problem)
     if owners is None or not isinstance(owners[0][0][1], nn.Linear):
         return [], mask
     name, first = owners[0][0]
@@ -230,162 +229,3 @@ def _mark(problem: Problem, mask: Tensor, name: str, select) -> None:
         problem.layout.shapes[problem.layout.names.index(name)]
     )
     select(view).fill_(True)
-
-
-SUPPORT_CHUNK = 4096
-"""Samples per chunk when intersecting supports (bounds the ``[chunk, size]`` masks)."""
-
-
-@dataclass
-class JointSupport:
-    """Per-sample zero patterns of the factors of H, G and R in a piecewise-linear chain.
-
-    The model is a chain of ``nn.Linear`` layers l = 1 … L, each followed by zero or more
-    elementwise piecewise-linear modules (σ″ = 0): a_l = W_l x_{l−1} + b_l, x_l = φ_l(a_l),
-    output z = φ_L(a_L), with x_0 the data and φ_l the composition of the modules after
-    layer l (the identity when there are none). Write s_l = φ_l′(a_l) (autodiff's value,
-    0 at a ReLU kink) and u, v for the factors every per-sample term carries:
-
-    * G = Σ_n J_nᵀ H_ℓ,n J_n (the loss separates over samples). The chain rule through
-      the elementwise φ_l gives J_n[:, W_l[i, a]] = (∂z_n/∂x_l[i]) s_l,n[i] x_{l−1},n[a] and
-      J_n[:, b_l[i]] = (∂z_n/∂x_l[i]) s_l,n[i]: so J_n's column p is exactly 0 when
-      u_p,n = 0, where u = [s_l,n[i] ≠ 0]·[x_{l−1},n[a] ≠ 0] for W_l[i, a] and
-      [s_l,n[i] ≠ 0] for b_l[i]. G[p, q] = 0 if u_p,n u_q,n = 0 for every sample n.
-    * R = Σ_n Σ_k g_nk ∇²z_nk (g = ∂ℓ/∂z). Within a layer ∇²z = 0 (z is piecewise linear
-      in one layer's parameters). For p in layer l and q in a later layer m:
-      ∂z/∂W_m[j, b] = (∂z/∂a_m[j]) x_{m−1}[b], and ∂z/∂a_m[j] depends on θ_l only through
-      φ′ of layers ≥ m, whose derivative σ″ is 0; so ∂²z/∂θ_p∂W_m[j, b] =
-      (∂z/∂a_m[j]) s_{m−1}[b] ∂a_{m−1}[b]/∂θ_p, which carries s_m[j] (from ∂z/∂a_m[j]),
-      s_{m−1}[b] and u_p (∂a_{m−1}[b]/∂θ_p carries s_l[i] x_{l−1}[a], or is δ_bi x_{l−1}[a]
-      when m − 1 = l, where then s_{m−1}[b] = s_l[i]). The bias b_m has ∂z/∂b_m = ∂z/∂a_m,
-      free of θ_l: its R terms with earlier layers vanish. With v_q,n =
-      [s_m,n[j] ≠ 0]·[s_{m−1},n[b] ≠ 0] for W_m[j, b] (m ≥ 2) and v = 0 for biases,
-      R[p, q] = 0 if u_p,n v_q,n = 0 for every n. Note x_{m−1}[b] itself is *not* a factor
-      of R (it is differentiated away); for ReLU [x ≠ 0] = [s ≠ 0] anyway.
-    * H = G + R summed per sample: H[p, q] = 0 when both per-sample terms vanish on every
-      sample.
-
-    Masks are boolean: ``inputs[l]`` = [x_{l−1} ≠ 0], ``[n, in_l]``; ``slopes[l]`` =
-    [s_l ≠ 0], ``[n, out_l]``; ``layers`` maps each parameter to its layer's position l
-    (0-based) and ``kinds`` to ``"weight"`` or ``"bias"``.
-    """
-
-    layers: dict[str, int]
-    kinds: dict[str, str]
-    inputs: list[Tensor]
-    slopes: list[Tensor]
-
-    def gradient_factors(self, name: str, samples: slice) -> Tensor:
-        """u: ``[n, size(name)]``, False where J_n's column is exactly 0."""
-        layer = self.layers[name]
-        slope = self.slopes[layer][samples]
-        if self.kinds[name] == "bias":
-            return slope
-        return (slope[:, :, None] & self.inputs[layer][samples][:, None, :]).flatten(1)
-
-    def residual_factors(self, name: str, samples: slice) -> Tensor:
-        """v: ``[n, size(name)]``, False where R's terms with earlier layers vanish."""
-        layer = self.layers[name]
-        slope = self.slopes[layer][samples]
-        if self.kinds[name] == "bias" or layer == 0:
-            return torch.zeros_like(self.gradient_factors(name, samples))
-        previous = self.slopes[layer - 1][samples]
-        return (slope[:, :, None] & previous[:, None, :]).flatten(1)
-
-    def possible(self, part: str, rows: str, columns: str) -> Tensor:
-        """``[size(rows), size(columns)]``: True where some sample's term may be non-zero."""
-        layer_r, layer_c = self.layers[rows], self.layers[columns]
-        total = len(self.slopes[0])
-        result = None
-        for start in range(0, total, SUPPORT_CHUNK):
-            samples = slice(start, min(start + SUPPORT_CHUNK, total))
-            u_r = self.gradient_factors(rows, samples).float()
-            u_c = self.gradient_factors(columns, samples).float()
-            terms = []
-            if part in ("G", "H"):
-                terms.append(u_r.T @ u_c)
-            if part in ("R", "H") and layer_r > layer_c:
-                terms.append(self.residual_factors(rows, samples).float().T @ u_c)
-            if part in ("R", "H") and layer_r < layer_c:
-                terms.append(u_r.T @ self.residual_factors(columns, samples).float())
-            chunk = torch.zeros(u_r.shape[1], u_c.shape[1], dtype=torch.bool)
-            for term in terms:  # sums of 0/1 products: > 0 iff some sample has both factors
-                chunk |= term > 0
-            result = chunk if result is None else result | chunk
-        assert result is not None
-        return result
-
-
-def joint_support(problem: Problem, params: dict[str, Tensor]) -> JointSupport | None:
-    """The per-sample factor patterns of :class:`JointSupport` from one forward pass.
-
-    Only for a proven structure, else None: an ``nn.Sequential`` whose first module is an
-    ``nn.Linear`` and whose other modules are ``nn.Linear``, ``nn.Identity`` or elementwise
-    piecewise-linear activations, each used once; every Linear sees ``[n, features]``
-    inputs; a hesskit loss that separates over samples (not a user callable); and each
-    Linear's recorded input equal to φ of the previous Linear's recorded output (nothing
-    else runs between them). s_l comes from autodiff of the modules themselves
-    (:func:`~hesskit.engine.layers.elementwise_derivatives`), as the dense builders use.
-    """
-    owners = _owners(problem)
-    if owners is None or isinstance(problem.loss, AutodiffLoss):
-        return None
-    if not isinstance(problem.loss, Loss):
-        return None
-    leaves, position = owners
-    allowed = (nn.Linear, nn.Identity, *PIECEWISE_LINEAR_MODULES)
-    if not leaves or not isinstance(leaves[0][1], nn.Linear):
-        return None
-    if any(not isinstance(m, allowed) or sum(m is o for _, o in leaves) > 1 for _, m in leaves):
-        return None
-    linears = [index for index, (_, module) in enumerate(leaves) if isinstance(module, nn.Linear)]
-    after = [
-        [leaves[k][1] for k in range(index + 1, stop)]
-        for index, stop in zip(linears, [*linears[1:], len(leaves)], strict=True)
-    ]
-    seen: dict[int, tuple[list[Tensor], list[Tensor]]] = {k: ([], []) for k in linears}
-
-    def recorder(index: int):
-        def hook(_module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            seen[index][0].append(args[0].detach().clone())  # an in-place φ may follow
-            seen[index][1].append(output.detach().clone())
-
-        return hook
-
-    handles = [leaves[k][1].register_forward_hook(recorder(k)) for k in linears]
-    outputs = []
-    try:
-        with torch.no_grad():
-            for batch in problem.batches():
-                outputs.append(problem.output(params, batch.inputs))
-    finally:
-        for handle in handles:
-            handle.remove()
-    inputs, slopes, previous = [], [], None
-    for index, modules in zip(linears, after, strict=True):
-        ins, outs = seen[index]
-        if not ins or any(x.ndim != 2 for x in ins):
-            return None
-        x, a = torch.cat(ins).cpu(), torch.cat(outs).cpu()
-        if previous is not None and not torch.equal(previous, x):
-            return None  # something else ran between two layers
-        slope = torch.ones_like(a)
-        value = a
-        for module in modules:
-            value, first, _ = elementwise_derivatives(module, value)
-            slope = slope * first
-        inputs.append(x != 0)
-        slopes.append(slope != 0)
-        previous = value
-    if not all(isinstance(z, Tensor) for z in outputs) or not torch.equal(
-        previous, torch.cat(outputs).cpu()
-    ):
-        return None  # the output is not φ_L(a_L)
-    layers, kinds = {}, {}
-    for name in problem.layout.names:
-        index = position.get(name)
-        if index not in linears:
-            return None
-        layers[name] = linears.index(index)
-        kinds[name] = name.rsplit(".", 1)[1]
-    return JointSupport(layers, kinds, inputs, slopes)

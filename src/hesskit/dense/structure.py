@@ -4,7 +4,7 @@ For every pair of parameter tensors (row parameter at or after the column parame
 layout; the matrices are symmetric) the report gives the block's shape, ‖H_b‖_F, the shares
 ‖G_b‖²/(‖G_b‖² + ‖R_b‖²) and ‖R_b‖²/(‖G_b‖² + ‖R_b‖²) (None for an all-zero block), and the
 number of exactly-zero entries of H, G and R with the reason for each zero, from evidence
-(:mod:`hesskit.dense.evidence`) and never assumed:
+(:mod:`hesskit.dense.evidence`, :mod:`hesskit.dense.support`) and never assumed:
 
 * ``non_interacting_outputs``: both entries are final-layer weights into *different* output
   units and the loss's output Hessian is diagonal (MSE, BCE): zero for every input;
@@ -17,11 +17,13 @@ number of exactly-zero entries of H, G and R with the reason for each zero, from
 * ``dead_unit``: a row or column of a ReLU unit inactive on every sample at this point;
 * ``zero_input_feature``: a row or column of a first-layer weight whose input feature is
   0 on every sample (blank pixels of an image);
-* ``disjoint_support``: in a chain of Linear layers and piecewise-linear activations, no
-  sample on which every factor of the entry's per-sample terms is non-zero, e.g. two
+* ``disjoint_support``: no sample on which every factor of the entry's per-sample terms is
+  non-zero. In a chain of Linear layers and piecewise-linear activations, e.g. two
   first-layer weights whose input features are never non-zero together or whose units
-  are never active together (:class:`~hesskit.dense.evidence.JointSupport` gives the
-  factors of H, G and R and their proof);
+  are never active together (:class:`~hesskit.dense.support.JointSupport`); with any
+  elementwise activations (tanh, GELU, …), first-layer weights whose input features are
+  never non-zero together (:class:`~hesskit.dense.support.FirstLayerSupport`). Each
+  gives the factors of H, G and R and their proof;
 * ``unexplained``: exact zeros none of the above accounts for.
 
 A zero is given the first reason in this order that applies.
@@ -38,15 +40,19 @@ from torch import Tensor
 
 from hesskit.dense.evidence import (
     DeadUnit,
-    JointSupport,
     dead_units,
-    joint_support,
     linear_layers,
     output_units,
     separate_units,
     zero_inputs,
 )
 from hesskit.dense.hessian import DenseHessian
+from hesskit.dense.support import (
+    FirstLayerSupport,
+    JointSupport,
+    first_layer_support,
+    joint_support,
+)
 from hesskit.errors import InvalidArgumentError
 
 
@@ -88,8 +94,8 @@ EXPLANATIONS = {
     ZeroReason.DISJOINT_SUPPORT.value: (
         "no sample on which every factor of the entry's per-sample term is non-zero: e.g. "
         "two first-layer weights whose input features are never non-zero together, or "
-        "whose units are never active together (ReLU-family chains; depends on the point "
-        "and the data)"
+        "whose units are never active together (ReLU-family chains; the first case also "
+        "with tanh, GELU and other activations; depends on the point and the data)"
     ),
     ZeroReason.UNEXPLAINED.value: "exactly zero for no reason hesskit could establish",
 }
@@ -191,6 +197,7 @@ class _Evidence:
     dead: Tensor  # rows or columns of dead units
     zero_input: Tensor  # rows or columns of weights from always-zero input features
     support: JointSupport | None  # per-sample factor patterns of a piecewise-linear chain
+    first_layer: FirstLayerSupport | None  # input features ever non-zero together
     rows: str
     columns: str
 
@@ -207,6 +214,7 @@ class _Facts:
         self.dead, self.dead_mask = dead_units(problem, result.parameters)
         self.features, self.zero_mask = zero_inputs(problem)
         self.support = joint_support(problem, result.parameters)
+        self.first_layer = first_layer_support(problem, result.parameters)
 
     def evidence(self, rows: str, columns: str) -> _Evidence:
         rs, cs = self.layout.slice(rows), self.layout.slice(columns)
@@ -217,6 +225,7 @@ class _Facts:
             dead=self.dead_mask[rs][:, None] | self.dead_mask[cs][None, :],
             zero_input=self.zero_mask[rs][:, None] | self.zero_mask[cs][None, :],
             support=self.support,
+            first_layer=self.first_layer,
             rows=rows,
             columns=columns,
         )
@@ -244,14 +253,26 @@ def _codes(part: str, matrix: Tensor, evidence: _Evidence) -> Tensor:
         (ZeroReason.UNEXPLAINED, _full(remaining)),
     ]
     for reason, mask in candidates:
-        support = evidence.support
-        if reason is ZeroReason.DISJOINT_SUPPORT and support is not None and remaining.any():
-            mask = ~support.possible(part, evidence.rows, evidence.columns)
+        if reason is ZeroReason.DISJOINT_SUPPORT and remaining.any():
+            mask = _disjoint(part, evidence)
         if mask is not None:
             claimed = remaining & mask
             codes[claimed] = REASONS.index(reason.value)
             remaining &= ~claimed
     return codes
+
+
+def _disjoint(part: str, evidence: _Evidence) -> Tensor | None:
+    """Entries whose per-sample terms vanish on every sample by either proof (or None)."""
+    masks = [
+        ~possible
+        for proof in (evidence.support, evidence.first_layer)
+        if proof is not None
+        and (possible := proof.possible(part, evidence.rows, evidence.columns)) is not None
+    ]
+    if not masks:
+        return None
+    return torch.stack(masks).any(dim=0)
 
 
 def _full(like: Tensor) -> Tensor:

@@ -57,7 +57,7 @@ def test_hutchinson_converges_to_the_hessian_diagonal():
 
 def test_constants_are_the_authors():
     assert sophia.LR == 1e-4 and sophia.BETAS == (0.965, 0.99) and sophia.RHO == 0.04
-    assert sophia.EPS == 1e-15 and sophia.WEIGHT_DECAY == 0.1 and sophia.INTERVAL == 10
+    assert sophia.EPS == 1e-15 and sophia.WEIGHT_DECAY == 0.2 and sophia.INTERVAL == 10
 
 
 def closure_for(opt, model, X, Y, loss):
@@ -81,7 +81,7 @@ def test_first_step_matches_a_hand_computation():
     opt.step(closure_for(opt, model, X, Y, loss))
     for (name, p), p0, g in zip(model.named_parameters(), start, grads, strict=True):
         m, h = 0.035 * g, 0.01 * h_hat[name]
-        expected = p0 * (1 - 0.01 * 0.1) - 0.01 * (m / (0.04 * h).clamp(min=1e-15)).clamp(-1, 1)
+        expected = p0 * (1 - 0.01 * 0.2) - 0.01 * (m / (0.04 * h).clamp(min=1e-15)).clamp(-1, 1)
         torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-14)
 
 

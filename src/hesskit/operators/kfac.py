@@ -2,7 +2,8 @@
 
     F̆ = blockdiag_ℓ (A_ℓ ⊗ G_ℓ)        (Martens & Grosse 2015, §3-§4.2)
 
-over the ``nn.Linear`` layers the problem differentiates (factors: :mod:`kfac_factors`);
+over the ``nn.Linear`` layers and the coverable ``nn.Conv2d`` layers (KFC, Grosse & Martens
+2016; :mod:`kfac_conv`) the problem differentiates (factors: :mod:`kfac_factors`);
 every other parameter's block is 0 (K-FAC has no curvature for it). In the flat layout
 (row-major ``W``, then ``b``) a layer's block acts on V̄ = [V_W v_b] as V̄ ↦ G V̄ A.
 
@@ -34,7 +35,7 @@ from hesskit.operators.kfac_factors import (
     LinearBlock,
     factor_statistics,
     join,
-    linear_blocks,
+    kfac_blocks,
     split,
 )
 from hesskit.problem import Problem
@@ -162,13 +163,14 @@ def kfac_operator(
     """K-FAC's blockdiag(A ⊗ G) of ``problem`` at its current parameters (module docstring).
 
     Args:
-        problem: the model, loss and data; its ``nn.Linear`` layers are covered.
+        problem: the model, loss and data; its ``nn.Linear`` and ``nn.Conv2d`` layers
+            are covered (:func:`~hesskit.operators.kfac_factors.kfac_blocks`).
         targets: where the G factors' output gradients come from (:class:`FactorTargets`).
         generator: a ``torch.Generator`` or seed for ``SAMPLED`` targets (None: torch's
             global random state).
     """
     if isinstance(generator, int) and not isinstance(generator, bool):
         generator = torch.Generator(device=problem.device).manual_seed(generator)
-    blocks = linear_blocks(problem.model, problem.layout.names)
+    blocks = kfac_blocks(problem.model, problem.layout.names)
     factors = factor_statistics(problem, blocks, targets, generator)
     return KFACOperator(problem.layout, blocks, factors, problem.dtype, problem.device)

@@ -1,4 +1,4 @@
-"""K-FAC's Kronecker factors for ``nn.Linear`` layers, and their damped inverses.
+"""K-FAC's Kronecker factors for ``nn.Linear`` (and ``nn.Conv2d``) layers, and their inverses.
 
 For a linear layer s = W̄ ā with W̄ = [W b] (``[out, in + 1]``) and ā = [a; 1] the input
 with a homogeneous 1 for the bias, the gradient of a sample's loss is g āᵀ with
@@ -25,6 +25,11 @@ square-root factor H_ℓ = S Sᵀ of the loss's output Hessian (k backward passe
 one; the "exact" G, as kfac-jax's ``curvature_propagation``-free exact mode; exact K-FAC
 for a one-layer linear model under a loss whose H_ℓ does not depend on z, e.g. MSE).
 
+``nn.Conv2d`` layers get the KFC factors of Grosse & Martens (2016) (:mod:`kfac_conv`):
+the same A and G with ā the kernel's input patches, A summed and G averaged over the
+output locations; in the flat layout the kernel ``[out, in, kh, kw]`` is the matrix
+``[out, in·kh·kw]`` (row-major), so V̄ = [V_W.reshape(out, -1)  v_b].
+
 Cost per batch: one forward pass and one backward pass to the layer outputs (k backward
 passes for ``EXPECTED``), plus O(n (in² + out²)) for the outer products.
 """
@@ -39,7 +44,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hesskit.distributed import all_reduce_sums
 from hesskit.errors import UnsupportedArchitectureError
+from hesskit.losses import Loss
+from hesskit.operators.fisher import sample_key
+from hesskit.operators.kfac_conv import ConvGeometry, conv_factors
 from hesskit.problem import Batch, Problem
 
 
@@ -58,13 +67,14 @@ class FactorTargets(enum.Enum):
 
 @dataclass(frozen=True)
 class LinearBlock:
-    """One ``nn.Linear`` layer that K-FAC covers: its module and parameter names.
+    """One layer that K-FAC covers (``nn.Linear``, or ``nn.Conv2d`` when ``conv`` is set).
 
     Attributes:
         module: the module's name in ``model.named_modules()``.
-        weight: the name of its weight ``[out, in]``.
+        weight: the name of its weight ``[out, in]`` (a kernel ``[out, c, kh, kw]``).
         bias: the name of its bias ``[out]``, or None (no homogeneous coordinate).
-        in_features, out_features: the layer's sizes.
+        in_features, out_features: the layer's sizes as a matrix (in = c·kh·kw for a kernel).
+        conv: the convolution's geometry (None: a Linear layer).
     """
 
     module: str
@@ -72,6 +82,7 @@ class LinearBlock:
     bias: str | None
     in_features: int
     out_features: int
+    conv: ConvGeometry | None = None
 
     @property
     def input_dim(self) -> int:
@@ -90,26 +101,34 @@ class KroneckerFactors:
         return KroneckerFactors(self.A.clone(), self.G.clone())
 
 
-def linear_blocks(model: nn.Module, names: Iterable[str]) -> list[LinearBlock]:
-    """The ``nn.Linear`` layers of ``model`` whose weight is among the parameters ``names``.
+def kfac_blocks(model: nn.Module, names: Iterable[str]) -> list[LinearBlock]:
+    """The ``nn.Linear`` and coverable ``nn.Conv2d`` layers of ``model`` whose weight is
+    among the parameters ``names`` (:class:`~hesskit.operators.kfac_conv.ConvGeometry`
+    says which convolutions are coverable).
 
     A bias counts (homogeneous coordinate) only when it is among ``names`` too; other
-    parameters (and Linear layers with a weight outside ``names``) are not covered.
+    parameters (and layers with a weight outside ``names``) are not covered.
     """
     wanted = set(names)
     blocks = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
+        geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv2d) else None
+        if not (isinstance(module, nn.Linear) or geometry is not None):
             continue
         prefix = f"{module_name}." if module_name else ""
         weight = f"{prefix}weight"
         if weight not in wanted:
             continue
         bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in wanted else None
-        blocks.append(
-            LinearBlock(module_name, weight, bias, module.in_features, module.out_features)
-        )
+        out_features = module.weight.shape[0]
+        in_features = module.weight[0].numel()
+        blocks.append(LinearBlock(module_name, weight, bias, in_features, out_features,
+                                  geometry))
     return blocks
+
+
+linear_blocks = kfac_blocks
+"""The former name of :func:`kfac_blocks` (it covers convolutions too now)."""
 
 
 def covered_names(blocks: Iterable[LinearBlock]) -> set[str]:
@@ -122,8 +141,21 @@ def factor_statistics(
     blocks: list[LinearBlock],
     targets: FactorTargets = FactorTargets.SAMPLED,
     generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
 ) -> dict[str, KroneckerFactors]:
     """A and G of every block over the problem's batches (module docstring), by weight name.
+
+    Over several batches A = Σ_b (n_b/N) A_b and G = Σ_b w_b G_b. On a distributed problem N
+    and the w_b are global and each rank's sums are added over the ranks in ONE all-reduce,
+    so every rank holds the factors of all samples (what one process on the concatenated
+    data computes).
+
+    Args:
+        seed: for ``SAMPLED`` targets, key each sample's draw by (seed, its global index)
+            (``hesskit.operators.fisher.sample_key``) instead of drawing from ``generator``:
+            the draws then do not depend on how the data are batched or sharded over ranks
+            (one generator re-seed per sample).
 
     Raises:
         UnsupportedArchitectureError: a covered layer is called more than once per forward
@@ -133,13 +165,19 @@ def factor_statistics(
         problem.loss.require_likelihood("K-FAC with sampled targets")
     sums: dict[str, KroneckerFactors] = {}
     for batch in problem.batches():
-        share = batch.num_samples / problem.local_num_data
-        for name, (A, G) in _batch_factors(problem, blocks, batch, targets, generator).items():
+        share = batch.num_samples / problem.num_data
+        factors = _batch_factors(problem, blocks, batch, targets, generator, seed)
+        for name, (A, G) in factors.items():
             if name not in sums:
                 sums[name] = KroneckerFactors(share * A, batch.weight * G)
             else:
                 sums[name].A.add_(A, alpha=share)
                 sums[name].G.add_(G, alpha=batch.weight)
+    if problem.distributed:
+        names = list(sums)
+        reduced = all_reduce_sums([t for w in names for t in (sums[w].A, sums[w].G)])
+        sums = {w: KroneckerFactors(reduced[2 * i], reduced[2 * i + 1])
+                for i, w in enumerate(names)}
     return sums
 
 
@@ -149,6 +187,7 @@ def _batch_factors(
     batch: Batch,
     targets: FactorTargets,
     generator: torch.Generator | None,
+    seed: int | None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     records: dict[str, list[tuple[Tensor, Tensor]]] = {b.module: [] for b in blocks}
     modules = dict(problem.model.named_modules())
@@ -165,10 +204,13 @@ def _batch_factors(
     for b in blocks:
         _check_record(b, records[b.module])
     outputs = [records[b.module][0][1] for b in blocks]
-    deltas = _output_gradients(problem, z, batch, outputs, targets, generator)
+    deltas = _output_gradients(problem, z, batch, outputs, targets, generator, seed)
     factors = {}
     for b, block_deltas in zip(blocks, zip(*deltas, strict=True), strict=True):
         a = records[b.module][0][0].detach()
+        if b.conv is not None:
+            factors[b.weight] = conv_factors(a, list(block_deltas), b.bias is not None, b.conv)
+            continue
         if b.bias is not None:
             a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
         A = a.T @ a / a.shape[0]
@@ -184,6 +226,7 @@ def _output_gradients(
     outputs: list[Tensor],
     targets: FactorTargets,
     generator: torch.Generator | None,
+    seed: int | None,
 ) -> list[list[Tensor]]:
     """Per backward pass, the scaled pre-activation gradients of each block, such that
     G = Σ_passes δᵀ δ (the 1/c of the sampled and empirical cases folded in as √(1/c))."""
@@ -198,13 +241,28 @@ def _output_gradients(
             )
             passes.append(_filled(grads, outputs))
         return passes
-    y = batch.targets if targets is FactorTargets.EMPIRICAL else (
-        loss.sample_targets(z.detach(), generator=generator)
-    )
+    if targets is FactorTargets.EMPIRICAL:
+        y = batch.targets
+    elif seed is not None:
+        y = keyed_sample_targets(loss, z.detach(), batch.start, seed)
+    else:
+        y = loss.sample_targets(z.detach(), generator=generator)
     value = loss.value(z, y)
     scale = loss.scale(z.detach(), y)
     grads = torch.autograd.grad(value, outputs, allow_unused=True)
     return [[g / math.sqrt(scale) for g in _filled(grads, outputs)]]
+
+
+def keyed_sample_targets(loss: Loss, z: Tensor, start: int, seed: int) -> Tensor:
+    """One target per sample from p(y | z_i), sample i's drawn from a generator keyed by
+    (seed, start + i) (``hesskit.operators.fisher.sample_key``; ``start`` the global index of
+    the first sample): the same draws however the data are batched or sharded."""
+    generator = torch.Generator(device=z.device)
+    draws = []
+    for i in range(z.shape[0]):
+        generator.manual_seed(sample_key(seed, start + i))
+        draws.append(loss.sample_targets(z[i: i + 1], generator=generator))
+    return torch.cat(draws)
 
 
 def _filled(grads: tuple[Tensor | None, ...], outputs: list[Tensor]) -> list[Tensor]:
@@ -230,7 +288,12 @@ def _check_record(block: LinearBlock, record: list[tuple[Tensor, Tensor]]) -> No
             "parameters out of the optimizer or the operator"
         )
     a = record[0][0]
-    if a.ndim != 2:
+    if block.conv is not None and a.ndim != 4:
+        raise UnsupportedArchitectureError(
+            f"K-FAC: convolution {block.module!r} got inputs of shape {tuple(a.shape)}; KFC "
+            "here covers batched [n, c, H, W] inputs only; add the batch dimension"
+        )
+    if block.conv is None and a.ndim != 2:
         raise UnsupportedArchitectureError(
             f"K-FAC: layer {block.module!r} got inputs of shape {tuple(a.shape)}; K-FAC here "
             "covers Linear layers on [n, in] inputs only; flatten the extra dimensions "
@@ -286,8 +349,11 @@ def pi_correction(factors: KroneckerFactors) -> float:
 
 
 def join(block: LinearBlock, pieces: dict[str, Tensor]) -> Tensor:
-    """V̄ = [V_W  v_b] (``[..., out, in + 1]``) from parameter-shaped pieces."""
+    """V̄ = [V_W  v_b] (``[..., out, in + 1]``) from parameter-shaped pieces (a kernel
+    ``[..., out, c, kh, kw]`` reshaped row-major to ``[..., out, c·kh·kw]``)."""
     weight = pieces[block.weight]
+    if block.conv is not None:
+        weight = weight.flatten(-3)
     if block.bias is None:
         return weight
     return torch.cat([weight, pieces[block.bias].unsqueeze(-1)], dim=-1)
@@ -295,6 +361,9 @@ def join(block: LinearBlock, pieces: dict[str, Tensor]) -> Tensor:
 
 def split(block: LinearBlock, joined: Tensor) -> dict[str, Tensor]:
     """The inverse of :func:`join`."""
+    weight = joined if block.bias is None else joined[..., :-1]
+    if block.conv is not None:
+        weight = weight.unflatten(-1, (-1, *block.conv.kernel_size))
     if block.bias is None:
-        return {block.weight: joined}
-    return {block.weight: joined[..., :-1], block.bias: joined[..., -1]}
+        return {block.weight: weight}
+    return {block.weight: weight, block.bias: joined[..., -1]}

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
 from hesskit.optim.safety import (
@@ -53,7 +54,7 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.seeded_state import SeededStateMixin
+from hesskit.optim.seeded_state import SeededStateMixin, summed_over_ranks
 
 STATE_KEY = "adahessian"
 """Key of the optimizer-wide state in :meth:`AdaHessian.state_dict`."""
@@ -83,6 +84,13 @@ class AdaHessian(SeededStateMixin, Optimizer):
             dimensions (convolution kernels), as the paper does.
         seed: seed of the probes' generator (kept in the state dict: resumes exactly).
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+        distributed: sum the loss, gradient and Hessian product over the
+            ``torch.distributed`` ranks; None (default): when a group of > 1 ranks exists.
+
+    Data parallel: the closure returns this rank's share of the loss (as for Hessian-free);
+    the probe z is drawn identically on every rank, and the loss, the gradient and H z are
+    summed over the ranks in ONE all-reduce before D = |z ⊙ H z| is formed, so every rank
+    takes the step of the whole batch (parameters bitwise equal across ranks).
 
     The closure must recompute the loss and return it WITHOUT calling ``backward()``:
     AdaHessian differentiates it itself, twice on estimate steps (``create_graph``), and
@@ -113,6 +121,7 @@ class AdaHessian(SeededStateMixin, Optimizer):
         spatial_average: bool = True,
         seed: int = 0,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        distributed: bool | None = None,
     ) -> None:
         _check_settings(lr, betas, eps, weight_decay, hessian_power, update_each)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
@@ -122,6 +131,8 @@ class AdaHessian(SeededStateMixin, Optimizer):
         self.spatial_average = spatial_average
         self.max_rejections = max_rejections
         self.generator = torch.Generator().manual_seed(seed)
+        self.distributed = is_distributed() if distributed is None else (
+            bool(distributed) and is_distributed())
         self.adahessian_state: dict[str, object] = {"steps": 0, "estimates": 0}
         init_rejection_state(self.adahessian_state)
 
@@ -143,8 +154,16 @@ class AdaHessian(SeededStateMixin, Optimizer):
             if not is_finite(loss.detach()):
                 return self._reject("the loss", loss)
             grads = self._gradients(loss, create_graph=estimate)
-            hessian = self._estimate(grads) if estimate else None
+            products = self._products(grads) if estimate else {}
         grads = {p: g.detach() for p, g in grads.items()}
+        loss = loss.detach()
+        if self.distributed:  # ONE all-reduce of the loss, the gradient and H z
+            packed = {("g", p): g for p, g in grads.items()} | {
+                ("Hz", p): hz for p, (_, hz) in products.items()}
+            loss, packed = summed_over_ranks(loss, packed)
+            grads = {p: packed[("g", p)] for p in grads}
+            products = {p: (z, packed[("Hz", p)]) for p, (z, _) in products.items()}
+        hessian = self._estimate(grads, products) if estimate else None
         for p, g in grads.items():
             p.grad = g
         if not is_finite(*grads.values(), *(hessian or {}).values()):
@@ -181,21 +200,26 @@ class AdaHessian(SeededStateMixin, Optimizer):
             ) from None
         return {p: g for p, g in zip(params, grads, strict=True) if g is not None}
 
-    def _estimate(self, grads: dict[Tensor, Tensor]) -> dict[Tensor, Tensor]:
-        """D = |z ⊙ H z| per parameter from one product, kernels spatially averaged."""
+    def _products(self, grads: dict[Tensor, Tensor]) -> dict[Tensor, tuple[Tensor, Tensor]]:
+        """(z, H z) per parameter from one Hessian-vector product, z Rademacher."""
         params = [p for p, g in grads.items() if g.grad_fn is not None]
         probes = [rademacher(tuple(p.shape), self.generator, p.dtype, p.device) for p in params]
         products = torch.autograd.grad(
             [grads[p] for p in params], params, grad_outputs=probes, allow_unused=True
         )
+        return {p: (z, torch.zeros_like(p) if hz is None else hz.detach())
+                for p, z, hz in zip(params, probes, products, strict=True)}
+
+    def _estimate(
+        self, grads: dict[Tensor, Tensor], products: dict[Tensor, tuple[Tensor, Tensor]]
+    ) -> dict[Tensor, Tensor]:
+        """D = |z ⊙ H z| per parameter, kernels spatially averaged (0 without a product)."""
         hessian = {p: torch.zeros_like(p) for p in grads}
-        for p, z, hz in zip(params, probes, products, strict=True):
-            if hz is None:
-                continue
+        for p, (z, hz) in products.items():
             d = (z * hz).abs()
             if self.spatial_average and d.ndim >= 3:
                 d = d.mean(dim=tuple(range(2, d.ndim)), keepdim=True).expand_as(d)
-            hessian[p] = d.detach()
+            hessian[p] = d
         return hessian
 
     def _updates(

@@ -1,4 +1,5 @@
-"""K-FAC (Martens & Grosse 2015, ICML) for ``nn.Linear`` layers, as a torch optimizer.
+"""K-FAC (Martens & Grosse 2015, ICML) for ``nn.Linear`` and ``nn.Conv2d`` layers, as a torch
+optimizer.
 
 One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = L(θ) +
 Σ (η/2)‖θ‖² (weight decay η per group, part of the objective, §6.1):
@@ -9,7 +10,7 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
 2. on the first 3 iterations and every T₃: the factors' eigendecompositions (§8);
 3. Δ = −F̆⁻¹ ∇h with factored Tikhonov damping, layer by layer
    (G + γ/π I)⁻¹ ∇_W̄ h (A + πγ I)⁻¹, π = √((tr A/dim A)/(tr G/dim G)) (§6.3);
-   uncovered parameters (not in a covered ``nn.Linear``): the damping alone,
+   uncovered parameters (not in a covered layer): the damping alone,
    Δ = −∇h/γ² (the limit of zero factors; the step size below rescales it);
 4. α, μ minimise M(δ) = ½δᵀ(F + (λ + η)I)δ + ∇hᵀδ over δ = αΔ + μδ₀ (δ₀ the previous
    update), with F ``v`` the exact Gauss-Newton products of
@@ -21,13 +22,20 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
 7. every T₁ iterations λ by the Levenberg-Marquardt rule on ρ = (h(θ+δ) − h(θ)) /
    (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5).
 
-Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. Not implemented from the paper:
-the block-tridiagonal inverse (§4.3), the mini-batch size schedule (§13; the caller
-chooses the batches), Conv2d layers (Grosse & Martens 2016; they use the fallback).
+Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. ``nn.Conv2d`` layers get the
+KFC factors of Grosse & Martens (2016) (:mod:`hesskit.operators.kfac_conv`); grouped or
+non-zero-padded convolutions and every other layer use the fallback of step 3. The
+mini-batch size schedule of §13, m_k = min(m₁ exp((k − 1)/b), |S|), is
+:class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`: this class takes the batch it is
+given (:meth:`KFAC.set_batch`); ``hesskit train --optimizer kfac`` draws the batches by
+that schedule (``hesskit.training.curvature_builders``). Not implemented from the paper:
+the block-tridiagonal inverse (§4.3).
 
 Cost per iteration: one gradient; the statistics (one forward and backward pass on τ₁
 of the batch); one linearisation plus one matmat of 2 vectors (4 on γ iterations;
 ≈ 1 + 1.3·K gradients); every T₁ one forward pass for ρ; every refresh two eigh per layer.
+``kfac_state["cases"]`` counts the cases through the model: n for the gradient, ⌈τ₁n⌉
+for the statistics, n per curvature product and n for ρ's forward pass.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac_factors import (
@@ -47,7 +56,7 @@ from hesskit.operators.kfac_factors import (
     LinearBlock,
     factor_statistics,
     join,
-    linear_blocks,
+    kfac_blocks,
     split,
 )
 from hesskit.optim.kfac_steps import (
@@ -75,7 +84,8 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
-        model: the network; its ``nn.Linear`` layers are covered.
+        model: the network; its ``nn.Linear`` and ``nn.Conv2d`` layers are covered
+            (``hesskit.operators.kfac_factors.kfac_blocks``).
         loss: the loss (a hesskit ``Loss`` or a torch loss module), convex in the outputs
             and, for sampled targets, a negative log-likelihood.
         params: parameter groups over ``model``'s parameters (default all of them); each
@@ -84,9 +94,19 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
         targets: :class:`FactorTargets` of the G factors (default SAMPLED, the Fisher).
         schedule: the constants (:class:`KFACSchedule`, the paper's by default).
         seed: seed of the target sampling (in the state dict: resumes exactly).
+        keyed_targets: draw each sample's sampled target from a generator keyed by (a
+            per-step seed from ``seed``'s generator, the sample's global index), so that the
+            draws do not depend on the batching or the ranks; None (default): keyed exactly
+            when the batch is sharded over ``torch.distributed`` ranks.
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
 
     Usage: ``optimizer.set_batch(inputs, targets)`` then ``optimizer.step(closure)``.
+    Data parallel (``torch.distributed``): each rank sets its shard of the batch (and a
+    closure returns its share of the loss, as for Hessian-free); the loss and gradient are
+    summed in one all-reduce, the factors in one (``factor_statistics``), the curvature
+    products and ρ's loss by the distributed ``Problem``; sampled targets are keyed by the
+    global sample index, so every rank takes identical steps (parameters bitwise equal).
+    Statistics on τ₁ < 1 use the first τ₁ of each rank's shard.
     The closure is optional; given, it computes the loss ON THE SAME BATCH, calls
     ``backward()`` and returns it (once per step); without it K-FAC computes the loss and
     gradient of the batch itself (``.grad`` is then left as it was). ``step`` returns the
@@ -95,8 +115,8 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
 
     State: per parameter ``previous_update`` (δ₀); optimizer-wide ``self.kfac_state``
     (state dict key ``"kfac"``): ``steps``, ``damping`` (λ), ``gamma`` (γ), ``factors``,
-    ``eigen``, ``generator``, ``last_ratio``, ``last_alpha``, ``last_mu``, and the rejection
-    counters.
+    ``eigen``, ``generator``, ``last_ratio``, ``last_alpha``, ``last_mu``, ``cases`` (module
+    docstring), and the rejection counters.
     """
 
     seeded_state_key = STATE_KEY
@@ -113,6 +133,7 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
         targets: FactorTargets = FactorTargets.SAMPLED,
         schedule: KFACSchedule | None = None,
         seed: int = 0,
+        keyed_targets: bool | None = None,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
     ) -> None:
         if not (lr >= 0 and weight_decay >= 0):
@@ -131,14 +152,15 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
             raise InvalidArgumentError(
                 "every parameter given to KFAC must be a parameter of the model it was given"
             )
-        self.blocks: list[LinearBlock] = linear_blocks(model, self.names)
+        self.blocks: list[LinearBlock] = kfac_blocks(model, self.names)
         self.generator = torch.Generator().manual_seed(seed)
+        self.keyed_targets = keyed_targets
         eta = max(g["weight_decay"] for g in self.param_groups)
         self.kfac_state: dict[str, object] = {
             "steps": 0, "damping": self.schedule.initial_damping,
             "gamma": math.sqrt(self.schedule.initial_damping + eta),
             "factors": {}, "eigen": {}, "last_ratio": math.nan,
-            "last_alpha": math.nan, "last_mu": math.nan,
+            "last_alpha": math.nan, "last_mu": math.nan, "cases": 0,
         }
         init_rejection_state(self.kfac_state)
         self._batch: tuple[Tree, Tree] | None = None
@@ -146,6 +168,24 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
     @property
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict:
+        """The state dict with the factors and eigendecompositions as plain dicts of tensors
+        and floats, so that it loads with ``torch.load(..., weights_only=True)``."""
+        state = super().state_dict()
+        wide = state[STATE_KEY]
+        wide["factors"] = {w: {"A": f.A, "G": f.G} for w, f in wide["factors"].items()}
+        wide["eigen"] = {w: dict(vars(e)) for w, e in wide["eigen"].items()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict saved by :meth:`state_dict`: resumes exactly."""
+        super().load_state_dict(state_dict)
+        wide = self.kfac_state
+        wide["factors"] = {w: f if isinstance(f, KroneckerFactors) else KroneckerFactors(**f)
+                           for w, f in wide.get("factors", {}).items()}
+        wide["eigen"] = {w: e if isinstance(e, FactorEigen) else FactorEigen(**e)
+                         for w, e in wide.get("eigen", {}).items()}
 
     def set_batch(self, inputs: Tree, targets: Tree) -> None:
         """The mini-batch of the next steps (statistics, curvature products, ρ)."""
@@ -163,6 +203,11 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
             inputs, targets = map_tensors(inputs, lambda t: t[:n]), map_tensors(
                 targets, lambda t: t[:n])
         return Problem(self.model, self.loss, (inputs, targets), params=self.names)
+
+    def _count(self, passes: float, problem: Problem) -> None:
+        """Add ``passes`` passes over ``problem``'s local cases to ``kfac_state["cases"]``."""
+        self.kfac_state["cases"] = int(self.kfac_state.get("cases", 0)) + round(
+            passes * problem.local_num_data)
 
     def _per_element(self, key: str, like: Tensor) -> Tensor:
         return torch.cat([
@@ -186,6 +231,7 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
         iteration = int(state["steps"]) + 1
         problem = self._problem()
         loss, gradient = self._loss_and_gradient(problem, closure)
+        self._count(1, problem)
         if not is_finite(loss, gradient):
             return self._reject("the loss or its gradient", loss)
         theta = self._flat(p.detach() for p in self._params)
@@ -228,18 +274,31 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
                 loss = closure()
             grads = [p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self._params]
-            return loss.detach(), self._flat(g.detach() for g in grads)
+            return self._summed(problem, loss.detach(), self._flat(g.detach() for g in grads))
         params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
         with torch.enable_grad():
             loss = problem.local_loss(params)
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         by_name = {n: (torch.zeros_like(p) if g is None else g)
                    for (n, p), g in zip(params.items(), grads, strict=True)}
-        return loss.detach(), self._flat(by_name[n] for n in self.names)
+        return self._summed(problem, loss.detach(), self._flat(by_name[n] for n in self.names))
+
+    @staticmethod
+    def _summed(problem: Problem, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
+        """Distributed: this rank's loss and gradient summed over the ranks (ONE all-reduce)."""
+        if not problem.distributed:
+            return loss, gradient
+        packed = all_reduce_sum(torch.cat([loss.reshape(1).to(gradient.dtype), gradient]))
+        return packed[0], packed[1:]
 
     def _averaged_factors(self, iteration: int) -> dict[str, KroneckerFactors]:
-        stats = factor_statistics(self._problem(self.schedule.statistics_fraction),
-                                  self.blocks, self.targets, self.generator)
+        statistics = self._problem(self.schedule.statistics_fraction)
+        keyed = statistics.distributed if self.keyed_targets is None else self.keyed_targets
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator)) if (
+            keyed and self.targets is FactorTargets.SAMPLED) else None
+        stats = factor_statistics(statistics, self.blocks, self.targets, self.generator,
+                                  seed=seed)
+        self._count(1, statistics)
         old: dict[str, KroneckerFactors] = self.kfac_state["factors"]  # type: ignore[assignment]
         decay = self.schedule.decay(iteration)
         if not old or decay == 0:
@@ -298,7 +357,10 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
             return self._flat(pieces[n] for n in self.names)
 
         V = torch.stack([to_layout(v) for v in vectors], dim=1)
-        FV = gauss_newton_operator(problem).matmat(V)
+        # double-vjp J v: one matmat per linearisation does not pay back linearize's
+        # one-off tracing (5-6 gradients; gauss_newton.OutputLinearization) on convolutions
+        FV = gauss_newton_operator(problem, jacobian="double_vjp").matmat(V)
+        self._count(len(vectors), problem)
         return [from_layout(FV[:, j]) + eta * vectors[j] for j in range(len(vectors))]
 
     def _ratio(
@@ -314,7 +376,8 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
             curvature = self._curvature_products(problem, [applied], eta)[0]
         predicted = 0.5 * float(applied.dot(curvature)) + float(grad_h.dot(applied))
         with torch.no_grad():
-            new_loss = float(problem.local_loss())
+            new_loss = float(self._summed(problem, problem.local_loss(), applied[:0])[0])
+        self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         new_h = new_loss + 0.5 * float((eta * theta * theta).sum())
         return (new_h - h) / predicted if predicted < 0 else math.nan

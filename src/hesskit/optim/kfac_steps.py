@@ -71,6 +71,58 @@ class KFACSchedule:
         return iteration <= self.initial_inverse_steps or iteration % self.inverse_interval == 0
 
 
+KFAC_INITIAL_BATCH = 1000
+"""m₁, the first mini-batch of the schedule (Martens & Grosse 2015, §13: m₁ = 1000)."""
+
+KFAC_FULL_BATCH_ITERATION = 500
+"""The iteration k at which the schedule reaches the full training set: b is chosen so that
+m_500 = |S| (Martens & Grosse 2015, §13)."""
+
+
+@dataclass(frozen=True)
+class KFACBatchSchedule:
+    """The mini-batch size of iteration k: m_k = min(⌈m₁ exp((k − 1)/b)⌉, |S|) (§13).
+
+    Attributes:
+        initial: m₁ (:data:`KFAC_INITIAL_BATCH`).
+        full_at: the iteration where m_k reaches |S| when ``rate`` is None
+            (:data:`KFAC_FULL_BATCH_ITERATION`): b = (full_at − 1) / ln(|S| / m₁).
+        rate: b itself, overriding ``full_at`` (``math.inf``: m₁ for good).
+
+    >>> schedule = KFACBatchSchedule()
+    >>> [schedule.size(k, 60000) for k in (1, 2, 250, 500, 501)]
+    [1000, 1009, 7715, 60000, 60000]
+    """
+
+    initial: int = KFAC_INITIAL_BATCH
+    full_at: int = KFAC_FULL_BATCH_ITERATION
+    rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.initial < 1 or self.full_at < 2 or (self.rate is not None and not self.rate > 0):
+            raise InvalidArgumentError(
+                f"KFACBatchSchedule needs initial ≥ 1, full_at ≥ 2 and rate > 0; got "
+                f"{self.initial}, {self.full_at}, {self.rate}"
+            )
+
+    def b(self, num_data: int) -> float:
+        """b for a training set of ``num_data`` cases (inf when m₁ ≥ |S|: no growth)."""
+        if self.rate is not None:
+            return self.rate
+        if num_data <= self.initial:
+            return math.inf
+        return (self.full_at - 1) / math.log(num_data / self.initial)
+
+    def size(self, iteration: int, num_data: int) -> int:
+        """m_k for iteration k ≥ 1 on ``num_data`` cases."""
+        if iteration < 1:
+            raise InvalidArgumentError(f"iterations are counted from 1, got {iteration}")
+        exponent = (iteration - 1) / self.b(num_data)
+        if exponent >= math.log(max(num_data, 1) / self.initial):
+            return num_data
+        return min(num_data, math.ceil(self.initial * math.exp(exponent) - 1e-9))
+
+
 def levenberg_marquardt(ratio: float, damping: float, omega1: float) -> float:
     """λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (or ρ not finite), else λ (§6.5)."""
     if not math.isfinite(ratio) or ratio < 0.25:

@@ -1,4 +1,5 @@
-"""Optimizer-wide state with a random generator, round-tripped through ``state_dict``.
+"""Optimizer-wide state with a random generator, round-tripped through ``state_dict``; and
+the one all-reduce that sums a rank's loss and gradient for a data-parallel step.
 
 K-FAC, Sophia and AdaHessian draw random vectors or targets each step and keep counters for
 the whole optimizer. :class:`SeededStateMixin` stores that dict (deep-copied, so a saved
@@ -9,11 +10,15 @@ one documented key, so that loading a state dict resumes bit-identically.
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from collections.abc import Hashable
+from typing import ClassVar, TypeVar
 
 import torch
 
+from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 class SeededStateMixin:
@@ -49,3 +54,18 @@ class SeededStateMixin:
         super().load_state_dict(state_dict)  # type: ignore[misc]
         self.generator.set_state(wide.pop("generator"))
         setattr(self, self.seeded_state_attribute, wide)
+
+
+def summed_over_ranks(
+    loss: torch.Tensor, tensors: dict[Key, torch.Tensor]
+) -> tuple[torch.Tensor, dict[Key, torch.Tensor]]:
+    """A rank's loss share and per-parameter tensors (gradients, Hessian products) summed over
+    the ``torch.distributed`` ranks in ONE all-reduce of a packed buffer (as Hessian-free
+    sums the closure's loss and gradient); unchanged without a process group."""
+    keys = list(tensors)
+    reference = tensors[keys[0]] if keys else loss
+    packed = torch.cat([loss.detach().reshape(1).to(reference.dtype),
+                        *(tensors[k].reshape(-1) for k in keys)])
+    all_reduce_sum(packed)
+    pieces = torch.split(packed[1:], [tensors[k].numel() for k in keys])
+    return packed[0], {k: piece.view_as(tensors[k]) for k, piece in zip(keys, pieces, strict=True)}

@@ -66,6 +66,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.operators import CurvatureOperator
@@ -76,6 +77,7 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
+from hesskit.optim.seeded_state import summed_over_ranks
 from hesskit.optim.shampoo_graft import Graft, graft_diagonal, graft_statistic
 from hesskit.optim.shampoo_roots import MatrixBlock, inverse_root, preconditioner_operator
 
@@ -126,6 +128,13 @@ class Shampoo(Optimizer):
             graft.
         decoupled_weight_decay: True θ ← (1 − lr·wd)θ; False wd·θ added to the gradient.
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+        distributed: sum the closure's loss and the gradients over the ``torch.distributed``
+            ranks in one all-reduce before any statistic (hesskit's data-parallel convention,
+            as :class:`~hesskit.optim.HessianFree` and :class:`~hesskit.optim.Sophia`: the
+            closure returns this rank's share of the loss); None (default): when a group of
+            > 1 ranks exists. Pass False when the gradients are already reduced (DDP).
+            Everything else is a deterministic function of the summed gradients, so the
+            ranks stay bitwise identical.
 
     The closure is optional (as for ``torch.optim.Adam``): given, it clears the gradients,
     computes the loss, calls ``backward()`` and returns the loss; ``step`` returns it. A
@@ -154,6 +163,7 @@ class Shampoo(Optimizer):
         max_preconditioner_dim: int = MAX_PRECONDITIONER_DIM,
         decoupled_weight_decay: bool = True,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        distributed: bool | None = None,
     ) -> None:
         start = update_freq if start_preconditioning_step is None else start_preconditioning_step
         _check_counts(update_freq=update_freq, start_preconditioning_step=start,
@@ -167,6 +177,8 @@ class Shampoo(Optimizer):
         self.graft = Graft(graft)
         self.decoupled_weight_decay = decoupled_weight_decay
         self.max_rejections = max_rejections
+        self.distributed = is_distributed() if distributed is None else (
+            bool(distributed) and is_distributed())
         self.shampoo_state: dict[str, object] = {"steps": 0, "root_refreshes": 0}
         init_rejection_state(self.shampoo_state)
 
@@ -197,6 +209,9 @@ class Shampoo(Optimizer):
                 loss = closure()
             loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         grads = {p: p.grad.detach() for p in self._params if p.grad is not None}
+        if self.distributed:
+            loss, grads = summed_over_ranks(
+                torch.zeros(()) if loss is None else loss, grads)
         if not is_finite(loss, *grads.values()):
             return self._reject("the loss or its gradient", loss)
         updates, refreshes = {}, 0

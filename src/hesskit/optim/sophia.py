@@ -10,8 +10,11 @@ and averaged, h ← β₂ h + (1 − β₂) ĥ (h₀ = 0); every step (paper Alg
 entrywise. Two estimators (:class:`SophiaEstimator`):
 
 * Gauss-Newton-Bartlett (SophiaG, paper §2.3 Eq. 10 / Algorithm 2): targets ŷ drawn from
-  the model's predictive distribution, ĝ = ∇_θ ℓ(f(θ, X), ŷ) and ĥ = ĝ ⊙ ĝ / c, with c
-  the loss's reduction factor. For the paper's mean cross-entropy c = 1/B and this is its
+  the model's predictive distribution, ĝ = ∇_θ L̂(θ; ŷ) the gradient of the curvature
+  problem's total loss on them (all its batches, and all ranks: summed in one all-reduce
+  BEFORE squaring, as the authors' DDP code squares the synchronised gradient), and
+  ĥ = ĝ ⊙ ĝ / c with c the total loss's reduction factor (w_b c_b, the same for every
+  batch b of a plain mean). For the paper's mean cross-entropy c = 1/B and this is its
   B · ĝ ⊙ ĝ; 1/c is the general form (1/(B k) for a mean squared error over k outputs),
   which keeps E[ĥ] = diag(G) exactly (the cross terms of ĝĝᵀ have mean 0, Bartlett's
   identity). One gradient per estimate.
@@ -21,13 +24,24 @@ entrywise. Two estimators (:class:`SophiaEstimator`):
   lr · sign(m) (the paper's handling). About 2.4-2.8 gradients per estimate (one
   linearisation and one product); the closure's own gradient is left as torch makes it.
 
-Defaults from the authors' released code (``Liuhong99/Sophia``, ``sophia.py``:
+Defaults from the authors' released code (``Liuhong99/Sophia`` at 195a786, ``sophia.py``:
 ``SophiaG(lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1)``, the update
 ``ratio = (|m| / (rho · bs · h + 1e-15)).clamp(max=1)``, ``θ ← θ − lr · sign(m) · ratio``,
 decoupled weight decay ``θ ← θ (1 − lr · wd)``; k = 10, paper §3 and the training
 script's ``hess_interval``). There ``bs · h`` is our h (its ``hessian`` holds the EMA of
 ĝ², the batch size applied at the step): the same update. ε = 1e-15 is the code's;
-``max(ρh, ε)`` is the paper's form (the code adds ε; identical for ρh ≫ ε).
+``max(ρh, ε)`` is the paper's form (the code adds ε; identical for ρh ≫ ε). The weight
+decay is the one of the authors' GPT-2 runs, 0.2 (``config/train_gpt2_*_sophiag.py``:
+``weight_decay = 2e-1``, with β₁ = 0.965, β₂ = 0.99, ``interval = 10``; ρ there 0.03-0.05),
+not the class default 0.1. One difference from the training script: it estimates after
+steps 10, 20, … (h = 0 for the first 10 steps, whose updates are then ±lr), this class
+before steps 1, 11, 21, … (paper Algorithm 3); from step 11 on the two coincide.
+
+Data parallel (``torch.distributed``): the closure returns this rank's share of the loss
+(as for Hessian-free); loss and gradient are summed over the ranks in one all-reduce, and
+the estimate on a distributed curvature ``Problem`` is summed as above (Hutchinson: the
+probe is drawn identically on every rank and the Hessian product is summed by the
+operator), so every rank takes the same step.
 
 Cost: one gradient per step (the closure) plus one estimate every k steps.
 """
@@ -41,9 +55,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import gaussian
 from hesskit.operators import hessian_operator
+from hesskit.operators.kfac_factors import keyed_sample_targets
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -51,7 +67,7 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.seeded_state import SeededStateMixin
+from hesskit.optim.seeded_state import SeededStateMixin, summed_over_ranks
 from hesskit.problem import Problem
 
 STATE_KEY = "sophia"
@@ -69,8 +85,9 @@ RHO = 0.04
 EPS = 1e-15
 """ε of max(ρh, ε) (authors' code: ``rho * bs * hess + 1e-15``)."""
 
-WEIGHT_DECAY = 0.1
-"""Default decoupled weight decay (authors' code, ``weight_decay=1e-1``)."""
+WEIGHT_DECAY = 0.2
+"""Default decoupled weight decay (authors' GPT-2 configs, ``weight_decay = 2e-1``; the
+class default in their ``sophia.py`` is 1e-1)."""
 
 INTERVAL = 10
 """k, steps between estimates (paper §3, k = 10; the code's ``hess_interval = 10``)."""
@@ -87,27 +104,36 @@ class SophiaEstimator(enum.Enum):
 
 
 def gauss_newton_bartlett_diagonal(
-    problem: Problem, generator: torch.Generator | None = None
+    problem: Problem, generator: torch.Generator | None = None, *, seed: int | None = None
 ) -> Tensor:
-    """Σ_b w_b ĝ_b ⊙ ĝ_b / c_b (flat ``[N]``), ĝ_b the gradient of batch b's loss on targets
-    drawn from p(y | f(θ, X_b)), c_b its reduction factor; E[·] = diag(G) of the problem.
-    Cost: one gradient. Variance: Var ĥ_j = (E ĥ_j)² + … (a squared mean-zero sum), so
-    one draw is a rough estimate: Sophia averages it over time."""
+    """ĝ ⊙ ĝ / c (flat ``[N]``), ĝ = Σ_b w_b ∇ℓ_b(ŷ_b) the gradient of the total loss on
+    targets drawn from p(y | f(θ, X_b)) (summed over the ranks when distributed), c the
+    total loss' reduction factor (module docstring); E[·] = diag(G) of the problem. With
+    ``seed``, sample i's target is keyed by (seed, its global index) instead of drawn from
+    ``generator``, so the estimate does not depend on the batching or the ranks.
+    Cost: one gradient. Variance: Var ĥ_j = 2(E ĥ_j)² for a Gaussian ĝ_j (a squared
+    mean-zero sum), so one draw is a rough estimate: Sophia averages it over time."""
     problem.loss.require_likelihood("the Gauss-Newton-Bartlett estimator")
     total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
+    factor = 0.0  # Σ_b n_b w_b c_b: N times the total loss' reduction factor
     for batch in problem.batches():
         params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
         with torch.enable_grad():
             z = problem.output(params, batch.inputs)
-            y = problem.loss.sample_targets(z.detach(), generator=generator)
+            y = problem.loss.sample_targets(z.detach(), generator=generator) if seed is None else (
+                keyed_sample_targets(problem.loss, z.detach(), batch.start, seed))
             loss = problem.loss.value(z, y)
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         flat = problem.layout.flatten([
             torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(),
                                                                      strict=True)
         ])
-        total += batch.weight * flat.square() / problem.loss.scale(z.detach(), y)
-    return total
+        total += batch.weight * flat
+        factor += batch.num_samples * batch.weight * problem.loss.scale(z.detach(), y)
+    if problem.distributed:
+        packed = all_reduce_sum(torch.cat([total, total.new_tensor([factor])]))
+        total, factor = packed[:-1], float(packed[-1])
+    return total.square() / (factor / problem.num_data)
 
 
 def hutchinson_gaussian_diagonal(problem: Problem, generator: torch.Generator) -> Tensor:
@@ -132,6 +158,11 @@ class Sophia(SeededStateMixin, Optimizer):
         interval: k, the steps between estimates.
         seed: seed of the estimator's generator (in the state dict: resumes exactly).
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+        distributed: sum the closure's loss and gradient over the ``torch.distributed``
+            ranks (module docstring); None (default): when a group of > 1 ranks exists.
+        keyed_targets: GNB's sampled targets keyed by (a per-estimate seed, the global
+            sample index), so they do not depend on the sharding; None (default): keyed
+            exactly when the curvature problem is distributed.
 
     The closure, as for any torch optimizer, clears the gradients, computes the loss, calls
     ``backward()`` and returns the loss; it is called once per step. ``step`` returns the
@@ -160,6 +191,8 @@ class Sophia(SeededStateMixin, Optimizer):
         interval: int = INTERVAL,
         seed: int = 0,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        distributed: bool | None = None,
+        keyed_targets: bool | None = None,
     ) -> None:
         if not (lr >= 0 and rho > 0 and eps > 0 and weight_decay >= 0
                 and all(0 <= b < 1 for b in betas)):
@@ -178,6 +211,9 @@ class Sophia(SeededStateMixin, Optimizer):
         self.interval = interval
         self.max_rejections = max_rejections
         self.generator = torch.Generator().manual_seed(seed)
+        self.distributed = is_distributed() if distributed is None else (
+            bool(distributed) and is_distributed())
+        self.keyed_targets = keyed_targets
         self.sophia_state: dict[str, object] = {"steps": 0, "estimates": 0}
         init_rejection_state(self.sophia_state)
 
@@ -197,6 +233,8 @@ class Sophia(SeededStateMixin, Optimizer):
             loss = closure()
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         grads = {p: p.grad.detach() for p in self._params if p.grad is not None}
+        if self.distributed:
+            loss, grads = summed_over_ranks(loss, grads)
         if not is_finite(loss, *grads.values()):
             return self._reject("the loss or its gradient", loss)
         estimate = None
@@ -221,7 +259,9 @@ class Sophia(SeededStateMixin, Optimizer):
         docstring). Advances the generator."""
         problem = self.curvature()
         if self.estimator is SophiaEstimator.GAUSS_NEWTON_BARTLETT:
-            flat = gauss_newton_bartlett_diagonal(problem, self.generator)
+            keyed = problem.distributed if self.keyed_targets is None else self.keyed_targets
+            seed = int(torch.randint(0, 2**62, (), generator=self.generator)) if keyed else None
+            flat = gauss_newton_bartlett_diagonal(problem, self.generator, seed=seed)
         else:
             flat = hutchinson_gaussian_diagonal(problem, self.generator)
         pieces = problem.layout.unflatten(flat)

@@ -27,6 +27,9 @@ SMALL_SPECTRUM = ["--top", "1", "--probes", "6", "--density-probes", "1", "--den
 TRAIN = ["train", "--problem", "digits-classifier", "--optimizer", "adam", "--iterations", "1",
          "--no-progress"]
 BENCH = ["bench", "--problem", "digits-classifier", "--optimizers", "adam", "--no-progress"]
+PRECONDITION = ["precondition", "--problem", "digits-classifier", "--optimizers", "adam",
+                "--steps", "1", "--top-k", "1", "--max-products", "5", "--cg-maxiter", "5",
+                "--no-layers"]
 
 USER_MODULE = '''
 import torch
@@ -176,6 +179,18 @@ def numeric_cases() -> list[tuple[str, list[str]]]:
           "0,0"]),
         ([*BENCH, "--out", "{out}"], "--tune-fraction", bad("0", "-1", "1.5", integer=False)),
         ([*BENCH, "--out", "{out}"], "--jobs", bad("0", "-1", HUGE, "100000")),
+        ([*PRECONDITION, "--out", "{out}"], "--steps", bad("0", "-1", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--every", bad("0", "-1", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--batch-size", bad("0", "-1", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--damping", bad("0", "-1", "1e30", integer=False)),
+        ([*PRECONDITION, "--out", "{out}"], "--top-k", bad("0", "-1", "1001", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--tol", bad("0", "-1e-3", "1", integer=False)),
+        ([*PRECONDITION, "--out", "{out}"], "--max-products", bad("0", "-1", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--cg-maxiter", bad("0", "-1", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--probes", bad("0", "-1", HUGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--seed", bad("-1", SEED_TOO_LARGE)),
+        ([*PRECONDITION, "--out", "{out}"], "--lr",
+         bad("0", "-1", "1e30", "adam=0", "adam=", "=1", integer=False)),
         (["demo", "--out", "{out}"], "--bench-seconds", bad("0", "-1", "1e30", integer=False)),
     ]
     cases = []
@@ -244,6 +259,15 @@ def other_cases() -> list[tuple[str, list[str]]]:
         ("train newton too many parameters", ["train", "--problem", "digits-autoencoder",
                                               "--optimizer", "newton", "--iterations", "1",
                                               "--out", "{out}"]),
+        ("precondition unwritable out", [*PRECONDITION, "--out", "{unwritable}"]),
+        ("precondition unknown problem", ["precondition", "--problem", "nope"]),
+        ("precondition unknown optimizer", [*PRECONDITION, "--optimizers", "adam,bogus"]),
+        ("precondition empty optimizers", [*PRECONDITION, "--optimizers", ","]),
+        ("precondition no preconditioner", [*PRECONDITION, "--optimizers", "lbfgs",
+                                            "--out", "{out}"]),
+        ("precondition lr of another optimizer", [*PRECONDITION, "--lr", "sgd=0.1",
+                                                  "--out", "{out}"]),
+        ("precondition problem and model", [*PRECONDITION, "--model", "{models}:good"]),
         ("bench unknown problem", ["bench", "--problem", "nope"]),
         ("bench unknown optimizer", [*BENCH, "--optimizers", "adam,bogus"]),
         ("bench empty optimizers", [*BENCH, "--optimizers", ","]),
@@ -252,11 +276,14 @@ def other_cases() -> list[tuple[str, list[str]]]:
                                           "--optimizers", "adam", "--budget-epochs", "0.01",
                                           "--data-dir", "{folder}/missing", "--out", "{out}"]),
     ]
-    for command in ("hessian", "spectrum", "diagonal", "train"):
+    for command in ("hessian", "spectrum", "diagonal", "train", "precondition"):
         base = {"hessian": ["hessian", "--out", "{out}"], "spectrum": [*spectrum],
                 "diagonal": ["diagonal", "--steps", "0", "--probes", "2", "--out", "{out}"],
                 "train": ["train", "--optimizer", "adam", "--iterations", "1", "--no-progress",
-                          "--out", "{out}"]}[command]
+                          "--out", "{out}"],
+                "precondition": ["precondition", "--optimizers", "adam", "--steps", "1",
+                                 "--top-k", "1", "--max-products", "5", "--cg-maxiter", "5",
+                                 "--out", "{out}"]}[command]
         for name, spec in [
             ("raises", "{models}:raises"), ("shape mismatch", "{models}:shape_mismatch"),
             ("forward raises", "{models}:forward_raises"), ("nan data", "{models}:nan_data"),

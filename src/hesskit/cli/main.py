@@ -29,6 +29,7 @@ COMMANDS = (
     "hessian",
     "spectrum",
     "diagonal",
+    "precondition",
     "train",
     "bench",
     "demo",

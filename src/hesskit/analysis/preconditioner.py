@@ -1,0 +1,272 @@
+"""How much curvature an optimizer's preconditioner sees, along a training run.
+
+Every ``every`` steps of a run (and at the last), on the step's mini-batch and at the
+parameters before it, with G the Gauss-Newton matrix of the mini-batch objective
+ℓ + (wd/2)‖θ‖² (G_loss + wd·I; hesskit's exact operator), g its gradient, P the optimizer's
+preconditioner after the step (:mod:`preconditioner_adapters`) and λ a named damping:
+
+* the spectrum of C = P^{-1/2} G P^{-1/2} beside that of G itself, by Lanczos
+  (:func:`hesskit.estimators.lanczos.top_eigenpairs`, matrix-free). G is often singular
+  (here the digits autoencoder's G on a batch of 128 has about half its eigenvalues 0), so
+  its condition number is infinite. Two finite ones are reported: the spread of the top k,
+  κ_k = μ₁/μ_k, and the condition number of the damped matrix P^{-1/2}(G + λI)P^{-1/2}
+  (P = I for G's own: (λ_max + λ)/(λ_min + λ)). Both are invariant to the scale of P. The
+  smallest end converges slowly where many eigenvalues cluster; the Ritz value is an upper
+  bound, so an unconverged κ_λ is a lower bound (``damped_converged`` says which);
+* the Newton direction d_N = −(G + λI)⁻¹ g by conjugate gradient, and for the optimizer's
+  direction d (−P⁻¹g, and the step as taken) the cosine with d_N and the predicted decrease
+  of m(d) = gᵀd + ½dᵀ(G + λI)d: at the best scale on d's line, m(α*d) = −(gᵀd)²/(2dᵀBd)
+  (B = G + λI), and as taken, each divided by m(d_N) = min m (1: as good as Newton);
+* for diagonal P, diag(P) against |diag H|, diag G, diag EF and √diag EF with the rank
+  correlation, cosine and scale of :mod:`hesskit.analysis.rmsprop` (the loss's diagonals,
+  as ``hesskit diagonal`` reports them: the weight cost's wd is not added to them).
+
+Per layer (the parameters of one module) the same numbers on its own block: G_ll, P_ll
+(P is block-diagonal over parameters, so (P_ll)⁻¹ = (P⁻¹)_ll), g_l, and the layer's part of
+the step; the Newton direction is then the layer's own, −(G_ll + λI)⁻¹ g_l.
+
+Every optimizer starts from the same parameters and sees the same mini-batches (a seeded
+:class:`~hesskit.training.batch_sampler.BatchSampler`), K-FAC included (its own batch
+schedule then takes the whole mini-batch, m₁ = 1000 exceeding it). The optimizers come
+from the training registry (:mod:`hesskit.training.optimizers`).
+
+The per-scope numbers: :mod:`preconditioner_scope`. Cost per record and scope: about 4
+Lanczos runs of at most ``max_products`` products and one CG of at most ``cg_maxiter``
+(each product ≈ 1.3 gradients on the batch), plus the diagonals (a few gradients) for
+diagonal P.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from hesskit.analysis.preconditioner_adapters import (
+    PreconditionerKind,
+    has_preconditioner,
+    preconditioner_of,
+)
+from hesskit.analysis.preconditioner_records import (
+    MODEL,
+    OptimizerRun,
+    PreconditionerAnalysis,
+    StepRecord,
+)
+from hesskit.analysis.preconditioner_scope import AnalysisSettings, compare_scope
+from hesskit.analysis.rmsprop import curvature_diagonals
+from hesskit.errors import InvalidArgumentError, NonFiniteError
+from hesskit.layout import ParameterLayout
+from hesskit.operators import damped, gauss_newton_operator
+from hesskit.problem import Problem
+from hesskit.tensor_tree import num_samples, select
+from hesskit.training.batch_sampler import BatchSampler
+from hesskit.training.loop import TrainingProblem, objective
+from hesskit.training.optimizers import OptimizerContext, ProductCounter, get_optimizer_spec
+
+
+def layer_groups(layout: ParameterLayout) -> list[tuple[str, list[str]]]:
+    """The layers: parameters grouped by their module (the name before the last dot; a
+    parameter of the root module is a layer of its own), in layout order."""
+    groups: dict[str, list[str]] = {}
+    for name in layout.names:
+        module = name.rpartition(".")[0] or name
+        groups.setdefault(module, []).append(name)
+    return list(groups.items())
+
+
+@contextmanager
+def parameters_at(params: Sequence[Tensor], values: Sequence[Tensor]):
+    """Parameters set to ``values`` inside the block, restored bit for bit after."""
+    now = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, now, strict=True):
+                p.copy_(v)
+
+
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """An optimizer to analyse: a factory from the training registry's context.
+
+    Attributes:
+        name: its name in the results (a registry name for :meth:`from_registry`).
+        title: its name in reports.
+        build: context → optimizer (as :class:`~hesskit.training.optimizers.OptimizerSpec`).
+        lr: the learning rate passed in the context.
+        takes_loss_closure: ``step(closure, loss_closure=...)`` as the training loop calls it.
+    """
+
+    name: str
+    title: str
+    build: Callable[[OptimizerContext], torch.optim.Optimizer]
+    lr: float | None
+    takes_loss_closure: bool = False
+
+    @classmethod
+    def from_registry(cls, name: str, lr: float | None = None) -> OptimizerChoice:
+        """The registry's ``name`` at ``lr`` (default: its default lr)."""
+        spec = get_optimizer_spec(name)
+        return cls(spec.name, spec.title, spec.build,
+                   spec.default_lr if lr is None else lr, spec.takes_loss_closure)
+
+
+def preconditioner_analysis(
+    problem: TrainingProblem,
+    optimizers: Sequence[OptimizerChoice | str],
+    *,
+    steps: int = 200,
+    every: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+    settings: AnalysisSettings | None = None,
+    on_record: Callable[[str, int], None] | None = None,
+) -> PreconditionerAnalysis:
+    """Train ``problem.model`` with each optimizer from the same start and measure P
+    against G every ``every`` steps (module docstring). The model ends at its initial
+    parameters.
+
+    Args:
+        problem: model, loss, training data ``train`` and ``weight_decay`` (a
+            ``hesskit.problems.BenchmarkProblem`` or any :class:`TrainingProblem`).
+        optimizers: registry names (at their default lr) or :class:`OptimizerChoice`.
+        steps, every: steps per run T ≥ 1; record every k ≥ 1 steps and at step T.
+        batch_size: the mini-batch every optimizer steps on (≤ the training set).
+        seed: seeds the batch order and torch's generator (the registry's seeds).
+        settings: :class:`AnalysisSettings`.
+        on_record: called with (optimizer name, step) after each record.
+
+    Raises:
+        InvalidArgumentError: a bad count, or an optimizer without a preconditioner adapter
+            (before any training).
+        NonFiniteError: a run diverged (lower its lr).
+    """
+    settings = settings or AnalysisSettings()
+    if steps < 1 or every < 1 or batch_size < 1:
+        raise InvalidArgumentError(f"steps ({steps}), every ({every}) and batch_size "
+                                   f"({batch_size}) must be at least 1")
+    choices = [OptimizerChoice.from_registry(c) if isinstance(c, str) else c
+               for c in optimizers]
+    if not choices:
+        raise InvalidArgumentError("no optimizers to analyse; pass at least one name")
+    model = problem.model
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    analysis = PreconditionerAnalysis(
+        getattr(problem, "name", type(model).__name__), steps, every,
+        min(batch_size, num_samples(problem.train[0])), seed, asdict(settings))
+    try:
+        runs = [_Run(problem, choice, batch_size, seed) for choice in choices]  # checks all
+        for run in runs:
+            model.load_state_dict(initial)
+            analysis.runs.append(run.analyse(steps, every, settings, on_record))
+    finally:
+        model.load_state_dict(initial)
+    return analysis
+
+
+class _Run:
+    """One optimizer's run: its context, sampler, closures and records."""
+
+    def __init__(self, problem: TrainingProblem, choice: OptimizerChoice, batch_size: int,
+                 seed: int) -> None:
+        self.problem, self.choice, self.seed = problem, choice, seed
+        self.num_train = num_samples(problem.train[0])
+        self.batch_size = min(batch_size, self.num_train)
+        self.batch = select(problem.train, slice(0, 0))
+        self.context = OptimizerContext(
+            model=problem.model, loss=problem.loss, weight_decay=problem.weight_decay,
+            lr=choice.lr, gradient_batch=lambda: self.batch,
+            curvature_batch=lambda: select(self.batch, slice(0, max(1, self.batch_size // 10))),
+            products=ProductCounter())
+        torch.manual_seed(seed)
+        self.optimizer = choice.build(self.context)
+        if not has_preconditioner(self.optimizer):
+            raise InvalidArgumentError(
+                f"{choice.name}: no preconditioner adapter for "
+                f"{type(self.optimizer).__name__}; choose sgd, rmsprop, adam, adahessian, "
+                "sophia, sophia-h, kfac or shampoo"
+            )
+        ids = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self.names = [n for n, p in problem.model.named_parameters() if id(p) in ids]
+        named = dict(problem.model.named_parameters())
+        self.params = [named[n] for n in self.names]
+
+    def loss_closure(self) -> Tensor:
+        return objective(self.problem, *self.batch)
+
+    def closure(self) -> Tensor:
+        self.optimizer.zero_grad()
+        value = self.loss_closure()
+        value.backward()
+        return value
+
+    def analyse(self, steps: int, every: int, settings: AnalysisSettings,
+                on_record: Callable[[str, int], None] | None) -> OptimizerRun:
+        torch.manual_seed(self.seed)
+        sampler = BatchSampler(self.num_train, self.batch_size, self.seed)
+        choice = self.choice
+        run = OptimizerRun(choice.name, choice.title, choice.lr, "", "")
+        for step in range(1, steps + 1):
+            self.batch = select(self.problem.train, sampler.next())
+            before = [p.detach().clone() for p in self.params]
+            if choice.takes_loss_closure:
+                loss = self.optimizer.step(self.closure, loss_closure=self.loss_closure)
+            else:
+                loss = self.optimizer.step(self.closure)
+            loss = float(torch.as_tensor(loss).detach()) if loss is not None else math.nan
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"{choice.name} diverged at step {step} (objective "
+                                     f"{loss}); lower its lr (now {choice.lr})")
+            if step % every == 0 or step == steps:
+                run.records.append(self.record(step, loss, before, settings, run))
+                if on_record is not None:
+                    on_record(choice.name, step)
+        return run
+
+    def record(self, step: int, loss: float, before: list[Tensor],
+               settings: AnalysisSettings, run: OptimizerRun) -> StepRecord:
+        problem = self.problem
+        layout = ParameterLayout.from_tensors(dict(zip(self.names, self.params, strict=True)))
+        P = preconditioner_of(self.optimizer, self.params, layout)
+        run.preconditioner, run.kind = P.description, P.kind.value
+        theta = torch.cat([t.reshape(-1) for t in before])
+        step_vector = torch.cat([p.detach().reshape(-1) for p in self.params]) - theta
+        wd = float(problem.weight_decay)
+        with parameters_at(self.params, before):
+            batch_problem = Problem(problem.model, problem.loss, self.batch, params=self.names)
+            g = batch_problem.gradient() + wd * theta
+            G = gauss_newton_operator(batch_problem)
+            diagonals = None
+            if P.kind is PreconditionerKind.DIAGONAL:
+                diagonals, _ = curvature_diagonals(batch_problem, settings.probes)
+            scopes = [compare_scope(MODEL, damped(G, wd), P, g, step_vector, settings,
+                                    diagonals)]
+            if settings.per_layer:
+                for layer, names in layer_groups(layout):
+                    index = torch.cat([torch.arange(layout.slice(n).start, layout.slice(n).stop)
+                                       for n in names])
+                    part = None if diagonals is None else {k: d[index]
+                                                           for k, d in diagonals.items()}
+                    scopes.append(compare_scope(layer, damped(G.block(names), wd),
+                                                P.block(names), g[index], step_vector[index],
+                                                settings, part))
+        return StepRecord(step, loss, scopes)
+
+
+__all__ = [
+    "AnalysisSettings",
+    "OptimizerChoice",
+    "compare_scope",
+    "layer_groups",
+    "parameters_at",
+    "preconditioner_analysis",
+]

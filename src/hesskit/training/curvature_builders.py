@@ -27,6 +27,12 @@ How each is driven by the loop, and what it is charged in the run's epochs:
 * **AdaHessian** needs the loss without ``backward()`` (it differentiates twice): it takes
   the loop's ``loss_closure``; its Hessian-vector product is charged as one product.
 * **Shampoo** steps on the loop's closure (one gradient); nothing else to charge.
+
+K-FAC's and Sophia's sampled targets are keyed by the sample's global index
+(``keyed_targets=True``), so a run draws the same targets however many ranks share it:
+data parallel it follows the single-process run to rounding, except that K-FAC's
+statistics come from the first τ₁ of each rank's shard of its mini-batch (another subset of
+the same size than one process takes; its runs agree to ~1e-7, not to rounding).
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:
 
     optimizer = LoopKFAC(context.model, context.loss,
                          lr=1.0 if context.lr is None else context.lr,
-                         weight_decay=context.weight_decay, seed=_seed())
+                         weight_decay=context.weight_decay, seed=_seed(), keyed_targets=True)
     optimizer.kfac_state.update(
         sampler_generator=torch.Generator().manual_seed(_seed()).get_state(),
         sampler_permutation=torch.arange(0), sampler_cursor=0, charged_units=0, batch_size=0,
@@ -114,7 +120,7 @@ def build_sophia(context: OptimizerContext, hutchinson: bool = False) -> torch.o
     estimator = SophiaEstimator.HUTCHINSON if hutchinson else (
         SophiaEstimator.GAUSS_NEWTON_BARTLETT)
     return Sophia(context.model.parameters(), curvature=curvature, estimator=estimator,
-                  lr=context.lr, weight_decay=0.0, seed=_seed())
+                  lr=context.lr, weight_decay=0.0, seed=_seed(), keyed_targets=True)
 
 
 def build_adahessian(context: OptimizerContext) -> torch.optim.Optimizer:

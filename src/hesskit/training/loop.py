@@ -14,13 +14,13 @@ that iteration and continues. On CPU with fixed seeds, a run stopped and resumed
 parameters bit-identical to an uninterrupted one: nothing the next step reads (parameters,
 optimizer state, sampler, RNGs) lives outside the checkpoint.
 
-Data parallel (Hessian-free only): inside a ``torch.distributed`` process group (``torchrun
--m hesskit train ...``) every rank draws the same global mini-batch (same seed) and works
-on its ``shard_range`` of it, and on its share of the curvature batch; the closure returns
-the rank's share of the objective (the weight cost on rank 0 only) and Hessian-free sums
-over the ranks, so the run follows the single-process one on the same batches. Only rank 0
-writes the log and checkpoints and shows the progress bar; the time budget uses the
-slowest rank's time, so that all ranks stop at the same iteration.
+Data parallel (:data:`DATA_PARALLEL_OPTIMIZERS`): inside a ``torch.distributed`` process
+group (``torchrun -m hesskit train ...``) every rank draws the same global mini-batch (same
+seed) and works on its ``shard_range`` of it, and on its share of the curvature batch; the
+closure returns the rank's share of the objective (the weight cost on rank 0 only) and the
+optimizer sums over the ranks, so the run follows the single-process one on the same
+batches. Only rank 0 writes the log and checkpoints and shows the progress bar; the time
+budget uses the slowest rank's time, so that all ranks stop at the same iteration.
 """
 
 from __future__ import annotations
@@ -261,7 +261,12 @@ class _Run:
         gradient batch, and every curvature-vector product one pass over the batch it is
         built on (a Gauss-Newton product costs about 1.3 gradients on that batch; see
         ``benchmarks/products.py``), so second-order methods are charged for their inner
-        work, not only for their gradients.
+        work, not only for their gradients. Hessian-free's preconditioner pass is charged
+        only where it is one (``hesskit.training.optimizers._hessian_free``). Stochastic HF
+        draws its own batches: its exact case count ``hf_state["cases"]`` (gradients, trial
+        points, curvature products and ρ's chunk losses) reaches the counter in units of
+        the curvature batch, so its epochs are exact to within one curvature batch
+        (``tests/training/test_loop_cases.py``).
         """
         c = self.counters
         product_cases = (self.curvature_size if self.spec.products_on_curvature_batch
@@ -377,10 +382,16 @@ class _Run:
         )
 
 
+DATA_PARALLEL_OPTIMIZERS = ("hf", "kfac", "sophia", "sophia-h", "adahessian", "shampoo")
+"""The methods that sum their closure's loss share, gradient and curvature statistics over
+the ranks themselves (``torch.distributed``), so that every rank takes the same step."""
+
+
 def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
-    if optimizer != "hf":
-        raise InvalidArgumentError(f"data-parallel training (torchrun with {ranks} processes) "
-                                   f"supports --optimizer hf only; run {optimizer} in one process")
+    if optimizer not in DATA_PARALLEL_OPTIMIZERS:
+        raise InvalidArgumentError(
+            f"data-parallel training (torchrun with {ranks} processes) supports --optimizer "
+            f"{', '.join(DATA_PARALLEL_OPTIMIZERS)}; run {optimizer} in one process")
     if batch_size < ranks:
         raise InvalidArgumentError(f"a batch of {batch_size} samples cannot be split over "
                                    f"{ranks} processes; use a larger --batch-size")

@@ -14,6 +14,12 @@ preconditioner, λ starting at his 45, and the CG, backtracking and line-search 
   ``torch.no_grad()`` (``HessianFree.step(closure, loss_closure=...)``, what
   ``hesskit train`` does).
 
+* ``diag(EF) from the gradient pass``: as ``with loss_closure``, with the preconditioner's
+  empirical-Fisher diagonal accumulated in the gradient closure's own backward pass
+  (``hesskit.optim.preconditioners.gradient_pass_preconditioner``, BackPACK's
+  SumGradSquared; proved exact for this Linear chain) instead of a separate per-sample
+  pass, as Martens' ``grad2`` (HFDemo ``nnet_train_2.m`` lines 1086–1087, 1106).
+
 Per variant it reports the median seconds per step and the total seconds in each phase:
 the gradient at θ, the trial evaluations, the preconditioner's empirical-Fisher diagonal
 and the curvature products (CG), plus the rest (CG's vector work, bookkeeping). Both
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -42,7 +49,10 @@ from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
 from hesskit.operators import damped, gauss_newton_operator
 from hesskit.operators.counting import CountingOperator
 from hesskit.optim import HessianFree, LevenbergMarquardt
-from hesskit.optim.preconditioners import DiagonalPreconditioner
+from hesskit.optim.preconditioners import (
+    DiagonalPreconditioner,
+    gradient_pass_preconditioner,
+)
 from hesskit.problem import Problem
 from hesskit.training.bench import environment
 from martens_problem import load_problem
@@ -69,7 +79,8 @@ class PhaseClock:
         return wrapper
 
 
-def run_variant(problem, initial_state, X, curvature_cases, steps, use_loss_closure):
+def run_variant(problem, initial_state, X, curvature_cases, steps, use_loss_closure,
+                from_gradient_pass=False):
     """``steps`` HF steps from ``initial_state``; returns per-step seconds, phases, model."""
     model = copy.deepcopy(problem.model)
     model.load_state_dict(initial_state)
@@ -92,12 +103,20 @@ def run_variant(problem, initial_state, X, curvature_cases, steps, use_loss_clos
         operators.append(CountingOperator(damped(gauss_newton_operator(problem_c), wd)))
         return operators[-1]
 
-    fisher = clock.timed("preconditioner diag(EF)",
-                         lambda: empirical_fisher_diagonal(Problem(model, loss_fn, (X, X))))
+    if from_gradient_pass:
+        extra_passes = []
+        hooked = gradient_pass_preconditioner(
+            model, loss_fn, lambda: (X, X), on_extra_pass=lambda: extra_passes.append(1))
+        preconditioner = dataclasses.replace(
+            hooked, statistic=clock.timed("preconditioner diag(EF)", hooked.statistic))
+    else:
+        fisher = clock.timed("preconditioner diag(EF)",
+                             lambda: empirical_fisher_diagonal(Problem(model, loss_fn, (X, X))))
+        preconditioner = DiagonalPreconditioner(fisher)
     optimizer = HessianFree(
         model.parameters(), curvature=curvature,
         damping=LevenbergMarquardt(initial=problem.hf_initial_damping),
-        preconditioner=DiagonalPreconditioner(fisher),
+        preconditioner=preconditioner,
     )
     gradient_closure = clock.timed("gradient closure", closure)
     loss_closure = clock.timed("loss-only closure", objective)
@@ -117,7 +136,41 @@ def run_variant(problem, initial_state, X, curvature_cases, steps, use_loss_clos
         "curvature_products": sum(op.products for op in operators),
         "cg_iterations": optimizer.hf_state["cg_iterations"],
         "final_loss": float(objective().detach()),
+        "separate_preconditioner_passes": (len(extra_passes) if from_gradient_pass
+                                           else steps),
     }, model
+
+
+def statistic_costs(problem, X, repeats):
+    """Seconds of the three ways to reach θ's gradient and diag(EF), interleaved round by
+    round (``products.interleaved_times``) so that load on a shared machine hits all alike:
+    the plain gradient, the gradient with the squares accumulated in its backward pass (and
+    the proof and flattening of ``empirical_fisher_diagonal``), and the separate pass."""
+    from hesskit.estimators.gradient_squares import GradientSquares
+    from products import interleaved_times
+
+    model, loss_fn = problem.model, problem.loss
+    squares = GradientSquares(model, loss_fn)
+
+    def gradient():
+        model.zero_grad()
+        loss_fn(model(X), X).backward()
+
+    def hooked():
+        with squares.capture(X):
+            gradient()
+        if squares.empirical_fisher_diagonal() is None:
+            raise RuntimeError(f"the hook path was refused: {squares.reason}")
+
+    def separate():
+        empirical_fisher_diagonal(Problem(model, loss_fn, (X, X)))
+
+    times = interleaved_times({"gradient": gradient, "gradient + squares in its backward":
+                               hooked, "separate per-sample pass": separate}, repeats, {})
+    medians = {key: statistics.median(ts) for key, ts in times.items()}
+    base = medians["gradient"]
+    return {"seconds_median": medians, "repeats": repeats,
+            "gradients": {key: value / base for key, value in medians.items()}}
 
 
 def main() -> None:
@@ -126,25 +179,46 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="interleaved rounds of the diag(EF) cost comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     problem = load_problem()
     X = problem.train[0][: args.gradient_cases]
     curvature_cases = max(1, len(X) // 10)
     initial = copy.deepcopy(problem.model.state_dict())
+    costs = statistic_costs(problem, X, args.repeats)
+    print("diag(EF), in gradients: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in costs["gradients"].items()))
     results, models = {}, {}
-    for name, lean in (("closure only", False), ("with loss_closure", True)):
+    variants = (("closure only", False, False), ("with loss_closure", True, False),
+                ("diag(EF) from the gradient pass", True, True))
+    for name, lean, hooked in variants:
         results[name], models[name] = run_variant(
-            problem, initial, X, curvature_cases, args.steps, lean)
+            problem, initial, X, curvature_cases, args.steps, lean, hooked)
         print(f"{name:<18} {results[name]['seconds_per_step_median']:7.2f} s/step (median); "
               + ", ".join(f"{k} {v:.1f} s" for k, v in results[name]["phase_seconds"].items()))
     with torch.no_grad():
         drift = max(float((a - b).abs().max()) for a, b in zip(
             models["closure only"].parameters(), models["with loss_closure"].parameters(),
             strict=True))
+        hook_drift = max(float((a - b).abs().max()) for a, b in zip(
+            models["with loss_closure"].parameters(),
+            models["diag(EF) from the gradient pass"].parameters(), strict=True))
     ratio = (results["closure only"]["seconds_per_step_median"]
              / results["with loss_closure"]["seconds_per_step_median"])
+    lean, hooked = (results[name] for name in ("with loss_closure",
+                                               "diag(EF) from the gradient pass"))
+    hook_ratio = lean["seconds_per_step_median"] / hooked["seconds_per_step_median"]
+    gradient = lean["phase_seconds"]["gradient closure"] / lean["phase_calls"]["gradient closure"]
+    saved = (lean["phase_seconds"]["gradient closure"]
+             + lean["phase_seconds"]["preconditioner diag(EF)"]
+             - hooked["phase_seconds"]["gradient closure"]
+             - hooked["phase_seconds"]["preconditioner diag(EF)"]) / args.steps
     print(f"speed-up per step (median): {ratio:.2f}x; max parameter difference {drift:.1e}")
+    print(f"diag(EF) from the gradient pass: {hook_ratio:.2f}x per step (median), "
+          f"{saved:.2f} s = {saved / gradient:.2f} gradients saved per step; "
+          f"max parameter difference {hook_drift:.1e}")
     record = {
         "benchmark": "hf_step",
         "problem": problem.name,
@@ -154,6 +228,13 @@ def main() -> None:
         "variants": results,
         "speedup_per_step_median": ratio,
         "max_parameter_difference": drift,
+        "statistic_costs": costs,
+        "gradient_pass_statistic": {
+            "speedup_per_step_median": hook_ratio,
+            "seconds_saved_per_step": saved,
+            "gradients_saved_per_step": saved / gradient,
+            "max_parameter_difference": hook_drift,
+        },
         "environment": {**environment(), "OPENBLAS_NUM_THREADS":
                         os.environ.get("OPENBLAS_NUM_THREADS", "unset")},
     }

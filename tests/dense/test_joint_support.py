@@ -162,10 +162,15 @@ def test_tanh_claims_disjoint_features_but_not_a_saturated_unit():
     report = structure_report(result)
     W = result.block("0.weight", "0.weight").reshape(4, 3, 4, 3)
     assert torch.all(W[:, 0, :, 1] == 0)  # x_0 x_1 = 0 on every sample
-    for part in "HGR":
+    for part in "HG":
         # by hand: W1[i, 0] with W1[j, 1] and the transpose, 2 · 4 · 4, in that block only
         assert count(report, "0.weight", "0.weight", part) == 32
         assert report.totals()[part][DISJOINT] == 32
+    # in R the 2 · 4 · 3 of them between different units are separate_units_in_layer (zero
+    # for every input, earlier in the order), the 2 · 4 of one unit stay disjoint_support
+    assert count(report, "0.weight", "0.weight", "R") == 8 == report.totals()["R"][DISJOINT]
+    within = count(report, "0.weight", "0.weight", "R", "separate_units_in_layer")
+    assert within == 12 * 12 - 4 * 3 * 3  # every pair of different units of W₁
     # unit 1's 3 rows and columns in the block (3 · 12 · 2 − 9 = 63 entries), less its 14
     # entries already claimed above
     assert count(report, "0.weight", "0.weight", "H", "unexplained") == 63 - 14

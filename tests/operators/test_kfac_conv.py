@@ -14,7 +14,14 @@ from hesskit.optim.kfac import KFAC
 from hesskit.optim.kfac_steps import KFACSchedule
 from hesskit.problem import Problem
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Float64 in this module only (a module-level default would leak into other files)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _conv(bias: bool = True, stride: int = 1, padding: int = 1) -> nn.Conv2d:

@@ -21,7 +21,14 @@ from hesskit.optim.kfac_steps import (
 )
 from hesskit.problem import Problem
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Float64 in this module only (a module-level default would leak into other files)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_the_schedule_constants_are_the_papers():

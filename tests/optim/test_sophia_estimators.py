@@ -4,6 +4,7 @@ that do not depend on the batching (what makes it data parallel)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -11,7 +12,14 @@ from hesskit.operators.kfac_factors import keyed_sample_targets
 from hesskit.optim.sophia import gauss_newton_bartlett_diagonal
 from hesskit.problem import Problem
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Float64 in this module only (a module-level default would leak into other files)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _classifier():

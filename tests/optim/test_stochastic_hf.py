@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -201,3 +202,15 @@ def test_registry_shf_resumed_run_is_bit_identical(tmp_path):
           progress=False)
     for a, b in zip(whole.model.parameters(), part.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_every_shf_constant_is_pinned():
+    # hesskit's choices, documented in stochastic_hf.py (none is taken from Kiros 2013)
+    from hesskit.optim.hf_settings import HF_CG
+    from hesskit.optim.stochastic_hf import SHF_CG, SHF_MAX_CG_ITERATIONS
+
+    assert (SHF_INITIAL_BATCH, SHF_BATCH_GROWTH) == (128, 1.012)
+    assert SHF_CURVATURE_FRACTION == 0.1 and SHF_MAX_CG_ITERATIONS == 25
+    # Martens' CG in every other respect (progress rule, kept iterates, warm start)
+    assert dataclasses.replace(HF_CG, max_iterations=25) == SHF_CG
+    assert math.ceil(math.log(2) / math.log(SHF_BATCH_GROWTH)) == 59  # doubling steps

@@ -116,9 +116,9 @@ def test_martens_rule_stops_exactly_when_relative_progress_falls_below_k_epsilon
     )
     assert result.status is Status.PROGRESS_STALLED
 
-    def rule_holds(values, i):  # Martens 2010 §4.4, written out again
-        k = max(10, int(0.1 * i))
-        return i > k and values[i] < 0 and (values[i] - values[i - k]) / values[i] < k * eps
+    def rule_holds(values, i):  # HFDemo conjgrad_1.m lines 66-67, 80, written out again
+        k = max(10, -(-i // 10))  # ceil(0.1 i) in integers
+        return i > k and values[i - k] < 0 and (values[i] - values[i - k]) / values[i] < k * eps
 
     values = result.model_values
     assert rule_holds(values, result.iterations)
@@ -223,3 +223,33 @@ def test_martens_stop_alone_returns_at_once_on_a_zero_right_hand_side():
     assert result.status is Status.CONVERGED
     assert result.products == 0
     assert not result.x.any()
+
+
+def test_progress_rule_constants_are_hfdemos():
+    # HFDemo conjgrad_1.m lines 4, 6, 7, 66: tolerance 5e-4, gapratio 0.1, mingap 10, ceil.
+    from hesskit.solvers import cg
+
+    assert cg.MARTENS_PROGRESS_TOL == 5e-4
+    assert cg.MARTENS_GAP_RATIO == 0.1 and cg.MARTENS_MIN_GAP == 10
+    assert [cg.martens_gap(i) for i in (1, 99, 100, 101, 110, 111, 250)] == [
+        10, 10, 10, 11, 11, 12, 25]
+    assert [cg.floor_gap(i) for i in (100, 101, 109, 110, 119, 250)] == [10, 10, 10, 11, 11, 25]
+
+
+def test_progress_gap_is_rounded_up_as_hfdemo_and_down_only_on_request():
+    # φ_94 = -1, φ_95..φ_105 ≈ -1.2: at i = 105 the gap ⌊10.5⌋ = 10 sees no progress since
+    # φ_95 (stop), HFDemo's ⌈10.5⌉ = 11 sees the drop from φ_94 (go on).
+    from hesskit.solvers.cg import _progress_stalled, floor_gap, martens_gap
+
+    values = [0.0] + [-1.0] * 94 + [-1.2] * 10 + [-1.2001]
+    assert len(values) == 106
+    assert _progress_stalled(values, 5e-4, floor_gap)
+    assert not _progress_stalled(values, 5e-4, martens_gap)
+
+
+def test_hessian_free_uses_hfdemos_gap_and_the_previous_settings_the_old_one():
+    from hesskit.optim import PREVIOUS_CG
+    from hesskit.optim.hf_settings import HF_CG
+    from hesskit.solvers.cg import floor_gap, martens_gap
+
+    assert HF_CG.progress_gap is martens_gap and PREVIOUS_CG.progress_gap is floor_gap

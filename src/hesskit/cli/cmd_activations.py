@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from hesskit.activations import ACTIVATION_NAMES, get_activation
 from hesskit.cli.options import output_dir
+
+WIDTH = 80
+"""The table fits an 80-column terminal (words wrap inside cells, never numbers)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _parameters_text(parameters: dict[str, float | None]) -> str:
-    shown = [f"{name}={value:g}" for name, value in parameters.items() if value is not None]
-    return ", ".join(shown) or "—"
-
-
 def run(args: argparse.Namespace) -> int:
     activations = [get_activation(name) for name in ACTIVATION_NAMES]
     if args.plot is not None:
@@ -40,16 +39,24 @@ def run(args: argparse.Namespace) -> int:
         path = plot_activations(activations, output_dir(args.plot, "--plot") / "activations.png")
         print(f"wrote {path}")
         return 0
-    table = Table(title="Transfer functions (closed-form σ, σ′, σ″)")
-    for column in ("name", "parameters", "piecewise linear", "at the kink", "stationary points"):
-        table.add_column(column)
-    for activation in activations:
-        table.add_row(
-            activation.name,
-            _parameters_text(activation.parameters),
-            "yes" if activation.piecewise_linear else "no",
-            activation.kink_convention(),
-            activation.stationary_points(),
-        )
-    Console(width=140).print(table)
+    Console(width=WIDTH).print(activation_table())
     return 0
+
+
+def activation_table() -> Table:
+    """The registry as a rich Table that fits :data:`WIDTH` columns (one parameter, one kink
+    value a line; the stationary points wrap between words)."""
+    from hesskit.report.sections import activation_rows
+
+    table = Table(title="Transfer functions (closed-form σ, σ′, σ″)", box=box.SIMPLE_HEAD,
+                  expand=True, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("parameters", no_wrap=True)
+    table.add_column("p.l.", no_wrap=True)
+    table.add_column("at the kink", width=16)
+    table.add_column("stationary points", ratio=1)
+    table.caption = "p.l.: piecewise linear (σ″ = 0 away from the kinks)"
+    for name, parameters, linear, kink, stationary in activation_rows():
+        table.add_row(name, parameters.replace(", ", "\n"), linear, kink.replace(", ", "\n"),
+                      stationary)
+    return table

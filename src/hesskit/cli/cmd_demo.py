@@ -9,8 +9,11 @@ what a user could type) and writes every plot and report under one output folder
 4. the exact Hessian of a small ReLU network on the digits, split H = G + R, with its
    structure report;
 5. its top eigenvalues and spectral density, matrix-free;
-6. a short benchmark of Hessian-free against RMSProp, Adam and SGD on a digits autoencoder,
-   ending with the path of the HTML report and the results table.
+6. RMSProp's √v against the exact curvature diagonals along a short training run;
+7. a short benchmark of Hessian-free against RMSProp, Adam and SGD on a digits autoencoder.
+
+It ends with one self-contained page, ``<out>/index.html``, holding every section
+(:func:`hesskit.report.tour.write_tour_page`), and prints its path.
 """
 
 from __future__ import annotations
@@ -51,21 +54,18 @@ def steps(out: Path, bench_seconds: float) -> list[tuple[str, list[str]]]:
             "Transfer functions and their derivatives",
             ["activations", "--plot", str(out / "activations")],
         ),
-        (
-            "Newton's method on ReLU: zero curvature",
-            ["newton", "--activation", "relu", "--x0", "1.5"],
-        ),
-        (
-            "Newton's method on sigmoid: no stationary point",
-            ["newton", "--activation", "sigmoid", "--x0", "-1"],
-        ),
-        (
-            "Newton's method on tanh: no stationary point",
-            ["newton", "--activation", "tanh", "--x0", "-1"],
+        *(
+            (f"Newton's method on {name}: {why}",
+             ["newton", "--activation", name, "--x0", x0, "--plot", str(out / "newton"),
+              "--json", str(out / "newton" / f"newton_{name}.json")])
+            for name, x0, why in (("relu", "1.5", "zero curvature"),
+                                  ("sigmoid", "-1", "no stationary point"),
+                                  ("tanh", "-1", "no stationary point"))
         ),
         (
             "One ReLU neuron with a squared error: curvature that varies with w",
-            ["neuron", "--plot", str(out / "neuron")],
+            ["neuron", "--plot", str(out / "neuron"),
+             "--json", str(out / "neuron" / "neuron.json")],
         ),
         (
             "Exact Hessian of a small ReLU network on the digits, H = G + R",
@@ -93,6 +93,22 @@ def steps(out: Path, bench_seconds: float) -> list[tuple[str, list[str]]]:
                 "5",
                 "--out",
                 str(out / "spectrum"),
+            ],
+        ),
+        (
+            "RMSProp's √v against the exact curvature diagonals",
+            [
+                "diagonal",
+                "--layers",
+                "64,12,10",
+                "--samples",
+                "256",
+                "--steps",
+                "100",
+                "--every",
+                "25",
+                "--out",
+                str(out / "diagonal"),
             ],
         ),
         (
@@ -124,12 +140,18 @@ def run(args: argparse.Namespace) -> int:
     for number, (title, argv) in enumerate(steps(out, args.bench_seconds), start=1):
         console.rule(f"[bold]{number}. {title}")
         console.print(f"[dim]$ hesskit {' '.join(argv)}")
+        step_started = time.perf_counter()
         if main(argv) != 0:
             failures.append(title)
+        console.print(f"[dim]step {number} took {time.perf_counter() - step_started:.0f} s")
+    from hesskit.report.tour import write_tour_page
+
+    page = write_tour_page(out)
     console.rule()
     console.print(
         f"Demo finished in {time.perf_counter() - started:.0f} s; outputs in {out.resolve()}"
     )
     for title in failures:
         console.print(f"[red]step failed: {title}")
+    print(f"The whole tour on one page: {page.resolve()}")  # plain print: never wrapped
     return 1 if failures else 0

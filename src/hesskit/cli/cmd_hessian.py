@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         "figures": [{"file": path.name, "caption": caption} for path, caption in figures],
     }
     (folder / "structure.json").write_text(json.dumps(payload, indent=2))
+    from hesskit.report.tour import write_hessian_page
+
+    page = write_hessian_page(folder, figures)
     console.print(_table(report))
     for part, s in spectra.items():
         console.print(
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"wrote {folder}/: {' '.join(path.name for path, _ in figures)} structure.json"
     )
+    print(f"page: {page.resolve()}")  # plain print: a path is never wrapped
     return 0
 
 
@@ -109,6 +113,7 @@ SHORT_REASONS = {
     "non_interacting_outputs": "outputs",
     "linear_in_layer": "linear",
     "separate_hidden_units": "units",
+    "separate_units_in_layer": "within",
     "dead_unit": "dead",
     "zero_input_feature": "input",
     "disjoint_support": "support",

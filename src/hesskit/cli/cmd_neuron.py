@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.console import Console
 from rich.table import Table
 
+from hesskit.cli.cmd_newton import json_output_path
 from hesskit.cli.options import finite_float, int_between, output_dir, seed
 from hesskit.neuron import newton_neuron, synthetic_data
 
@@ -39,11 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--plot", metavar="DIR", help="write neuron.png (E(w), d²E/dw², Newton path) into DIR"
     )
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write Newton's outcome (status, message, last w, b) as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     folder = output_dir(args.plot, "--plot") if args.plot is not None else None
+    json_path = json_output_path(args.json) if args.json is not None else None
     problem = synthetic_data(args.samples, seed=args.seed)
     hessian = problem.hessian(args.w0, args.b0)
     active = int(problem.active(args.w0, args.b0).sum())
@@ -73,4 +78,10 @@ def run(args: argparse.Namespace) -> int:
         from hesskit.report.scalar_plots import plot_neuron
 
         print(f"wrote {plot_neuron(problem, result, args.b_fixed, folder / 'neuron.png')}")
+    if json_path is not None:
+        record = {"w0": args.w0, "b0": args.b0, "samples": problem.num_samples,
+                  "status": result.status.value, "message": result.message,
+                  "steps": len(result.iterates) - 1, "w": result.w, "b": result.b}
+        json_path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        print(f"wrote {json_path}")
     return 0

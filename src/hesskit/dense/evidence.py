@@ -128,6 +128,53 @@ def separate_units(problem: Problem) -> dict[tuple[str, str], Tensor]:
     return masks
 
 
+def separate_units_in_layer(problem: Problem) -> dict[tuple[str, str], Tensor]:
+    """Entries of R within one affine layer, between *different* units, zero for every input.
+
+    Layer l (``nn.Linear`` or ``nn.Conv*``, exact types), a_l = W_l x_{l−1} + b_l, followed
+    by a run of elementwise modules x_l = σ(a_l) (any: tanh, GELU, …; :data:`ELEMENTWISE_MODULES`)
+    and then only affine and piecewise-linear modules (exact types), so that z = g(x_l) with
+    g piecewise linear (∇²g = 0; autodiff also gives 0 at kinks). x_{l−1} does not depend
+    on θ_l (no module or parameter is used twice: :func:`leaf_owners` refuses those) and
+    a_l is affine in θ_l, so for θ, θ′ in layer l
+
+        ∂²z/∂θ∂θ′ = Σ_{i,j} ∂²z/∂a_l[i]∂a_l[j] · ∂a_l[i]/∂θ · ∂a_l[j]/∂θ′,
+        ∂²z/∂a_l[i]∂a_l[j] = δ_ij σ″(a_l[i]) ∂g/∂x_l[i] + σ′(a_l[i]) σ′(a_l[j]) ∂²g/∂x_l[i]∂x_l[j]
+
+    whose second term is 0. Unit i (output channel i of a conv, at every position) depends
+    only on row i of W_l and on b_l[i], so R = Σ_e (∂ℓ/∂z_e) ∇²z_e (any loss, e over all
+    output entries of the batch) is 0 between W_l[i, ·] or b_l[i] and W_l[j, ·] or b_l[j]
+    for i ≠ j. Not when a curved activation comes later: then ∂²g/∂x_l[i]∂x_l[j] ≠ 0 in
+    general. Keys are ``(row parameter, column parameter)`` (both orders for weight and
+    bias); values are boolean masks shaped like the block. Cost: O(size(W_l)²) booleans.
+    """
+    owners = leaf_owners(problem)
+    if owners is None:
+        return {}
+    leaves, _ = owners
+    masks: dict[tuple[str, str], Tensor] = {}
+    layout = problem.layout
+    for index, (name, layer) in enumerate(leaves):
+        if type(layer) not in AFFINE_LAYERS:
+            continue
+        later = index + 1
+        while later < len(leaves) and type(leaves[later][1]) in ELEMENTWISE_MODULES:
+            later += 1
+        if any(type(m) not in AFFINE_LAYERS + PIECEWISE_LINEAR for _, m in leaves[later:]):
+            continue
+        units = {}
+        for kind in ("weight", "bias"):
+            full = f"{name}.{kind}"
+            if full in layout.names:
+                shape = layout.shapes[layout.names.index(full)]
+                rows = torch.arange(shape[0]).reshape(-1, *([1] * (len(shape) - 1)))
+                units[full] = rows.expand(shape).reshape(-1)
+        for row, unit_r in units.items():
+            for col, unit_c in units.items():
+                masks[(row, col)] = unit_r[:, None] != unit_c[None, :]
+    return masks
+
+
 @dataclass(frozen=True)
 class DeadUnit:
     """A ReLU unit whose input is ≤ 0 on every sample: its weights have zero curvature here."""

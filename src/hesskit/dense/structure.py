@@ -14,6 +14,10 @@ number of exactly-zero entries of H, G and R with the reason for each zero, from
 * ``separate_hidden_units`` (R only): between consecutive Linear layers A → B with the
   network piecewise linear after B, a weight out of hidden unit p and a weight into unit
   i ≠ p (or B's bias and anything in A): zero for every input;
+* ``separate_units_in_layer`` (R only): within one affine layer followed by elementwise
+  activations (any, e.g. tanh) and then only affine and piecewise-linear modules, the
+  weights and bias of unit i with those of unit j ≠ i: zero for every input
+  (:func:`~hesskit.dense.evidence.separate_units_in_layer`);
 * ``dead_unit``: a row or column of a ReLU unit inactive on every sample at this point;
 * ``zero_input_feature``: a row or column of a first-layer weight whose input feature is
   0 on every sample (blank pixels of an image);
@@ -44,6 +48,7 @@ from hesskit.dense.evidence import (
     linear_layers,
     output_units,
     separate_units,
+    separate_units_in_layer,
     zero_inputs,
 )
 from hesskit.dense.hessian import DenseHessian
@@ -62,6 +67,7 @@ class ZeroReason(enum.Enum):
     NON_INTERACTING_OUTPUTS = "non_interacting_outputs"
     LINEAR_IN_LAYER = "linear_in_layer"
     SEPARATE_HIDDEN_UNITS = "separate_hidden_units"
+    SEPARATE_UNITS_IN_LAYER = "separate_units_in_layer"
     DEAD_UNIT = "dead_unit"
     ZERO_INPUT_FEATURE = "zero_input_feature"
     DISJOINT_SUPPORT = "disjoint_support"
@@ -82,6 +88,11 @@ EXPLANATIONS = {
         "between consecutive layers, R couples a weight out of hidden unit p only with the "
         "weights into the same unit p (and the next bias with nothing), because the network "
         "is piecewise linear after the later layer (zero for every input)"
+    ),
+    ZeroReason.SEPARATE_UNITS_IN_LAYER.value: (
+        "within one layer, R couples the weights and bias of unit i only with those of the "
+        "same unit i, because after the layer's elementwise activation the network is "
+        "piecewise linear (zero for every input)"
     ),
     ZeroReason.DEAD_UNIT.value: (
         "a ReLU unit inactive on every sample at this point: its incoming and outgoing "
@@ -194,6 +205,7 @@ class _Evidence:
     outputs: Tensor | None  # entries feeding different output units (diagonal loss)
     linear: bool  # both in one layer in which the network is piecewise linear
     separate: Tensor | None  # R entries of different hidden units in consecutive layers
+    within: Tensor | None  # R entries of different units of one layer
     dead: Tensor  # rows or columns of dead units
     zero_input: Tensor  # rows or columns of weights from always-zero input features
     support: JointSupport | None  # per-sample factor patterns of a piecewise-linear chain
@@ -211,6 +223,7 @@ class _Facts:
         self.layers = linear_layers(problem)
         self.units = output_units(problem)
         self.separate = separate_units(problem)
+        self.within = separate_units_in_layer(problem)
         self.dead, self.dead_mask = dead_units(problem, result.parameters)
         self.features, self.zero_mask = zero_inputs(problem)
         self.support = joint_support(problem, result.parameters)
@@ -222,6 +235,7 @@ class _Facts:
             outputs=_cross_outputs(self.units, rs, cs),
             linear=rows in self.layers and self.layers.get(columns) == self.layers[rows],
             separate=self.separate.get((rows, columns)),
+            within=self.within.get((rows, columns)),
             dead=self.dead_mask[rs][:, None] | self.dead_mask[cs][None, :],
             zero_input=self.zero_mask[rs][:, None] | self.zero_mask[cs][None, :],
             support=self.support,
@@ -247,6 +261,7 @@ def _codes(part: str, matrix: Tensor, evidence: _Evidence) -> Tensor:
         (ZeroReason.NON_INTERACTING_OUTPUTS, evidence.outputs),
         (ZeroReason.LINEAR_IN_LAYER, _full(remaining) if part == "R" and evidence.linear else None),
         (ZeroReason.SEPARATE_HIDDEN_UNITS, evidence.separate if part == "R" else None),
+        (ZeroReason.SEPARATE_UNITS_IN_LAYER, evidence.within if part == "R" else None),
         (ZeroReason.DEAD_UNIT, evidence.dead),
         (ZeroReason.ZERO_INPUT_FEATURE, evidence.zero_input),
         (ZeroReason.DISJOINT_SUPPORT, None),  # computed only if zeros remain

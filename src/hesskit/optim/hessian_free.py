@@ -254,8 +254,13 @@ class HessianFree(GlobalStateOptimizer):
 
     def _loss_and_gradient(self, closure: Callable[[], Tensor]) -> tuple[float, Tensor]:
         """Phase 1: F(θ) and ∇F(θ); distributed, the closure's part summed in ONE
-        all-reduce, then the weight decay added once."""
-        loss = loss_value(closure())
+        all-reduce, then the weight decay added once. A preconditioner that accumulates its
+        statistic in this pass (``DiagonalPreconditioner.gradient_pass``) watches it."""
+        if self.preconditioner is not None:
+            with self.preconditioner.around_gradient():
+                loss = loss_value(closure())
+        else:
+            loss = loss_value(closure())
         gradient = flat_gradient(self._params)
         if self.distributed:
             packed = torch.cat([gradient.new_tensor([loss]), gradient])
@@ -325,6 +330,7 @@ class HessianFree(GlobalStateOptimizer):
             M=inverse,
             stop=StopRule.MARTENS | StopRule.RESIDUAL,
             progress_tol=settings.progress_tol,
+            progress_gap=settings.progress_gap,
             snapshot_at=geometric_snapshots(
                 settings.max_iterations, settings.snapshot_growth, settings.first_snapshot
             ),

@@ -7,10 +7,16 @@ release).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.solvers.cg import MARTENS_FIRST_SNAPSHOT, MARTENS_PROGRESS_TOL
+from hesskit.solvers.cg import (
+    MARTENS_FIRST_SNAPSHOT,
+    MARTENS_PROGRESS_TOL,
+    floor_gap,
+    martens_gap,
+)
 
 MARTENS_MAX_CG_ITERATIONS = 250
 """``maxiters = 250`` (HFDemo ``nnet_train_2.m`` line 1255; §4.4 of the paper)."""
@@ -28,6 +34,9 @@ class CGSettings:
         max_iterations: iteration cap (:data:`MARTENS_MAX_CG_ITERATIONS`).
         progress_tol: ε of the relative-progress stopping rule (§4.4; ``tolerance = 5e-4``,
             ``conjgrad_1.m`` line 4).
+        progress_gap: i ↦ k, the rule's gap: max(10, ⌈0.1 i⌉) (``conjgrad_1.m`` line 66,
+            :func:`~hesskit.solvers.cg.martens_gap`); ``floor_gap`` is hesskit's former
+            max(10, ⌊0.1 i⌋) (ablation).
         rtol: residual rule ‖r‖ ≤ rtol·‖∇L‖ (0: off, as in Martens' code, which relies on
             the progress rule alone).
         snapshot_growth: γ, keep the iterates ⌈i₀·γ^j⌉ for backtracking (§4.6;
@@ -40,6 +49,7 @@ class CGSettings:
 
     max_iterations: int = MARTENS_MAX_CG_ITERATIONS
     progress_tol: float = MARTENS_PROGRESS_TOL
+    progress_gap: Callable[[int], int] = martens_gap
     rtol: float = 0.0
     snapshot_growth: float = 1.3
     first_snapshot: float = MARTENS_FIRST_SNAPSHOT
@@ -76,7 +86,8 @@ class RatioSettings:
 
 HF_CG = CGSettings()
 HF_RATIO = RatioSettings()
-PREVIOUS_CG = CGSettings(first_snapshot=1)
-"""hesskit's former CG settings (snapshots from iterate 1), for ablations."""
+PREVIOUS_CG = CGSettings(first_snapshot=1, progress_gap=floor_gap)
+"""hesskit's former CG settings (snapshots from iterate 1, the progress rule's gap rounded
+down), for ablations."""
 PREVIOUS_RATIO = RatioSettings(on_curvature_chunk=False, undamped_model=False)
 """hesskit's former ρ (gradient batch over the damped model), for ablations."""

@@ -20,21 +20,22 @@ line search                Armijo c = 10⁻², shrink 0.8, 60 tries (lines 1361�
 weight cost                (wd/2)‖θ‖² over all parameters, biases included (lines 786, 1114)
 =========================  ===========================================================
 
-One difference remains: hesskit's preconditioner statistic is a separate per-sample pass
-(Martens accumulates it in the gradient pass); it is counted by ``statistic_passes``.
+The preconditioner's statistic comes from the gradient pass, as Martens' does, where
+hesskit proves that exact (a chain of ``nn.Linear`` layers and elementwise activations,
+:mod:`hesskit.estimators.gradient_squares`); elsewhere it is a separate per-sample pass,
+counted by ``statistic_passes``.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
 from hesskit.operators.gauss_newton import gauss_newton_operator
 from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
 from hesskit.optim.damping import LevenbergMarquardt
 from hesskit.optim.hessian_free import HessianFree
 from hesskit.optim.hf_settings import CGSettings
-from hesskit.optim.preconditioners import DiagonalPreconditioner
+from hesskit.optim.preconditioners import gradient_pass_preconditioner
 from hesskit.problem import Problem
 from hesskit.tensor_tree import select
 
@@ -68,21 +69,24 @@ def martens2010(
     Returns:
         The optimizer. Drive it with ``step(closure)`` where the closure clears the
         gradients, computes ``loss(model(X), y)`` on ``data``, calls ``backward()`` and
-        returns it. ``optimizer.statistic_passes`` counts the preconditioner's per-sample
-        passes over ``data``.
+        returns it. ``optimizer.statistic_passes`` counts the preconditioner's separate
+        per-sample passes over ``data``: none where diag(EF) is proved to come from the
+        closure's own backward pass (Martens' ``grad2``, lines 1086–1087, 1106; a chain of
+        ``nn.Linear`` layers and elementwise activations, see
+        :mod:`hesskit.estimators.gradient_squares`), one a step otherwise.
 
-    Cost per step: one gradient on ``data``, one per-sample pass on ``data`` (the
-    preconditioner), CG's products + 1 (ρ) on a chunk, two forward passes on the chunk (ρ),
-    and the backtracking's and line search's forward passes on ``data``.
+    Cost per step: one gradient on ``data`` (with the preconditioner's squares in its
+    backward pass, or a separate per-sample pass on ``data`` where that is not proved),
+    CG's products + 1 (ρ) on a chunk, two forward passes on the chunk (ρ), and the
+    backtracking's and line search's forward passes on ``data``.
     """
     problem = Problem(model, loss, data)
     chunks = RoundRobinChunks(problem.num_data, numchunks, seed=seed)
     chunk_problems = [Problem(model, loss, select(data, index)) for index in chunks.partition]
     optimizer: HessianFree
 
-    def statistic() -> Tensor:
+    def extra_pass() -> None:
         optimizer.statistic_passes += 1  # type: ignore[attr-defined]
-        return empirical_fisher_diagonal(problem)
 
     def curvature() -> CurvatureChunk:
         chunk = chunk_problems[chunks.index(int(optimizer.hf_state["steps"]))]
@@ -93,7 +97,9 @@ def martens2010(
         curvature=curvature,
         damping=LevenbergMarquardt(initial=initial_damping),
         cg=CGSettings(max_iterations=max_cg_iterations),
-        preconditioner=DiagonalPreconditioner(statistic),
+        preconditioner=gradient_pass_preconditioner(
+            model, loss, lambda: data, on_extra_pass=extra_pass
+        ),
         weight_decay=weight_decay,
     )
     optimizer.chunks = chunks  # type: ignore[attr-defined]

@@ -12,18 +12,28 @@ diagonal of B. CG applies z = M⁻¹ r, an elementwise division: O(N) per iterat
 total loss (``hesskit.estimators.exact_diagonal.empirical_fisher_diagonal``: c Σ_i g_i ⊙ g_i
 with g_i the unscaled per-sample gradients and c the reduction factor, so that for a mean
 loss it is (1/n) Σ_i g_i ⊙ g_i), which keeps λ on the same scale in B + λI and in M.
+
+Where it comes from: Martens accumulates Σ_i g_i ⊙ g_i in the gradient's own pass (``grad2``,
+HFDemo ``nnet_train_2.m`` lines 1086–1087, 1106). :func:`gradient_pass_preconditioner` does
+the same where it is proved exact (:mod:`hesskit.estimators.gradient_squares`: a chain of
+``nn.Linear`` layers and elementwise activations), and takes one separate per-sample pass
+over the batch otherwise, which it reports so that a run can charge it;
+:func:`martens_preconditioner` always takes the separate pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
+from hesskit.estimators.gradient_squares import GradientSquares
 from hesskit.problem import Problem
 
 MARTENS_EXPONENT = 0.75
@@ -41,10 +51,14 @@ class DiagonalPreconditioner:
             (``empirical_fisher_diagonal`` of a distributed ``Problem`` does).
         exponent: α (Martens 2010, §4.7: 0.75; 1 is Jacobi with the statistic, 0 no
             preconditioning).
+        gradient_pass: returns a context that Hessian-free enters around the closure's
+            gradient pass at θ (before it asks for the statistic), for a statistic
+            accumulated in that pass (:func:`gradient_pass_preconditioner`); None: none.
     """
 
     statistic: Callable[[], Tensor]
     exponent: float = MARTENS_EXPONENT
+    gradient_pass: Callable[[], AbstractContextManager[object]] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.exponent <= 1:
@@ -62,6 +76,10 @@ class DiagonalPreconditioner:
         shifted = self.statistic().detach() + damping
         m = shifted.clamp(min=0) ** self.exponent
         return torch.where(shifted > 0, m, torch.ones_like(m))
+
+    def around_gradient(self) -> AbstractContextManager[object]:
+        """The context to run the closure's gradient pass in (a no-op without one)."""
+        return contextlib.nullcontext() if self.gradient_pass is None else self.gradient_pass()
 
     def inverse(self, damping: float | Tensor) -> Callable[[Tensor], Tensor]:
         """The function r ↦ M⁻¹ r that CG's ``M`` argument takes."""
@@ -81,3 +99,47 @@ def martens_preconditioner(
     gradients otherwise), which a fair comparison must count as data passed.
     """
     return DiagonalPreconditioner(lambda: empirical_fisher_diagonal(problem), exponent)
+
+
+def gradient_pass_preconditioner(
+    model: nn.Module,
+    loss: nn.Module,
+    batch: Callable[[], tuple[object, object]],
+    *,
+    shift: float = 0.0,
+    on_extra_pass: Callable[[], None] | None = None,
+    exponent: float = MARTENS_EXPONENT,
+) -> DiagonalPreconditioner:
+    """Martens' preconditioner with diag(EF) taken from the closure's own backward pass.
+
+    Args:
+        model: the network.
+        loss: the loss the closure applies, as ``loss(model(X), y)`` on ``batch()``.
+        batch: returns the current gradient batch ``(X, y)`` (read at each step).
+        shift: a constant added to the statistic (the weight cost wd when the closure
+            holds it, as in Martens' ``grad2 + weightcost``, line 1264; 0 when HF's own
+            ``weight_decay`` adds it).
+        on_extra_pass: called each time the pass was not proved (see
+            :mod:`hesskit.estimators.gradient_squares`) and the statistic took a separate
+            per-sample pass over ``batch()`` instead; a run charges its cases there.
+        exponent: α.
+
+    Returns:
+        The preconditioner; its ``statistic.squares`` is the :class:`GradientSquares`
+        (``hook_passes``, ``refused_passes``, ``reason``). Exactly the diagonal of
+        :func:`martens_preconditioner`, at about a third of a gradient instead of a pass.
+    """
+    squares = GradientSquares(model, loss)
+
+    def statistic() -> Tensor:
+        diagonal = squares.empirical_fisher_diagonal()
+        if diagonal is None:
+            if on_extra_pass is not None:
+                on_extra_pass()
+            diagonal = empirical_fisher_diagonal(Problem(model, loss, batch()))
+        return diagonal + shift if shift else diagonal
+
+    statistic.squares = squares  # type: ignore[attr-defined]
+    return DiagonalPreconditioner(
+        statistic, exponent, gradient_pass=lambda: squares.capture(batch()[1])
+    )

@@ -10,17 +10,29 @@ that is what makes it slow per second. Stochastic HF keeps the step and changes 
        b_k = min(n, ⌈b₀ · γ^(k−1)⌉)                     (:class:`BatchGrowth`),
 
    so that early steps are cheap and noisy and later ones approach full-batch HF, whose
-   gradient accuracy the end of a run needs. Growing the gradient sample along the run is
-   what Martens & Sutskever (2012, "Training deep and recurrent networks with Hessian-free
-   optimization", Neural Networks: Tricks of the Trade, the section on mini-batching)
-   recommend for HF on large data sets, and Kiros (2013, "Training neural networks with
-   stochastic Hessian-free optimization", ICLR, arXiv:1301.3641) trains HF on gradient and
-   curvature mini-batches whose size does not depend on n. The geometric form b_{k+1} ≈ γ·b_k
-   is the growth rule of Friedlander & Schmidt (2012, "Hybrid deterministic-stochastic
-   methods for data fitting", SIAM J. Sci. Comput. 34(3)), which Byrd, Chin, Nocedal & Wu
-   (2012, "Sample size selection in optimization methods for machine learning", Math.
-   Program. 134) compare with their variance test. b₀ and γ here are hesskit's, measured on
-   the digits autoencoder (``benchmarks/hf_fidelity.py``): no paper fixes them for it;
+   gradient accuracy the end of a run needs. Sources, and what each one fixes:
+
+   * Martens & Sutskever (2012), "Training deep and recurrent networks with Hessian-free
+     optimization", in Neural Networks: Tricks of the Trade, 2nd ed., LNCS 7700, ch. 20,
+     §20.12 (mini-batching): gradient and curvature on mini-batches, the curvature batch a
+     subset of the gradient batch, and larger batches as the optimisation proceeds. No
+     formula or constants for the growth are taken from it (the chapter's text was not
+     available offline; this summary and the section number, which other HF
+     implementations cite, await a check against it);
+   * Kiros (2013), "Training neural networks with stochastic Hessian-free optimization",
+     ICLR, arXiv:1301.3641: HF with "gradient and curvature mini-batches independent of
+     the dataset size" (abstract), i.e. FIXED sizes (γ = 1 here), with short CG runs per
+     mini-batch. His per-data-set batch sizes and curvature fraction are in the paper's
+     experiments section, which hesskit could not consult offline; no constant here is
+     taken from it;
+   * the geometric form b_{k+1} ≈ γ·b_k is the growth rule of Friedlander & Schmidt (2012,
+     "Hybrid deterministic-stochastic methods for data fitting", SIAM J. Sci. Comput.
+     34(3), A1380–A1405), compared by Byrd, Chin, Nocedal & Wu (2012, "Sample size selection
+     in optimization methods for machine learning", Math. Program. 134) with their variance
+     test.
+
+   b₀ (:data:`SHF_INITIAL_BATCH`) and γ (:data:`SHF_BATCH_GROWTH`) are hesskit's, measured
+   on the digits autoencoder (``benchmarks/hf_fidelity.py``): no paper fixes them;
 2. the curvature batch is the first c_k = ⌈f · b_k⌉ cases of that (already random) gradient
    batch (Kiros 2013 and Byrd et al. 2012: curvature on a subsample of the gradient sample;
    f = :data:`SHF_CURVATURE_FRACTION`);
@@ -31,13 +43,16 @@ that is what makes it slow per second. Stochastic HF keeps the step and changes 
    ρ on the curvature batch over the undamped model and Levenberg-Marquardt λ from λ₀ = 45.
    Two defaults differ: the CG cap (:data:`SHF_MAX_CG_ITERATIONS`; a noisy small-batch model
    is not worth 250 iterations, and Kiros 2013 runs short CG per mini-batch), and CG runs
-   without Martens' preconditioner (``preconditioner=True`` restores it): its per-sample pass
-   costs a pass over the batch each step, and on the digits autoencoder it made the run to
-   objective ≤ 16.3 take 1,874 epochs instead of 708 (γ = 1.01).
+   without Martens' preconditioner (``preconditioner=True`` restores it): on the digits
+   autoencoder it made the run to objective ≤ 16.3 take 1,874 epochs instead of 708
+   (γ = 1.01; measured when its statistic still took a separate per-sample pass, counted in
+   those epochs; it now comes from the gradient's backward pass on Linear chains).
 
 Cost per step, in cases through the model (``hf_state["cases"]``, counted exactly): b_k per
-closure call (the gradient, and a forward pass per backtracking / line-search trial), b_k for
-the preconditioner's per-sample pass, c_k per curvature product (CG's and ρ's) and c_k per
+closure call (the gradient, and a forward pass per backtracking / line-search trial), with
+``preconditioner=True`` b_k more for its per-sample pass where diag(EF) cannot be taken from
+the gradient's own backward pass (:mod:`hesskit.estimators.gradient_squares`; on a Linear
+chain it can, at no extra cases), c_k per curvature product (CG's and ρ's) and c_k per
 chunk-loss evaluation of ρ (two).
 """
 
@@ -50,7 +65,6 @@ import torch
 from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
 from hesskit.operators.counting import CountingOperator
 from hesskit.operators.gauss_newton import gauss_newton_operator
 from hesskit.optim.backtracking import ArmijoSearch
@@ -58,7 +72,7 @@ from hesskit.optim.chunks import CurvatureChunk, chunk_loss
 from hesskit.optim.damping import LevenbergMarquardt
 from hesskit.optim.hessian_free import HF_DAMPING, HF_LINE_SEARCH, HessianFree
 from hesskit.optim.hf_settings import CGSettings
-from hesskit.optim.preconditioners import DiagonalPreconditioner
+from hesskit.optim.preconditioners import gradient_pass_preconditioner
 from hesskit.problem import Problem
 from hesskit.tensor_tree import call_model, num_samples, select
 
@@ -75,8 +89,11 @@ autoencoder (1 thread, one seed, CG cap 25, no preconditioner; epochs to objecti
 sensitive to the settings (CG cap 20 or 30 instead of 25 at γ = 1.01: 1,321 and 813).
 Friedlander & Schmidt (2012) grow 10% an iteration."""
 SHF_CURVATURE_FRACTION = 0.1
-"""f: the curvature batch is 1/10 of the gradient batch (Martens 2010 §4.3 uses a fraction of
-the gradient data for the curvature; Byrd et al. 2012 §3 use about 1/10 and less)."""
+"""f: the curvature batch is 1/10 of the gradient batch. hesskit's choice: Martens 2010 §4.3
+computes the curvature on a fraction of the gradient data (his released code uses 1/numchunks:
+CURVES 1/4, MNIST 1/8), Martens & Sutskever 2012 §20.12 on a subset of the gradient batch;
+1/10 is the DEFAULT_CURVATURE_FRACTION of ``hesskit train`` for problems without Martens'
+numchunks."""
 SHF_MAX_CG_ITERATIONS = 25
 """CG cap per mini-batch (Martens' full-batch cap is 250, HFDemo ``nnet_train_2.m`` line
 1255); hesskit's choice, measured on the digits autoencoder (γ = 1.01: objective ≤ 16.3 in
@@ -148,8 +165,9 @@ class StochasticHessianFree(HessianFree):
             :meth:`state_dict`; torch's global one is untouched).
         damping: λ₀ and the Levenberg-Marquardt rule (Martens' by default).
         cg: CG settings (:data:`SHF_CG`).
-        preconditioner: Martens' [diag(EF) + wd + λ]^¾ on the gradient batch (one more
-            per-sample pass over it a step); False (default, see the module docstring):
+        preconditioner: Martens' [diag(EF) + wd + λ]^¾ on the gradient batch, diag(EF)
+            from the gradient's backward pass where proved (else one more per-sample pass
+            over the batch a step, counted); False (default, see the module docstring):
             plain CG.
         line_search: Armijo settings (Martens'), or None.
 
@@ -187,7 +205,9 @@ class StochasticHessianFree(HessianFree):
             curvature=self._curvature,
             damping=damping,
             cg=cg,
-            preconditioner=DiagonalPreconditioner(self._statistic) if preconditioner else None,
+            preconditioner=gradient_pass_preconditioner(
+                model, loss, lambda: self._batch, on_extra_pass=self._charge_extra_pass
+            ) if preconditioner else None,
             line_search=line_search,
             weight_decay=weight_decay,
             distributed=False,
@@ -295,7 +315,7 @@ class StochasticHessianFree(HessianFree):
 
         return CurvatureChunk(operator, objective)
 
-    def _statistic(self) -> Tensor:
-        """diag(EF) of the gradient batch (one per-sample pass over it, counted)."""
+    def _charge_extra_pass(self) -> None:
+        """diag(EF) of the gradient batch took a separate per-sample pass over it (its
+        backward-pass squares were not proved exact for this model): b_k cases."""
         self.hf_state["cases"] += int(self.hf_state["batch_size"])
-        return empirical_fisher_diagonal(Problem(self.model, self.loss, self._batch))

@@ -7,27 +7,16 @@ the JSON report alone (:mod:`hesskit.report.schema`), which is written next to i
 
 from __future__ import annotations
 
-import base64
-import html
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from hesskit.report.pages import document, escape, figure, paragraph, table
 from hesskit.report.plots import benchmark_figures
 from hesskit.report.schema import BenchmarkReport, write_report_json
 
 HTML_NAME = "report.html"
 JSON_NAME = "report.json"
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead { background: #f0f0f0; }
-figure { margin: 1.5em 0; } figcaption { color: #555; font-size: 0.9em; }
-img { max-width: 100%; } .note { color: #555; } code { background: #f5f5f5; }
-"""
 
 
 @dataclass(frozen=True)
@@ -72,35 +61,32 @@ def summary_rows(report: BenchmarkReport) -> list[SummaryRow]:
 
 
 def render_html(report: BenchmarkReport) -> str:
-    """The whole report as one HTML document (figures inline)."""
-    escape = html.escape
+    """The whole report as one HTML document (figures inline; see :mod:`.pages`)."""
     unit = "s" if report.budget_kind == "seconds" else "epochs"
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>hesskit bench: {escape(report.problem)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>Optimizer benchmark: <code>{escape(report.problem)}</code></h1>",
-        f"<p>{escape(report.problem_description)}</p>",
+        paragraph(report.problem_description),
         f"<p><b>Budget per run:</b> {report.budget_value:g} {unit}. "
         f"<b>Reported error:</b> {escape(report.error_name)}. "
         f"<b>Seeds:</b> {', '.join(map(str, report.seeds))}.</p>",
-        f'<p class="note">{escape(report.method_note)}</p>',
+        paragraph(report.method_note, note=True),
         "<h2>Results (median over seeds)</h2>",
-        _summary_table(report),
+        summary_table(report),
     ]
-    parts += [f'<p class="note">{escape(s.reason)}</p>' for s in report.skipped]
-    for key, (caption, png) in benchmark_figures(report).items():
-        encoded = base64.b64encode(png).decode("ascii")
-        parts.append(
-            f'<figure id="{key}"><img alt="{escape(caption)}" '
-            f'src="data:image/png;base64,{encoded}"><figcaption>{escape(caption)}'
-            "</figcaption></figure>"
-        )
-    parts += [_lr_table(report), "<h2>Environment</h2>", _environment_table(report),
-              f'<p class="note">Data: <code>{JSON_NAME}</code> next to this file '
-              f"(schema version {report.version}); created {escape(report.created)}.</p>",
-              "</body></html>"]
-    return "\n".join(part for part in parts if part)
+    parts += [paragraph(s.reason, note=True) for s in report.skipped]
+    parts += [
+        figure(png, caption, key=key) for key, (caption, png) in benchmark_figures(report).items()
+    ]
+    parts += [
+        _lr_table(report),
+        "<h2>Environment</h2>",
+        _environment_table(report),
+        paragraph(
+            f"Data: {JSON_NAME} next to this file (schema version "
+            f"{report.version}); created {report.created}.",
+            note=True,
+        ),
+    ]
+    return document(f"Optimizer benchmark: {report.problem}", parts)
 
 
 def write_report(report: BenchmarkReport, out_dir: Path) -> tuple[Path, Path]:
@@ -118,7 +104,8 @@ def _number(value: float | None) -> str:
     return "diverged" if value == float("inf") else f"{value:.4g}"
 
 
-def _summary_table(report: BenchmarkReport) -> str:
+def summary_table(report: BenchmarkReport) -> str:
+    """The table of :func:`summary_rows` as HTML."""
     head = ("method", "lr", "seeds", "train error", "test error", "iterations", "epochs",
             "curvature products", "seconds")
     body = []
@@ -128,7 +115,7 @@ def _summary_table(report: BenchmarkReport) -> str:
                  _number(row.test_error), f"{row.iterations:g}", f"{row.epochs:.3g}",
                  f"{row.products:g}", f"{row.seconds:.3g}")
         body.append(cells)
-    return _table(head, body)
+    return table(head, body)
 
 
 def _lr_table(report: BenchmarkReport) -> str:
@@ -141,18 +128,8 @@ def _lr_table(report: BenchmarkReport) -> str:
         for s in report.lr_selection
     ]
     head = ("method", "final train error per lr", "chosen lr", "tuning budget", "seed")
-    return "<h2>Learning-rate selection</h2>" + _table(head, body)
+    return "<h2>Learning-rate selection</h2>" + table(head, body)
 
 
 def _environment_table(report: BenchmarkReport) -> str:
-    return _table(("item", "value"), list(report.environment.items()))
-
-
-def _table(head: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
-    escape = html.escape
-    header = "".join(f"<th>{escape(cell)}</th>" for cell in head)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in cells) + "</tr>"
-        for cells in body
-    )
-    return f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+    return table(("item", "value"), list(report.environment.items()))

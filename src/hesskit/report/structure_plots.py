@@ -45,6 +45,7 @@ REASON_COLOURS = {
     "non_interacting_outputs": "#0072B2",  # Okabe & Ito's colour-blind-safe palette
     "linear_in_layer": "#56B4E9",
     "separate_hidden_units": "#009E73",
+    "separate_units_in_layer": "#999933",  # Paul Tol's colour-blind-safe "muted" olive
     "dead_unit": "#E69F00",
     "zero_input_feature": "#F0E442",
     "disjoint_support": "#CC79A7",

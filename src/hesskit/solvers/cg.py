@@ -35,7 +35,36 @@ from hesskit.solvers.result import SolverResult, Status
 Preconditioner = CurvatureOperator | Callable[[Tensor], Tensor]
 
 MARTENS_PROGRESS_TOL = 5e-4
-"""ε of Martens' relative-progress rule (Martens 2010, §4.4)."""
+"""ε of Martens' relative-progress rule (Martens 2010, §4.4; ``tolerance = 5e-4``, HFDemo
+``conjgrad_1.m`` line 4)."""
+
+MARTENS_GAP_RATIO = 0.1
+"""The gap k of the relative-progress rule grows as 0.1·i (§4.4; ``gapratio = 0.1``,
+``conjgrad_1.m`` line 6)."""
+
+MARTENS_MIN_GAP = 10
+"""The smallest gap k (§4.4; ``mingap = 10``, ``conjgrad_1.m`` line 7)."""
+
+
+def martens_gap(i: int) -> int:
+    """k = max(10, ⌈0.1·i⌉), the gap at CG iteration i (``testgap = max(ceil(i *
+    gapratio), mingap)``, HFDemo ``conjgrad_1.m`` line 66; the paper's §4.4 writes
+    max(10, 0.1 i) without saying how it rounds).
+
+    >>> [martens_gap(i) for i in (1, 100, 101, 109, 110, 111)]
+    [10, 10, 11, 11, 11, 12]
+    """
+    return max(MARTENS_MIN_GAP, math.ceil(MARTENS_GAP_RATIO * i - 1e-9))
+
+
+def floor_gap(i: int) -> int:
+    """k = max(10, ⌊0.1·i⌋): hesskit's former rounding of the gap (an ablation; it lets CG
+    stop up to one iteration of gap earlier than HFDemo for i ≥ 101).
+
+    >>> [floor_gap(i) for i in (100, 101, 109, 110)]
+    [10, 10, 10, 11]
+    """
+    return max(MARTENS_MIN_GAP, int(MARTENS_GAP_RATIO * i + 1e-9))
 
 MARTENS_SNAPSHOT_GROWTH = 1.3
 """γ: keep the CG iterates numbered ⌈i₀·γ^j⌉ for backtracking (Martens 2010, §4.6;
@@ -51,9 +80,12 @@ class StopRule(enum.Flag):
     """When CG stops besides ``maxiter``; combine with ``|`` to stop at whichever comes first.
 
     * ``RESIDUAL``: ‖b − Ax‖ ≤ max(atol, rtol·‖b‖), SciPy's rule.
-    * ``MARTENS``: stop at iteration i > k when φ_i < 0 and (φ_i − φ_{i−k}) / φ_i < k·ε,
-      with k = max(10, ⌊0.1 i⌋) and ε = 5e-4 (Martens 2010, §4.4): the model has stopped
-      improving relative to its value, which is what matters for an optimisation step.
+    * ``MARTENS``: stop at iteration i > k when φ_{i−k} < 0 and (φ_i − φ_{i−k}) / φ_i < k·ε,
+      with k = max(10, ⌈0.1 i⌉) and ε = 5e-4 (Martens 2010, §4.4; exactly HFDemo
+      ``conjgrad_1.m`` lines 66–67, 80, which test φ k iterations AGO for a negative
+      value): the model has stopped improving relative to its value, which is what matters
+      for an optimisation step. The gap's rounding is ``progress_gap`` of
+      :func:`conjugate_gradient`.
     """
 
     RESIDUAL = enum.auto()
@@ -114,6 +146,7 @@ def conjugate_gradient(
     M: Preconditioner | None = None,
     stop: StopRule = StopRule.RESIDUAL,
     progress_tol: float = MARTENS_PROGRESS_TOL,
+    progress_gap: Callable[[int], int] = martens_gap,
     snapshot_at: Iterable[int] | None = None,
     callback: Callable[[Tensor], None] | None = None,
 ) -> CGResult:
@@ -130,6 +163,8 @@ def conjugate_gradient(
             pass ``lambda r: r / m``.
         stop: which rules may stop CG before ``maxiter``; see :class:`StopRule`.
         progress_tol: ε of the relative-progress rule (Martens §4.4: 5e-4).
+        progress_gap: i ↦ k, the gap of the relative-progress rule (:func:`martens_gap`,
+            HFDemo's ⌈⌉; :func:`floor_gap` is hesskit's former ⌊⌋, for ablations).
         snapshot_at: iteration numbers whose iterates to keep, e.g.
             :func:`geometric_snapshots` (Martens §4.6); the final iterate is always kept.
         callback: called as ``callback(x_i)`` after each iteration (SciPy's convention).
@@ -193,7 +228,9 @@ def conjugate_gradient(
             callback(x)
         if StopRule.RESIDUAL in stop and float(r.norm()) <= threshold:
             return _finish(result, x, Status.CONVERGED, wanted)
-        if StopRule.MARTENS in stop and _progress_stalled(result.model_values, progress_tol):
+        if StopRule.MARTENS in stop and _progress_stalled(
+            result.model_values, progress_tol, progress_gap
+        ):
             return _finish(result, x, Status.PROGRESS_STALLED, wanted)
         z = apply_M(r)
         rz_next = float(r @ z)
@@ -221,11 +258,13 @@ def _model_value(x: Tensor, b: Tensor, r: Tensor) -> float:
     return -0.5 * float(x @ (b + r))
 
 
-def _progress_stalled(values: list[float], tol: float) -> bool:
-    """Martens §4.4: i > k, φ_i < 0 and (φ_i − φ_{i−k}) / φ_i < k·ε, k = max(10, ⌊0.1 i⌋)."""
+def _progress_stalled(values: list[float], tol: float, gap: Callable[[int], int]) -> bool:
+    """Martens §4.4, as ``conjgrad_1.m`` line 80 writes it: i > k, φ_{i−k} < 0 and
+    (φ_i − φ_{i−k}) / φ_i < k·ε, k = gap(i). (CG lowers φ at every iteration, so
+    φ_{i−k} < 0 implies φ_i < 0 and the quotient is well defined.)"""
     i = len(values) - 1
-    k = max(10, int(0.1 * i))
-    if i <= k or values[i] >= 0:
+    k = gap(i)
+    if i <= k or values[i - k] >= 0:
         return False
     return (values[i] - values[i - k]) / values[i] < k * tol
 

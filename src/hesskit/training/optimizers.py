@@ -255,25 +255,25 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
     """Martens' HF (module docstring): G on round-robin chunks of the gradient batch, ρ on
     the chunk over the undamped model, preconditioned by diag(EF) of the gradient batch plus
     wd (§4.7; HFDemo ``nnet_train_2.m`` line 1264). The closure already holds the weight
-    cost, so HF's own ``weight_decay`` stays 0 and wd is built into G and the statistic."""
-    from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
-    from hesskit.optim import DiagonalPreconditioner, HessianFree, LevenbergMarquardt
-    from hesskit.problem import Problem
+    cost, so HF's own ``weight_decay`` stays 0 and wd is built into G and the statistic.
+
+    diag(EF) is accumulated in the closure's own backward pass where that is proved exact
+    (``hesskit.optim.gradient_pass_preconditioner``: Linear chains), at no extra cases;
+    elsewhere it is a separate per-sample pass over the gradient batch, charged as
+    numchunks products (one pass over the gradient batch's cases)."""
+    from hesskit.optim import HessianFree, LevenbergMarquardt
+    from hesskit.optim.preconditioners import gradient_pass_preconditioner
 
     schedule = _ChunkSchedule(context)
-
-    def fisher_diagonal() -> Tensor:
-        context.products.add(schedule.numchunks())  # one pass over the gradient batch
-        diagonal = empirical_fisher_diagonal(
-            Problem(context.model, context.loss, context.gradient_batch())
-        )
-        return diagonal + context.weight_decay
-
+    preconditioner = gradient_pass_preconditioner(
+        context.model, context.loss, context.gradient_batch, shift=context.weight_decay,
+        on_extra_pass=lambda: context.products.add(schedule.numchunks()),
+    )
     optimizer = HessianFree(
         context.model.parameters(),
         curvature=lambda: curvature(),
         damping=LevenbergMarquardt(initial=context.initial_damping),
-        preconditioner=DiagonalPreconditioner(fisher_diagonal),
+        preconditioner=preconditioner,
     )
     curvature = gauss_newton_curvature(context, schedule, lambda: int(optimizer.hf_state["steps"]))
     return optimizer
@@ -345,6 +345,20 @@ def _state_diagnostics(attribute: str) -> Callable[[torch.optim.Optimizer], Diag
     return read
 
 
+def _curvature_builder(name: str, **options: object) -> Callable[
+        [OptimizerContext], torch.optim.Optimizer]:
+    """The factory ``hesskit.training.curvature_builders.<name>`` (K-FAC, Sophia, AdaHessian,
+    Shampoo: how each is driven and charged), imported when first called (it imports this
+    module)."""
+
+    def build(context: OptimizerContext) -> torch.optim.Optimizer:
+        from hesskit.training import curvature_builders
+
+        return getattr(curvature_builders, name)(context, **options)
+
+    return build
+
+
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
@@ -388,6 +402,39 @@ REGISTRY: dict[str, OptimizerSpec] = {
                 history_size=20, line_search_fn="strong_wolfe",
             ),
             lr_grid=(1.0,), default_lr=1.0, full_batch=True,
+        ),
+        # The curvature-estimating methods (hesskit.training.curvature_builders: how each is
+        # driven and charged). lr grids: K-FAC 1 (its step size comes from the quadratic
+        # model, §7); Sophia's and Shampoo's steps are Adam-sized (clipped at lr per entry;
+        # grafted onto Adam's norm), so Adam's half-decade grid, one step lower for Sophia
+        # (its authors' lr is below AdamW's); AdaHessian's around its authors' 0.15.
+        # Diagnostics: K-FAC reports λ; the others have no damping to report.
+        OptimizerSpec(
+            "kfac", "K-FAC", _curvature_builder("build_kfac"), lr_grid=(1.0,), default_lr=1.0,
+            full_batch=True, products_on_curvature_batch=True,
+            requires=("hesskit.optim.kfac:KFAC", "hesskit.optim.kfac_steps:KFACBatchSchedule"),
+            diagnostics=_state_diagnostics("kfac_state"),
+        ),
+        OptimizerSpec(
+            "sophia", "Sophia (GNB)", _curvature_builder("build_sophia"),
+            lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
+            requires=("hesskit.optim.sophia:Sophia",),
+        ),
+        OptimizerSpec(
+            "sophia-h", "Sophia (Hutchinson)",
+            _curvature_builder("build_sophia", hutchinson=True),
+            lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
+            requires=("hesskit.optim.sophia:Sophia",),
+        ),
+        OptimizerSpec(
+            "adahessian", "AdaHessian", _curvature_builder("build_adahessian"),
+            lr_grid=(1e-2, 3e-2, 1e-1, 3e-1, 1.0), default_lr=0.15, takes_loss_closure=True,
+            requires=("hesskit.optim.adahessian:AdaHessian",),
+        ),
+        OptimizerSpec(
+            "shampoo", "Shampoo (Adam graft)", _curvature_builder("build_shampoo"),
+            lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-3,
+            requires=("hesskit.optim.shampoo:Shampoo",),
         ),
     )
 }

@@ -1,0 +1,104 @@
+"""The commands the tour runs: activations at 80 columns, newton/neuron --json, spectrum's
+progress lines and page."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hesskit.activations import get_activation
+from hesskit.cli import cmd_spectrum
+from hesskit.cli.cmd_activations import WIDTH, activation_table
+from hesskit.cli.main import main
+from hesskit.neuron import newton_neuron, synthetic_data
+from hesskit.newton import diagnose_activation
+from hesskit.report.sections import activation_rows
+from hesskit.training.progress_bar import ProgressLines
+
+NUMBER = re.compile(r"[−-]?\d+(?:\.\d+)?")
+
+
+def test_activation_table_fits_80_columns_and_never_splits_a_number():
+    console = Console(width=WIDTH, record=True)
+    console.print(activation_table())
+    text = console.export_text()
+    assert WIDTH == 80 and max(map(len, text.splitlines())) <= 80
+    printed = set(NUMBER.findall(text))
+    for row in activation_rows():
+        for cell in row:
+            assert set(NUMBER.findall(cell)) <= printed, cell
+        assert row[0] in text
+
+
+@pytest.mark.parametrize(("name", "x0"), [("relu", 1.5), ("tanh", -1.0)])
+def test_newton_json_records_the_diagnosis(tmp_path, capsys, name, x0):
+    path = tmp_path / "sub" / "run.json"
+    assert main(["newton", "--activation", name, "--x0", str(x0), "--json", str(path)]) == 0
+    record = json.loads(path.read_text())
+    expected = diagnose_activation(get_activation(name).name, x0, max_iter=50, mode="minimize")
+    assert record == {"activation": name, "x0": x0, "mode": "minimize",
+                      "status": expected.status.value, "message": expected.message,
+                      "steps": len(expected.iterates) - 1, "x": expected.x}
+    assert f"status: {expected.status.name}" in capsys.readouterr().out
+
+
+def test_neuron_json_records_newtons_outcome(tmp_path):
+    path = tmp_path / "neuron.json"
+    assert main(["neuron", "--json", str(path)]) == 0
+    record = json.loads(path.read_text())
+    expected = newton_neuron(synthetic_data(24, seed=0), 1.0, 0.0, max_iter=50)
+    assert (record["status"], record["message"]) == (expected.status.value, expected.message)
+    assert (record["w"], record["b"]) == (expected.w, expected.b)
+
+
+@pytest.mark.parametrize("command", [["newton", "--activation", "relu", "--x0", "1"],
+                                     ["neuron"]])
+def test_json_path_that_is_a_folder_or_unwritable_is_one_line_exit_2(tmp_path, capsys, command):
+    assert main([*command, "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a folder" in err and len(err.splitlines()) == 1
+    assert main([*command, "--json", "/proc/hesskit-none/run.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "--json" in err and len(err.splitlines()) == 1
+
+
+def test_spectrum_prints_progress_lines_whose_counts_match_its_json(tmp_path, monkeypatch,
+                                                                    capsys):
+    lines: list[str] = []
+    monkeypatch.setattr(cmd_spectrum, "progress_lines", lambda title, total, unit: ProgressLines(
+        title, total, unit=unit, every_s=0.0, write=lines.append))
+    out = tmp_path / "s"
+    assert main(["spectrum", "--layers", "64,3,10", "--samples", "24", "--top", "2",
+                 "--probes", "6", "--density-steps", "16", "--out", str(out)]) == 0
+    record = json.loads((out / "spectrum.json").read_text())
+    finals = {line.split(":")[1].strip(): line for line in lines}  # the last line of each
+    assert set(finals) == {"Lanczos (top 2)", "Hutch++ trace", "Hutchinson diagonal",
+                           "spectral density (SLQ)"}
+    lanczos = record["eigenvalues"]["products"]
+    assert re.search(rf": {lanczos} products after", finals["Lanczos (top 2)"])
+    assert f"{record['trace']['products']}/6 products" in finals["Hutch++ trace"]
+    assert f"{record['density']['products']}/" in finals["spectral density (SLQ)"]
+    assert (out / "index.html").is_file()
+    assert f"page: {(out / 'index.html').resolve()}" in capsys.readouterr().out
+
+
+def test_demo_steps_parse_and_fill_every_folder_the_tour_page_reads(tmp_path):
+    from hesskit.cli.cmd_demo import steps
+    from hesskit.cli.main import build_parser
+    from hesskit.report.tour import TOUR_FOLDERS
+
+    parser = build_parser()
+    written = set()
+    for _, argv in steps(tmp_path, 1.0):
+        args = parser.parse_args(argv)
+        for option in ("out", "plot", "json"):
+            value = getattr(args, option, None)
+            if value is not None:
+                written.add(Path(value).relative_to(tmp_path).parts[0])
+    assert written == set(TOUR_FOLDERS)
+    commands = [argv[0] for _, argv in steps(tmp_path, 1.0)]
+    assert commands.count("newton") == 3 and "diagonal" in commands

@@ -239,7 +239,8 @@ def test_hessian_free_steps_match_the_single_process_steps_in_float64(runs):
     single, ranks = runs
     for result in ranks:
         for ours, reference in zip(result["hf64"], single["hf64"], strict=True):
-            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+            # 1e-8: CG on the ceil(0.1 i) gap runs more iterations, amplifying rounding
+            torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-8)
 
 
 def test_hessian_free_steps_match_the_single_process_steps_in_float32(runs):

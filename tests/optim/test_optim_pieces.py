@@ -147,3 +147,20 @@ def test_a_predicted_decrease_within_rounding_gives_no_information_and_keeps_the
     assert reduction_ratio(0.0, -1e-3, resolution) == 0.0
     assert levenberg_marquardt_update(0.0, 3.0) == pytest.approx(4.5)
     assert reduction_ratio(math.nan, -1e-9, resolution) == -math.inf
+
+
+def test_the_damping_stops_at_its_ceiling_so_float32_products_stay_finite():
+    # A NaN ρ at every step (float32 at a minimum) raised λ by 3/2 without bound: past 3.4e38
+    # λ·v overflowed float32. The ceiling (1e10 by default) stops the growth there.
+    rule = LevenbergMarquardt()
+    assert rule.ceiling == 1e10
+    damping = 0.1
+    for _ in range(300):
+        damping = levenberg_marquardt_update(math.nan, damping, rule)
+    assert damping == 1e10
+    v = torch.ones(3, dtype=torch.float32)
+    assert torch.isfinite(v + damping * v).all()
+    assert levenberg_marquardt_update(0.0, 2.0, LevenbergMarquardt(initial=1.0, ceiling=2.5)) == 2.5
+    assert levenberg_marquardt_update(1.0, 1e10, rule) == pytest.approx(1e10 * 2 / 3)
+    with pytest.raises(InvalidArgumentError, match="ceiling"):
+        LevenbergMarquardt(initial=45.0, ceiling=10.0)

@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hesskit.cli.options import MAX_SEED, float_below, int_between, output_dir
+from hesskit.cli.options import (
+    MAX_SEED,
+    OPTIMIZER_NAMES,
+    float_below,
+    int_between,
+    output_dir,
+)
 
 DEFAULT_OPTIMIZERS = "hf,newton,rmsprop,adam,sgd,lbfgs"
 MAX_SEEDS = 1000
@@ -65,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--problem", required=True, help="e.g. digits-autoencoder")
     parser.add_argument("--optimizers", type=optimizer_list,
                         default=optimizer_list(DEFAULT_OPTIMIZERS),
-                        help=f"comma-separated (default {DEFAULT_OPTIMIZERS})")
+                        help=f"comma-separated, from {', '.join(OPTIMIZER_NAMES)} "
+                             f"(default {DEFAULT_OPTIMIZERS})")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-seconds", type=float_below(MAX_BUDGET_SECONDS),
                         help="optimizer wall-clock seconds per run, up to a week (default 10)")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hesskit.cli.model_spec import add_user_model_option
 from hesskit.cli.options import (
+    OPTIMIZER_NAMES,
     float_below,
     non_negative_float,
     output_dir,
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--problem", help="a benchmark problem, e.g. digits-autoencoder")
     add_user_model_option(what, extra="; instead of --problem")
     parser.add_argument("--optimizer", required=True,
-                        help="hf, newton, rmsprop, adam, sgd or lbfgs")
+                        help=", ".join(OPTIMIZER_NAMES))
     budget = parser.add_argument_group("budget (the first limit reached stops the run)")
     budget.add_argument("--iterations", type=positive_int, help="optimizer steps")
     budget.add_argument("--time-limit", type=positive_float, metavar="SECONDS",

@@ -125,3 +125,9 @@ def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
             f"choose another with {option}"
         ) from None
     return folder
+
+
+OPTIMIZER_NAMES = ("hf", "shf", "newton", "kfac", "shampoo", "sophia", "sophia-h",
+                   "adahessian", "rmsprop", "adam", "sgd", "lbfgs")
+"""The registry's names (``hesskit.training.optimizers.REGISTRY``) for ``--help`` without
+importing the training stack at start-up; a test keeps the two equal."""

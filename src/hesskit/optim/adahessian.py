@@ -47,6 +47,7 @@ from torch.optim import Optimizer
 from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
+from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -72,7 +73,7 @@ HESSIAN_POWER = 1.0
 """Default Hessian power k (authors' code ``hessian_power=1``; paper Eq. 12)."""
 
 
-class AdaHessian(SeededStateMixin, Optimizer):
+class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
     """AdaHessian as a ``torch.optim.Optimizer`` (module docstring for the update).
 
     Args:
@@ -135,10 +136,6 @@ class AdaHessian(SeededStateMixin, Optimizer):
             bool(distributed) and is_distributed())
         self.adahessian_state: dict[str, object] = {"steps": 0, "estimates": 0}
         init_rejection_state(self.adahessian_state)
-
-    @property
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """One AdaHessian step; returns the closure's loss (see the class docstring)."""

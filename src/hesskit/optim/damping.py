@@ -43,6 +43,13 @@ class LevenbergMarquardt:
         decrease: λ ← λ · decrease when ρ > upper (``drop``, line 100: 2/3).
         floor: the smallest value an increase gives, so that λ = 0 can still grow (not in
             the paper, which never starts at 0).
+        ceiling: the largest value an increase gives (not in the paper: HFDemo has no bound,
+            and in double precision needs none). In float32 near a minimum every predicted
+            decrease can fall below the loss's rounding, ρ is then NaN at every step and the
+            rule raises λ by 3/2 each time; unbounded, λ passed 1e38 after about 1,200 steps
+            of stochastic HF on the digits autoencoder (step 1,100 at λ ≈ 0.1) and the
+            damped products overflowed to infinity. At λ = 1e10 the step is already
+            −∇L / λ to float32 precision, so a larger λ changes nothing but the overflow.
         adapt: False keeps λ fixed at ``initial`` for ablations, also after rejected steps.
         nan_raises: a NaN ρ raises λ as Martens' code does (HFDemo ``nnet_train_2.m`` line
             1392); False keeps λ (hesskit's former rule: NaN = "no information").
@@ -54,6 +61,7 @@ class LevenbergMarquardt:
     increase: float = 1.5
     decrease: float = 2.0 / 3.0
     floor: float = 1e-6
+    ceiling: float = 1e10
     adapt: bool = True
     nan_raises: bool = True
 
@@ -72,6 +80,11 @@ class LevenbergMarquardt:
             )
         if not self.floor > 0:
             raise InvalidArgumentError(f"the damping floor must be > 0, got {self.floor}")
+        if not (self.ceiling >= max(self.floor, self.initial) and self.ceiling < math.inf):
+            raise InvalidArgumentError(
+                f"the damping ceiling must be finite and ≥ the floor and the initial λ, "
+                f"got {self.ceiling}"
+            )
 
 
 def reduction_ratio(actual: float, predicted: float, resolution: float = 0.0) -> float:
@@ -120,7 +133,8 @@ def levenberg_marquardt_update(
 ) -> float:
     """The next λ from the reduction ratio ρ (Martens 2010, §4.1).
 
-    ρ < 1/4 or NaN: λ ← max(3/2 · λ, floor);  ρ > 3/4: λ ← 2/3 · λ;  otherwise λ is kept
+    ρ < 1/4 or NaN: λ ← min(max(3/2 · λ, floor), ceiling);  ρ > 3/4: λ ← 2/3 · λ;  otherwise
+    λ is kept
     (HFDemo ``nnet_train_2.m`` lines 1391–1396; ``drop`` = 2/3, ``boost`` = 1/drop, lines
     100–102). With ``rule.nan_raises=False`` a NaN ρ keeps λ.
 
@@ -135,7 +149,7 @@ def levenberg_marquardt_update(
     if not rule.adapt or (math.isnan(ratio) and not rule.nan_raises):
         return damping
     if math.isnan(ratio) or ratio < rule.lower:
-        return max(damping * rule.increase, rule.floor)
+        return min(max(damping * rule.increase, rule.floor), max(rule.ceiling, damping))
     if ratio > rule.upper:
         return damping * rule.decrease
     return damping

@@ -38,10 +38,11 @@ from torch.optim import Optimizer
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
+from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import record_rejection, restore_parameters, save_parameters
 
 
-class GlobalStateOptimizer(Optimizer):
+class GlobalStateOptimizer(AllParametersMixin, Optimizer):
     """An optimizer over one flat θ (all groups) with an optimizer-wide state that round-trips.
 
     A subclass names its state with two class attributes, calls ``super().__init__(params,
@@ -88,11 +89,6 @@ class GlobalStateOptimizer(Optimizer):
                     f"{key} must be a finite number ≥ 0, got {value!r} in parameter group "
                     f"{len(self.param_groups) - 1}"
                 )
-
-    @property
-    def _params(self) -> list[Tensor]:
-        """Every parameter, in group order: the layout of the flat θ."""
-        return [p for group in self.param_groups for p in group["params"]]
 
     def _per_element(self, key: str) -> Tensor:
         """Group setting ``key`` (``lr`` or ``weight_decay``) repeated over each group's

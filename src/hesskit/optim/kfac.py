@@ -65,6 +65,7 @@ from hesskit.optim.kfac_steps import (
     levenberg_marquardt,
     quadratic_step,
 )
+from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -80,7 +81,7 @@ STATE_KEY = "kfac"
 """Key of the optimizer-wide state in :meth:`KFAC.state_dict`."""
 
 
-class KFAC(SeededStateMixin, torch.optim.Optimizer):
+class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
@@ -164,10 +165,6 @@ class KFAC(SeededStateMixin, torch.optim.Optimizer):
         }
         init_rejection_state(self.kfac_state)
         self._batch: tuple[Tree, Tree] | None = None
-
-    @property
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
 
     def state_dict(self) -> dict:
         """The state dict with the factors and eigendecompositions as plain dicts of tensors

@@ -29,6 +29,15 @@ class KFACSchedule:
         max_decay: the cap of the factors' averaging weight ε = min(1 − 1/k, 0.95) (§5).
         statistics_fraction: τ₁ = 1/8, the share of the mini-batch (its first samples)
             the factor statistics are computed on (§8, §13).
+
+    Checked against the authors' released TensorFlow K-FAC (github.com/tensorflow/kfac,
+    ``kfac/python/ops/optimizer.py``, ``kfac/examples/autoencoder_mnist.py``): its LM
+    defaults are ``damping_adaptation_interval=5`` (T₁), ``damping_adaptation_decay=0.95``
+    with ω = 0.95^interval (ω₁ = (19/20)⁵), ρ thresholds 1/4 and 3/4, the quadratic model of
+    ρ without λ but with the weight cost (``_INCLUDE_DAMPING_IN_QMODEL_CHANGE = False``),
+    ``cov_ema_decay=0.95`` (the cap of ε); its MNIST autoencoder starts the adaptive damping
+    at ``initial_damping=150`` (λ₀). That example refreshes the inverses every 5 steps
+    (``inverse_update_period``), where the paper's §8 says T₃ = 20: hesskit keeps the paper.
     """
 
     initial_damping: float = 150.0

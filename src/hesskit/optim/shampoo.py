@@ -70,6 +70,7 @@ from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.operators import CurvatureOperator
+from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -110,7 +111,7 @@ INVERSE_ROOT = 4
 reference's default exponent, −1/(2·order))."""
 
 
-class Shampoo(Optimizer):
+class Shampoo(AllParametersMixin, Optimizer):
     """Shampoo with grafting (module docstring for the update and its sources).
 
     Args:
@@ -186,10 +187,6 @@ class Shampoo(Optimizer):
         """Torch's ``add_param_group``, with the group's settings checked."""
         super().add_param_group(param_group)
         _check_group(self.param_groups[-1], len(self.param_groups) - 1)
-
-    @property
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
 
     def matrix_shape(self, p: Tensor) -> tuple[int, int] | None:
         """(rows, cols) of the matrix Shampoo preconditions for ``p``, or None when ``p``

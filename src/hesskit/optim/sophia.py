@@ -60,6 +60,7 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import gaussian
 from hesskit.operators import hessian_operator
 from hesskit.operators.kfac_factors import keyed_sample_targets
+from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -143,7 +144,7 @@ def hutchinson_gaussian_diagonal(problem: Problem, generator: torch.Generator) -
     return u * hessian_operator(problem).matvec(u)
 
 
-class Sophia(SeededStateMixin, Optimizer):
+class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
     """Sophia as a ``torch.optim.Optimizer`` (module docstring for the update).
 
     Args:
@@ -216,10 +217,6 @@ class Sophia(SeededStateMixin, Optimizer):
         self.keyed_targets = keyed_targets
         self.sophia_state: dict[str, object] = {"steps": 0, "estimates": 0}
         init_rejection_state(self.sophia_state)
-
-    @property
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """One Sophia step; returns the closure's loss (see the class docstring)."""

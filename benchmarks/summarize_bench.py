@@ -2,7 +2,12 @@
 
 Usage::
 
-    python benchmarks/summarize_bench.py REPORT.json [--times 2,5,10] [--epochs 1,5,20]
+    python benchmarks/summarize_bench.py REPORT.json [REPORT.json ...] [--times 2,5,10]
+        [--epochs 1,5,20]
+
+Several reports of the same problem (runs of different methods made at different times, such
+as the MNIST autoencoder's first-order and curvature benchmarks) are merged into one table;
+a method that appears in two of them is refused rather than mixed.
 
 Prints two tables:
 
@@ -100,17 +105,36 @@ def equal_budget_table(report: dict, times: Sequence[float], epochs: Sequence[fl
     return "\n".join(lines)
 
 
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """One report with every method of ``reports`` (all of one problem), in their order."""
+    problems = {report["problem"] for report in reports}
+    if len(problems) != 1:
+        raise SystemExit(f"the reports are of different problems: {sorted(problems)}")
+    merged = {**reports[0], "optimizers": [], "titles": {}, "runs": []}
+    seeds: list[int] = []
+    for report in reports:
+        for name in report["optimizers"]:
+            if name in merged["optimizers"]:
+                raise SystemExit(f"method {name!r} is in more than one report; pass one of them")
+            merged["optimizers"].append(name)
+        merged["titles"].update(report["titles"])
+        merged["runs"].extend(report["runs"])
+        seeds.extend(seed for seed in report["seeds"] if seed not in seeds)
+    merged["seeds"] = seeds
+    return merged
+
+
 def floats(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", type=Path)
+    parser.add_argument("report", type=Path, nargs="+")
     parser.add_argument("--times", type=floats, default=[2.0, 5.0, 10.0])
     parser.add_argument("--epochs", type=floats, default=[1.0, 5.0, 20.0])
     args = parser.parse_args(argv)
-    report = json.loads(args.report.read_text())
+    report = merge_reports([json.loads(path.read_text()) for path in args.report])
     print(f"**{report['problem']}**: {report['error_name']}, medians over seeds "
           f"{', '.join(map(str, report['seeds']))}\n")
     print(final_table(report))

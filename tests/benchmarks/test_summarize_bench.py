@@ -72,3 +72,25 @@ def test_main_prints_both_tables(summarize, report, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("**toy**: squared error, medians over seeds 0, 1, 2")
     assert "| method | 2 s | 4 ep |" in out
+
+
+def test_reports_of_one_problem_merge_and_a_method_in_two_is_refused(summarize, report, tmp_path,
+                                                                    capsys):
+    first = {**report, "optimizers": ["adam"], "titles": {"adam": "Adam"},
+             "runs": [r for r in report["runs"] if r["optimizer"] == "adam"]}
+    second = {**report, "optimizers": ["kfac"], "titles": {"kfac": "K-FAC"}, "seeds": [0, 1, 2, 7],
+              "runs": [r for r in report["runs"] if r["optimizer"] == "kfac"]}
+    merged = summarize.merge_reports([first, second])
+    assert merged["optimizers"] == ["adam", "kfac"] and merged["seeds"] == [0, 1, 2, 7]
+    assert summarize.equal_budget_table(merged, [2.0], []) == \
+        summarize.equal_budget_table(report, [2.0], [])
+    with pytest.raises(SystemExit, match="'adam' is in more than one report"):
+        summarize.merge_reports([first, first])
+    with pytest.raises(SystemExit, match="different problems"):
+        summarize.merge_reports([first, {**second, "problem": "other"}])
+    paths = []
+    for i, part in enumerate((first, second)):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    summarize.main([str(path) for path in paths])
+    assert "| K-FAC |" in capsys.readouterr().out

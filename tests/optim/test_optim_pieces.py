@@ -161,6 +161,8 @@ def test_the_damping_stops_at_its_ceiling_so_float32_products_stay_finite():
     v = torch.ones(3, dtype=torch.float32)
     assert torch.isfinite(v + damping * v).all()
     assert levenberg_marquardt_update(0.0, 2.0, LevenbergMarquardt(initial=1.0, ceiling=2.5)) == 2.5
+    # a λ already above the ceiling (set by hand, loaded) is kept, not cut to it
+    assert levenberg_marquardt_update(0.0, 5.0, LevenbergMarquardt(initial=1.0, ceiling=2.5)) == 5.0
     assert levenberg_marquardt_update(1.0, 1e10, rule) == pytest.approx(1e10 * 2 / 3)
     with pytest.raises(InvalidArgumentError, match="ceiling"):
         LevenbergMarquardt(initial=45.0, ceiling=10.0)

@@ -134,7 +134,7 @@ def levenberg_marquardt_update(
     """The next λ from the reduction ratio ρ (Martens 2010, §4.1).
 
     ρ < 1/4 or NaN: λ ← min(max(3/2 · λ, floor), ceiling);  ρ > 3/4: λ ← 2/3 · λ;  otherwise
-    λ is kept
+    λ is kept. A λ already above the ceiling (set by hand or loaded) is kept, not cut.
     (HFDemo ``nnet_train_2.m`` lines 1391–1396; ``drop`` = 2/3, ``boost`` = 1/drop, lines
     100–102). With ``rule.nan_raises=False`` a NaN ρ keeps λ.
 
@@ -149,7 +149,8 @@ def levenberg_marquardt_update(
     if not rule.adapt or (math.isnan(ratio) and not rule.nan_raises):
         return damping
     if math.isnan(ratio) or ratio < rule.lower:
-        return min(max(damping * rule.increase, rule.floor), max(rule.ceiling, damping))
+        raised = max(damping * rule.increase, rule.floor)
+        return min(raised, max(rule.ceiling, damping))
     if ratio > rule.upper:
         return damping * rule.decrease
     return damping

@@ -37,6 +37,9 @@ test: $(STAMP) lint
 # compare against (curvlinops, BackPACK) are the `bench` extra, installed with the torch pin.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	# BackPACK pulls in torchvision, which does not import beside the pinned torch and then
+	# breaks `import transformers` (the Hugging Face tests); BackPACK runs without it.
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision
 	$(BIN)/python benchmarks/dense.py
 	$(BIN)/python benchmarks/products.py
 	$(BIN)/python benchmarks/architectures.py

@@ -7,6 +7,9 @@ Three models, each on one fixed random batch (seed 0, float32):
   entropy. 384 dense units (not 128) give N ≈ 611 k, the size the issue measured at.
 * ``resnet``: a 3×3 convolution stem 1→16, two residual blocks of two 3×3 convolutions
   (16 channels, ReLU, identity skip), global average pooling, Linear(16 → 10); 256 images.
+* ``resnet_inplace``: the same residual net with the skip added in place
+  (``out = conv2(relu(conv1(x))); out += x``, as torchvision's and Hugging Face's ResNets
+  write it), where a traced linearization is unsafe and hesskit stays with forward mode.
 * ``transformer``: nn.Embedding(100, 64), two ``nn.TransformerEncoderLayer(64, nhead=4,
   dim_feedforward=128, dropout=0.0, batch_first=True)``, mean over 32 tokens, Linear(64→10);
   64 sequences, cross-entropy.
@@ -73,6 +76,15 @@ class ResidualBlock(nn.Module):
         return functional.relu(x + self.conv2(functional.relu(self.conv1(x))))
 
 
+class InPlaceResidualBlock(ResidualBlock):
+    """The same block with the skip added in place (``out += x``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(functional.relu(self.conv1(x)))
+        out += x
+        return functional.relu(out)
+
+
 class TokenClassifier(nn.Module):
     """Embedding, two transformer encoder layers, mean over the sequence, a linear head."""
 
@@ -108,11 +120,20 @@ def resnet() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
 
 
+def resnet_inplace() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), InPlaceResidualBlock(16),
+        InPlaceResidualBlock(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+    return model, torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+
+
 def transformer() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return TokenClassifier(), torch.randint(0, 100, (64, 32)), torch.randint(0, 10, (64,))
 
 
-MODELS = {"cnn": cnn, "resnet": resnet, "transformer": transformer}
+MODELS = {"cnn": cnn, "resnet": resnet, "resnet_inplace": resnet_inplace,
+          "transformer": transformer}
 
 
 def _math_attention() -> contextlib.AbstractContextManager:

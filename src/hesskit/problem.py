@@ -8,9 +8,10 @@
 Parameters outside the chosen set, and buffers, stay fixed at the model's current values.
 
 Inputs and targets: a batch is ``(inputs, targets)``, each a tensor, a tuple / list of
-tensors (the inputs are passed to ``forward`` as positional arguments) or a dict (passed as
-ONE argument); the samples lie along dimension 0 of every tensor
-(:mod:`hesskit.tensor_tree`).
+tensors (the inputs are passed to ``forward`` as positional arguments) or a dict (keyword
+arguments when its keys name ``forward``'s parameters, as for a Hugging Face model, else ONE
+argument); the samples lie along dimension 0 of every tensor; an output with ``logits`` is
+read as its logits (:mod:`hesskit.tensor_tree`).
 
 Data: one batch, a list of batches, or a stream (a ``DataLoader`` or any re-iterable), which
 is read batch by batch on every pass and never copied (:mod:`hesskit.batch_source`).
@@ -26,7 +27,9 @@ Under ``"sum"``, w_b = 1. A loss without ``normalizer`` uses ``loss.batch_weight
 The model as one function: every evaluation runs inside :meth:`Problem.functional_mode`
 (:mod:`hesskit.functional_view`): train-mode BatchNorm normalises with batch statistics and
 updates none of its buffers (every buffer stays bitwise unchanged), dropout acts as in eval
-mode, attention uses the math kernel (it has a double backward).
+mode however it is called, other random operations are refused, attention uses the math
+kernel (it has a double backward); operators check each batch's outputs against one more
+forward pass (:meth:`Problem.check_deterministic`).
 
 Non-finite values: data are checked as batches are read (once at construction for data in
 memory, on every pass for streams), parameters by :meth:`Problem.check_finite_parameters`
@@ -67,7 +70,7 @@ from hesskit.finite import PARAMETER_REMEDY, check_finite
 from hesskit.functional_view import DropoutMode, as_dropout_mode, couples_samples, functional_mode
 from hesskit.layout import ParameterLayout
 from hesskit.losses import as_loss
-from hesskit.tensor_tree import Tree, model_arguments, to_device
+from hesskit.tensor_tree import Tree, model_arguments, network_output, to_device
 
 Data = tuple[Tree, Tree] | Iterable[tuple[Tree, Tree]]
 CheckedBatch = tuple[int, Tree, Tree, int, float]
@@ -279,9 +282,40 @@ class Problem:
 
     def output(self, params: Mapping[str, Tensor], inputs: Tree) -> Any:
         """f(θ, X): the model's output with parameters θ (others and buffers as in the
-        model), called as ``model(*inputs)`` for a tuple, ``model(inputs)`` otherwise."""
+        model), called as ``model(*inputs)`` for a tuple, ``model(**inputs)`` for a dict
+        of ``forward``'s keyword arguments, ``model(inputs)`` otherwise; of an output
+        with ``logits`` (a Hugging Face ``ModelOutput``), its logits
+        (:mod:`hesskit.tensor_tree`)."""
+        args, kwargs = model_arguments(inputs, self.model)
         with self.functional_mode():
-            return functional_call(self.model, dict(params), model_arguments(inputs))
+            result = functional_call(self.model, dict(params), args, kwargs)
+        return network_output(result)
+
+    def check_deterministic(
+        self, params: Mapping[str, Tensor], inputs: Tree, outputs: Tensor
+    ) -> None:
+        """Raise unless one more forward pass at ``params`` gives ``outputs`` bit for bit.
+
+        Curvature operators call it with the outputs of the forward pass they linearize,
+        once per batch they build (curvlinops' ``check_deterministic`` in spirit): dropout
+        and known random operations are already switched off or refused inside
+        :meth:`functional_mode`; this catches whatever else makes ``forward`` change
+        between calls (Python-level randomness, state kept on the module). Cost: one
+        forward pass (its graph freed at once).
+
+        Raises:
+            InvalidArgumentError: the outputs differ.
+        """
+        with torch.enable_grad():  # some kernels (LSTM) differ in the last bit without grad
+            tracked = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            again = self.output(tracked, inputs)
+        if not (isinstance(again, Tensor) and torch.equal(again.detach(), outputs.detach())):
+            raise InvalidArgumentError(
+                "two forward passes of the model at the same parameters gave different "
+                "outputs, so it is not one fixed function (a random or stateful operation "
+                "in forward that hesskit does not switch off); make forward deterministic "
+                "while hesskit evaluates it"
+            )
 
     def batch_loss(self, params: Mapping[str, Tensor], inputs: Tree, targets: Tree) -> Tensor:
         """ℓ(f(θ, X_b), y_b): one batch's loss with its own reduction (not weighted)."""

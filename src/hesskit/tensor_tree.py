@@ -9,8 +9,16 @@ How the model is called (:func:`model_arguments`):
 
 * a tensor X                 → ``model(X)``
 * a tuple or list (X1, X2)   → ``model(X1, X2)`` (positional arguments)
-* a dict {"a": Xa, ...}      → ``model({"a": Xa, ...})`` (ONE argument, as HuggingFace-style
-  and torchvision-detection models take it); a namedtuple is likewise one argument
+* a dict whose keys all name parameters of ``model.forward``
+  ({"input_ids": ..., "attention_mask": ...} for a Hugging Face model)
+                             → ``model(input_ids=..., attention_mask=...)`` (keyword arguments)
+* any other dict {"a": Xa, ...} → ``model({"a": Xa, ...})`` (ONE argument, as torchvision
+  detection models take it); a namedtuple is likewise one argument
+
+What is taken as the network output z (:func:`network_output`): a tensor as it is; an
+object with a ``logits`` attribute or key (a Hugging Face ``ModelOutput``, a dataclass, a
+dict) its logits; other trees (a tuple of tensors) as they are. A 0-d tensor (a model that
+returns its own loss) is refused: curvature needs the outputs per sample and the loss apart.
 
 Targets are passed to the loss as they are. Every helper here costs one Python visit per
 entry and no copy of the data (``select`` and ``to_device`` make views or device copies
@@ -19,6 +27,7 @@ only of the tensors).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -103,15 +112,60 @@ def to_device(tree: Tree, device: torch.device | str) -> Tree:
     return map_tensors(tree, lambda t: t.to(device))
 
 
-def model_arguments(inputs: Tree) -> tuple:
-    """The positional arguments ``model(*args)`` receives for ``inputs`` (see the module
-    docstring): ``(X,)``, ``(X1, X2)`` or ``({...},)``."""
+def model_arguments(inputs: Tree, model: nn.Module | None = None) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with which ``model(*args, **kwargs)`` receives ``inputs`` (see the
+    module docstring): ``((X,), {})``, ``((X1, X2), {})``, ``((), {"input_ids": ...})`` or
+    ``(({...},), {})``. Without ``model`` a dict is one argument."""
     if isinstance(inputs, (tuple, list)) and not hasattr(inputs, "_fields"):
-        return tuple(inputs)
-    return (inputs,)
+        return tuple(inputs), {}
+    if isinstance(inputs, Mapping) and model is not None and _names_parameters(model, inputs):
+        return (), dict(inputs)
+    return (inputs,), {}
+
+
+def _names_parameters(model: nn.Module, inputs: Mapping) -> bool:
+    """Every key of ``inputs`` is the name of a parameter of ``model.forward``."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return False
+    named = {
+        name for name, p in signature.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return bool(inputs) and all(isinstance(key, str) and key in named for key in inputs)
+
+
+def network_output(result: Any) -> Any:
+    """The network output z of one forward pass's ``result`` (see the module docstring).
+
+    Raises:
+        InvalidArgumentError: the model returned a 0-d tensor, or an output whose
+            ``logits`` is missing.
+    """
+    if not isinstance(result, Tensor):
+        logits = result.get("logits") if isinstance(result, Mapping) else None
+        logits = getattr(result, "logits", logits)
+        if logits is not None or hasattr(result, "logits"):
+            result = logits
+            if result is None:
+                raise InvalidArgumentError(
+                    "the model returned an output whose logits is None; hesskit takes the "
+                    "logits as the network output, so return them"
+                )
+    if isinstance(result, Tensor) and result.ndim == 0:
+        raise InvalidArgumentError(
+            "the model returned a 0-d tensor (a loss?), but curvature needs the network "
+            "outputs with one row per sample and the loss apart: return the outputs (for a "
+            "Hugging Face model, do not pass labels; hesskit reads .logits) and give the "
+            "loss to Problem (e.g. hesskit.losses.CausalLMLoss())"
+        )
+    return result
 
 
 def call_model(model: nn.Module, inputs: Tree) -> Any:
-    """``model`` applied to one batch's ``inputs`` in their form (a plain call: hooks,
-    training-mode updates and all; hesskit's own passes use ``Problem.output``)."""
-    return model(*model_arguments(inputs))
+    """The network output of ``model`` on one batch's ``inputs`` in their form (a plain
+    call: hooks, training-mode updates and all; hesskit's own passes use
+    ``Problem.output``)."""
+    args, kwargs = model_arguments(inputs, model)
+    return network_output(model(*args, **kwargs))

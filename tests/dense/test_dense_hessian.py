@@ -152,3 +152,26 @@ def test_relu_pre_activation_exactly_at_the_kink_follows_autograd():
     for method in (Method.LINEAR_CHAIN, Method.AUTODIFF):
         H = hessian(model, nn.MSELoss(), (X, y), method=method).matrix()
         torch.testing.assert_close(H, reference, atol=1e-12, rtol=0)
+
+
+class _GatedSiLU(nn.Module):
+    """A Llama-style gated MLP: SiLU's backward has no forward-AD formula on torch 2.13."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def test_dense_hessian_of_a_silu_model_falls_back_to_reverse_mode_exactly():
+    torch.manual_seed(0)
+    model = _GatedSiLU().double()
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    dense = hessian(model, nn.MSELoss(), (X, y))
+    H = autograd_hessian(model, nn.functional.mse_loss, X, y)
+    G = autograd_gauss_newton(model, nn.functional.mse_loss, X, y)
+    torch.testing.assert_close(dense.matrix("H"), H, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(dense.matrix("G"), G, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(dense.matrix("R"), H - G, rtol=1e-10, atol=1e-13)

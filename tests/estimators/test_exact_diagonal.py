@@ -7,6 +7,7 @@ torch's losses (the empirical Fisher). All in float64 with tolerance 1e-10.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -260,11 +261,28 @@ def test_train_mode_dropout_is_the_eval_function_and_unsupported_layers_are_refu
         hessian_diagonal(odd)
 
 
-def test_batch_norm_in_training_mode_has_no_per_sample_diagonal():
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double()
+def test_batch_norm_in_training_mode_has_exact_gauss_newton_and_fisher_diagonals():
+    """The samples are coupled through the batch statistics, so there is no per-sample
+    function; the diagonals come from rows of the whole batch's Jacobian (one batch: the
+    reference is the dense matrix of the batch function, BatchNorm in train mode)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
     X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
-    with pytest.raises(UnsupportedArchitectureError, match="batch statistics"):
-        gauss_newton_diagonal(Problem(model, nn.MSELoss(), (X, y)))
+    buffers = [b.clone() for b in model.buffers()]
+    problem = Problem(model, nn.MSELoss(), (X, y))
+    reference = copy.deepcopy(model)
+    G = autograd_gauss_newton(reference, nn.functional.mse_loss, X, y)
+    torch.testing.assert_close(gauss_newton_diagonal(problem), G.diagonal(), atol=TOL, rtol=0)
+    fisher = pytest.importorskip("hesskit.operators.fisher")
+    squares = torch.zeros(G.shape[0], dtype=torch.float64)
+    for i in range(len(X)):  # ℓ_i through the whole batch's forward pass (coupled)
+        loss_i = ((reference(X) - y)[i] ** 2).sum()
+        grads = torch.autograd.grad(loss_i, list(reference.parameters()))
+        squares += torch.cat([g.reshape(-1) for g in grads]) ** 2
+    expected = squares / y.numel()  # a_i = 1/(n k) for the mean squared error
+    got = fisher.empirical_fisher_operator(problem).diagonal()
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
 
 
 def test_matrix_operator_diagonal_is_read_exactly_and_unknown_kind_is_refused():
@@ -290,3 +308,24 @@ def test_empirical_fisher_diagonal_equals_the_operators_diagonal():
     problem = Problem(model, nn.CrossEntropyLoss(), split(X, y, [4, 3]))
     dense = fisher.empirical_fisher_operator(problem).to_dense().diagonal()
     torch.testing.assert_close(empirical_fisher_diagonal(problem), dense, atol=TOL, rtol=0)
+
+
+class _BatchCentred(nn.Module):
+    """Mixes the samples in forward without any BatchNorm: x − mean over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        return self.second(h - h.mean(0, keepdim=True))
+
+
+def test_a_forward_that_mixes_samples_is_not_vmapped_over_samples():
+    torch.manual_seed(9)
+    model = _BatchCentred().double()
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    problem = Problem(model, nn.MSELoss(), (X, y))
+    G = autograd_gauss_newton(model, nn.functional.mse_loss, X, y)
+    torch.testing.assert_close(gauss_newton_diagonal(problem), G.diagonal(), atol=TOL, rtol=0)

@@ -109,3 +109,31 @@ def test_non_finite_loss_is_rejected_leaving_parameters_and_state_unchanged():
                for m, p in zip(moments, model.parameters(), strict=True))
     assert opt.adahessian_state["nonfinite_rejections"] == 1
     assert opt.adahessian_state["steps"] == 1
+
+
+class _Attention(nn.Module):
+    """One attention layer through torch's default kernel selection (flash on CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.head = nn.Linear(4, 12), nn.Linear(4, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(nn.functional.scaled_dot_product_attention(q, k, v).mean(1))
+
+
+def test_a_model_with_default_attention_kernels_steps_as_under_the_math_kernel():
+    """Differentiating the closure twice needs a kernel with a double backward; the flash
+    kernel torch picks by default has none (a raw RuntimeError before)."""
+    torch.manual_seed(0)
+    model = _Attention()
+    twin = copy.deepcopy(model)
+    X, y = torch.randn(6, 5, 4), torch.randn(6, 2)
+    AdaHessian(model.parameters(), lr=0.1).step(
+        lambda: nn.functional.mse_loss(model(X), y))
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        AdaHessian(twin.parameters(), lr=0.1).step(
+            lambda: nn.functional.mse_loss(twin(X), y))
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -140,5 +140,5 @@ def test_tree_helpers_count_select_and_move_every_tensor():
     assert torch.equal(select(one, None)["pair"][1], x2[:1])
     moved = to_device(tree, "cpu")
     assert moved["pair"][0] is x1  # already there: no copy
-    assert model_arguments((x1, x2)) == (x1, x2) and model_arguments([x1]) == (x1,)
-    assert model_arguments(tree) == (tree,) and model_arguments(x1) == (x1,)
+    assert model_arguments((x1, x2)) == ((x1, x2), {}) and model_arguments([x1]) == ((x1,), {})
+    assert model_arguments(tree) == ((tree,), {}) and model_arguments(x1) == ((x1,), {})

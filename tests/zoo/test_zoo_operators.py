@@ -90,3 +90,20 @@ def test_products_carry_no_autograd_graph(name):
         empirical_fisher_operator(problem),
     ):
         assert not op.matmat(V).requires_grad, f"{name}: {type(op).__name__} product has a graph"
+
+
+@pytest.mark.parametrize("name", zoo_params())
+def test_every_operator_gives_the_same_bits_twice_and_on_a_rebuilt_operator(name):
+    """Same call, same bits: on the operator again (its cached linearization, whichever
+    way J v ran) and on an operator built anew (a fresh linearization)."""
+    V = probe_vectors(_problem(name).num_params, 2, seed=6)
+    builders = {
+        "H": hessian_operator, "G": gauss_newton_operator, "EF": empirical_fisher_operator,
+        "F": lambda p: fisher_operator(p, samples=2, seed=0),
+    }
+    for kind, build in builders.items():
+        op = build(_problem(name))
+        first = op.matmat(V)
+        for _ in range(3):
+            assert torch.equal(op.matmat(V), first), f"{name}: {kind} changed on the same operator"
+        assert torch.equal(build(_problem(name)).matmat(V), first), f"{name}: {kind} rebuilt"

@@ -34,7 +34,9 @@ MODEL_CONTRACT = (
     "(model, loss, data): model an nn.Module; loss any torch loss module or a callable "
     "loss(output, target) -> scalar; data one batch (inputs, targets), a list of batches or "
     "a DataLoader, where inputs is a tensor, a tuple of tensors (passed to forward "
-    "positionally) or a dict (passed as one argument), samples along dimension 0"
+    "positionally) or a dict (keyword arguments when its keys name forward's parameters, "
+    "as for a Hugging Face model, else one argument), samples along dimension 0; an "
+    "output with .logits is read as its logits"
 )
 
 

@@ -3,8 +3,9 @@
 ``train`` samples mini-batches by index, so the data is held in memory: one batch
 ``(inputs, targets)`` is used as it is, a list of batches (or a ``DataLoader``) is read once
 and concatenated along the sample dimension. There is no separate test set: the reported
-"train error" and "test error" are both the loss on all of the data, and there is no weight
-cost. This module only adapts; the training itself is :func:`hesskit.training.loop.train`.
+"train error" and "test error" are both the loss on all of the data (of the deterministic
+network: dropout off, as everywhere in hesskit), and there is no weight cost. This module
+only adapts; the training itself is :func:`hesskit.training.loop.train`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from hesskit.batch_source import as_pair, is_single_batch
 from hesskit.cli.model_spec import load_user_model
 from hesskit.errors import InvalidArgumentError
+from hesskit.functional_view import functional_mode
 from hesskit.tensor_tree import Tree, call_model, num_samples
 
 
@@ -35,8 +37,12 @@ class UserTrainingProblem:
     error_name: str = "loss on all the data"
 
     def error_fn(self, model: nn.Module, inputs: Tree, targets: Tree) -> float:
-        """The loss on ``(inputs, targets)``: the error a user model is reported by."""
-        return float(self.loss(call_model(model, inputs), targets))
+        """The loss on ``(inputs, targets)``: the error a user model is reported by, of the
+        deterministic network (:func:`hesskit.functional_view.functional_mode`: dropout
+        off, batch statistics without updating a buffer), so the report is reproducible
+        and changes no state of the model."""
+        with functional_mode(model):
+            return float(self.loss(call_model(model, inputs), targets))
 
 
 def user_training_problem(spec: str) -> UserTrainingProblem:

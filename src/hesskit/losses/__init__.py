@@ -10,6 +10,9 @@ The interface (``base.Loss``): ``value``, ``scale`` (the reduction factor c),
 ``normalizer`` (what ``"mean"`` divides by), ``hessian_vector`` (H_ℓ u), ``hessian_sqrt``
 (S with H_ℓ = blockdiag_i S_i S_iᵀ), ``sample_targets`` (for the Monte-Carlo Fisher),
 ``convex``, ``require_convex`` and ``require_likelihood``.
+
+Sequence models: :class:`CausalLMLoss` (logits ``[n, T, V]``, labels = input ids, shifted
+by one inside, ``-100`` ignored) and :class:`TokenCrossEntropyLoss` (no shift).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from hesskit.losses.binary import BCELoss, BCEWithLogitsLoss
 from hesskit.losses.classification import CrossEntropyLoss, NLLLoss
 from hesskit.losses.distributions import GaussianNLLLoss, KLDivLoss, PoissonNLLLoss
 from hesskit.losses.regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
+from hesskit.losses.sequence import CausalLMLoss, TokenCrossEntropyLoss
 
 __all__ = [
     "REDUCTIONS",
     "AutodiffLoss",
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CausalLMLoss",
     "CrossEntropyLoss",
     "ElementwiseLoss",
     "GaussianNLLLoss",
@@ -42,6 +47,7 @@ __all__ = [
     "NLLLoss",
     "PoissonNLLLoss",
     "SmoothL1Loss",
+    "TokenCrossEntropyLoss",
     "as_loss",
 ]
 

@@ -71,6 +71,7 @@ class AutodiffLoss(Loss):
                 f"{self.describe()} returned {shape}, not a scalar tensor; reduce the loss "
                 f"over the batch (mean or sum)"
             )
+        _check_precision(self, z, out)
         return out
 
     def reduction_factor(self, z: Tensor, y: Tensor | None = None) -> float:
@@ -117,3 +118,19 @@ class AutodiffLoss(Loss):
                 f"the Gauss-Newton or Hessian operators, which need only products"
             )
         self._separability_checked = True
+
+
+def _check_precision(loss: AutodiffLoss, z: Tensor, value: Tensor) -> None:
+    """Refuse a loss that computes in a LOWER precision than the outputs (a cast of the
+    logits to float32 in a float64 model, as ``transformers``' ``loss_function`` does):
+    its curvature would carry the lower precision's rounding under the outputs' dtype."""
+    if not (z.is_floating_point() and value.is_floating_point()):
+        return
+    if torch.finfo(value.dtype).eps > torch.finfo(z.dtype).eps:
+        raise InvalidArgumentError(
+            f"{loss.describe()} returns a {value.dtype} value for {z.dtype} outputs: it "
+            "casts the outputs to a lower precision (Hugging Face's model.loss_function "
+            "casts logits to float32), so its derivatives carry that precision's rounding; "
+            "use a loss that keeps the outputs' dtype (hesskit.losses.CausalLMLoss or "
+            "CrossEntropyLoss for language models), or run the model in that dtype"
+        )

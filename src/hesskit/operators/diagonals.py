@@ -11,10 +11,15 @@ w_b its weight, ℓ_i the unscaled per-sample loss):
 
 Two exact methods: backpropagation of per-sample curvature through a proved chain
 (:func:`backprop_diagonal`; about k backward passes for k outputs), and, for G and EF on
-any model whose samples are independent (no batch statistics), ``torch.func.vmap`` of
-per-sample vjp / grad (:func:`per_sample_diagonal`), which materialises n·m·N numbers per
-batch (m = 1 for EF, the output dimension for G): thousands of gradients on a 784-256-256-10
-classifier with batch 512 against under ten for backpropagation (benchmarks/diagonal.py).
+any model, ``torch.func.vmap`` of per-sample vjp / grad (:func:`per_sample_diagonal`), which
+materialises n·m·N numbers per batch (m = 1 for EF, the output dimension for G): thousands
+of gradients on a 784-256-256-10 classifier with batch 512 against under ten for
+backpropagation (benchmarks/diagonal.py). A model whose samples are coupled (train-mode
+BatchNorm normalises with batch statistics) is no sum of per-sample functions, but
+G = Jᵀ (blockdiag_i S_i S_iᵀ) J and EF = Σ_i a_i (Jᵀ r̂_i)(Jᵀ r̂_i)ᵀ still hold with J the
+Jacobian of the whole batch's outputs and r̂_i = ∇_{z_i} ℓ_i placed on sample i, so their
+diagonals are sums of squares of n·m vjps of the batch function, vmapped over those
+output directions.
 
 For a distributed ``Problem`` each rank sums over its own samples and one all-reduce of the
 N-vector adds the ranks' parts.
@@ -59,23 +64,23 @@ def backprop_diagonal(problem: Problem, kind: str, params: Params | None = None)
 
 
 def per_sample_diagonal(problem: Problem, kind: str, params: Params | None = None) -> Tensor:
-    """diag of G or EF (``kind``), flat ``[N]``, by per-sample ``vmap``: any model whose
-    samples are independent.
+    """diag of G or EF (``kind``), flat ``[N]``, by per-sample ``vmap`` on any model.
 
-    Raises:
-        UnsupportedArchitectureError: the model couples its samples (train-mode BatchNorm).
+    ``vmap`` over samples is used for a batch only where it is shown to apply: the model
+    has no train-mode BatchNorm and :func:`independent_samples` finds the per-sample
+    outputs equal to the batch's. A model that couples its samples has no per-sample
+    function; its diagonals come from rows of the whole batch's output Jacobian instead
+    (:func:`_coupled_batch`): exact, at n·m backward passes of the batch.
     """
-    if problem.couples_samples:
-        raise UnsupportedArchitectureError(
-            "no exact per-sample diagonal: the model normalises with batch statistics in "
-            "training mode, which couples the samples; call model.eval() or use a "
-            "Hutchinson estimate (hesskit.diagonal)"
-        )
     params = problem.parameters() if params is None else params
     problem.check_finite_parameters(params)
     total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
     for batch in problem.batches():
-        total += batch.weight * _per_sample_batch(problem, params, batch, kind)
+        separate = not problem.couples_samples and independent_samples(
+            problem, params, batch.inputs
+        )
+        one_batch = _per_sample_batch if separate else _coupled_batch
+        total += batch.weight * one_batch(problem, params, batch, kind)
     return _summed_over_ranks(problem, total)
 
 
@@ -159,4 +164,56 @@ def _per_sample_batch(problem: Problem, params: dict, batch: Batch, kind: str) -
         for i in range(n):
             parts = per_sample(params, select(X, i), select(y, i))
             total += problem.layout.flatten(parts)
+    return weight * total
+
+
+def independent_samples(problem: Problem, params: Params, inputs: object) -> bool:
+    """The model's outputs on the batch equal its outputs on each sample alone (under
+    ``vmap``, or one by one for modules without a vmap rule), to √ε relative: then sample
+    i's output is a function of x_i only and per-sample ``vmap`` is the batch function.
+    A model that mixes samples in ``forward`` (batch statistics, ``x - x.mean(0)``)
+    fails it. Cost: two forward passes without gradients."""
+
+    def alone(x: object) -> Tensor:
+        return problem.output(params, map_tensors(x, lambda t: t[None]))[0]
+
+    with torch.no_grad():
+        together = problem.output(params, inputs)
+        if not isinstance(together, Tensor):
+            return False
+        try:
+            each = vmap(alone)(inputs)
+        except RuntimeError:  # no vmap rule (nn.LSTM flattens its weights in place)
+            each = torch.stack([alone(select(inputs, i)) for i in range(num_samples(inputs))])
+    tolerance = torch.finfo(together.dtype).eps ** 0.5
+    scale = float(together.abs().max()) if together.numel() else 0.0
+    return bool(torch.allclose(each, together, rtol=tolerance, atol=tolerance * scale))
+
+
+def _coupled_batch(problem: Problem, params: dict, batch: Batch, kind: str) -> Tensor:
+    """diag(G_b) or diag(EF_b) / w_b for a batch whose samples are coupled: Σ_j (Jᵀ u_j)²
+    over the output directions u_j = S_i[:, c] (G) or c_b·r̂_i (EF, scaled below) on
+    sample i, by ``vmap`` over chunks of directions of one vjp of the whole batch."""
+    loss, X, y = problem.loss, batch.inputs, batch.targets
+    z, pullback = vjp(lambda q: problem.output(q, X), params)
+    z = z.detach()
+    n = z.shape[0]
+    flat = z.reshape(n, -1)
+    if kind == "ef":
+        c = loss.scale(z, y)
+        r = grad(lambda out: loss.value(out, y))(z).reshape(n, -1, 1) / c  # [n, k, 1]
+        factor, weight = r, c
+    else:
+        factor, weight = loss.hessian_sqrt(z, y), 1.0  # [n, k, m]
+    m = factor.shape[-1]
+    count = n * m
+    chunk = max(1, ELEMENT_BUDGET // max(1, problem.num_params + flat.numel()))
+    total = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
+    for start in range(0, count, chunk):
+        index = torch.arange(start, min(start + chunk, count), device=z.device)
+        samples, columns = index // m, index % m
+        directions = torch.zeros(len(index), *flat.shape, dtype=z.dtype, device=z.device)
+        directions[torch.arange(len(index)), samples] = factor[samples, :, columns]
+        (rows,) = vmap(pullback)(directions.reshape(len(index), *z.shape))
+        total += problem.layout.flatten({name: (t**2).sum(0) for name, t in rows.items()})
     return weight * total

@@ -82,6 +82,7 @@ class _OutputOuterProductOperator(LinearizedOutputOperator):
             weighted = r * dots.reshape(*dots.shape, *([1] * (z.ndim - 1)))
             return lin.jacobian_transpose_vector(scale * weighted.sum(0))
 
+        lin.prepare({name: t[0] for name, t in V.items()})
         return apply_columns(product, V)
 
 

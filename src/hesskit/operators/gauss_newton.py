@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import linearize, vjp
+from torch.func import jvp, linearize, vjp
 
 from hesskit.engine.dense_blocks import dense_chain, dense_matrix
+from hesskit.engine.purity import forward_mode_mismatch, in_place_operation
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.memory import check_dense_fits
 from hesskit.operators.base import ProblemOperator, apply_columns
@@ -34,30 +35,49 @@ class OutputLinearization:
     """The network outputs of one batch linearized at θ₀: z₀, v ↦ J v and u ↦ Jᵀ u.
 
     One ``torch.func.vjp`` of f(·, X) runs the only forward pass and gives Jᵀ u. J v comes
-    one of two ways:
+    one of three ways, all exact; each is used only where it is shown to apply to the model
+    at hand, for this batch:
 
-    * the vjp of the vjp function (the "double-vjp" trick): no second forward pass, nothing
-      traced. The default for models without convolutions.
-    * the tangent pass of ``torch.func.linearize`` (the primal values folded into a traced
-      graph): for models with convolutions, because torch 2.13's double backward of a
-      convolution also computes a weight term J v never uses (one extra convolution and
-      two transposed copies per layer). Measured with ``benchmarks/architectures.py``:
-      reused GGN products 1.45 → 1.05 gradients on the CNN, 2.50 → 1.35 on the residual
-      net, at a one-off tracing cost of about 5-6 gradients per batch (it pays back after
-      about 5-16 products: CG, Lanczos, Hessian-free). The traced map is checked once
-      against the vjp (⟨z₀, J θ₀⟩ = ⟨Jᵀ z₀, θ₀⟩, one extra vjp) and dropped for the
-      double-vjp when the check fails or the model cannot be traced (``linearize`` can
-      silently return zeros on torch 2.13: ``../shared/pitfalls``).
+    * ``"double_vjp"``: the vjp of the vjp function. No forward pass is re-run and nothing
+      is traced. The default for models without convolutions.
+    * ``"jvp"``: forward-mode AD (``torch.func.jvp``), which re-runs the forward pass with
+      tangents: no tracing, so the first product is cheap (about 2.4 gradients with the vjp
+      on the CNN and residual nets of ``benchmarks/architectures.py``), and in-place
+      operations in ``forward`` are handled exactly. At the first product one jvp and one
+      vjp on seeded probes check it: its primal outputs must equal z₀ bit for bit (the
+      determinism check of this path), and it falls back to the double-vjp (same values,
+      after ``Problem.check_deterministic``) where an operation has no forward-AD formula,
+      where forward and reverse mode are known to disagree (an embedding's padding row:
+      :func:`hesskit.engine.purity.forward_mode_mismatch`), or where the adjoint
+      identity ⟨u, J v⟩ = ⟨Jᵀ u, v⟩ fails on seeded probes.
+    * ``"linearize"``: the tangent pass of ``torch.func.linearize`` (the primal values
+      folded into a traced graph), cheapest to reuse on convolutions (torch 2.13's double
+      backward of a convolution also computes a weight term J v never uses). Tracing
+      costs about 4-6 gradients, and the traced map is stateful when ``forward`` mutates a
+      tensor in place, so it is taken only (a) after ``TRACE_AFTER`` products of this
+      batch, (b) where one recorded forward pass is proved free of in-place operations
+      (:func:`hesskit.engine.purity.in_place_operation`), and (c) once its tangent,
+      evaluated twice, equals the forward-mode J v bit for bit. The same bitwise check is
+      repeated on products 2^k, so a result checked once is not trusted for ever. Since
+      the traced tangent is the forward-mode computation with its primal part folded,
+      switching changes no bit of any product. Measured with
+      ``benchmarks/architectures.py``: reused GGN products 1.6 → 1.0 gradients on the CNN,
+      1.9 → 1.3 on the residual net.
+
+    ``"auto"`` is forward-mode AD then the traced map for models with convolutions, the
+    double-vjp otherwise.
 
     Args:
         problem: the model, loss and data.
         params: the parameters θ₀ by name.
         inputs: the batch inputs X.
-        method: ``"auto"`` (linearize for models with convolutions), ``"double_vjp"`` or
-            ``"linearize"`` (still falls back to the double-vjp if tracing fails).
+        method: ``"auto"``, ``"double_vjp"``, ``"jvp"`` or ``"linearize"`` (forward-mode
+            AD with tracing from the first product where (b) and (c) hold).
     """
 
-    METHODS = ("auto", "double_vjp", "linearize")
+    METHODS = ("auto", "double_vjp", "jvp", "linearize")
+    TRACE_AFTER = 2
+    """Forward-mode products of a batch before its tangent pass is traced (auto)."""
 
     def __init__(
         self, problem: Problem, params: Params, inputs: object, method: str = "auto"
@@ -65,32 +85,121 @@ class OutputLinearization:
         def output(p: Params) -> Tensor:
             return problem.output(p, inputs)
 
+        self._output, self._params, self._model = output, params, problem.model
+        self._check_deterministic = lambda: problem.check_deterministic(
+            params, inputs, self.outputs
+        )
         self.outputs, self._transposed = vjp(output, params)
         self.outputs = self.outputs.detach()
-        traced = method == "linearize" or (method == "auto" and _has_convolution(problem.model))
-        self._tangent = _traced_tangent(output, params) if traced else None
-        if self._tangent is not None and not self._adjoint_holds(params):
-            self._tangent = None
-        self.method = "linearize" if self._tangent is not None else "double_vjp"
-        if self._tangent is None:
-            _, self._forward = vjp(self._transposed, torch.zeros_like(self.outputs))
+        convolutional = _has_convolution(problem.model)
+        self._may_trace = method == "linearize" or (method == "auto" and convolutional)
+        self._trace_after = 0 if method == "linearize" else self.TRACE_AFTER
+        if method == "auto":
+            method = "jvp" if convolutional else "double_vjp"
+        self.method = "jvp" if method == "linearize" else method
+        if self.method == "double_vjp":  # forward mode checks determinism at its first use
+            self._check_deterministic()
+        self.products = 0
+        self._tangent: Callable | None = None
+        self._forward: Callable | None = None
+        self.trace_refused: str | None = None
+        """Why the traced map is not used, once that is known."""
 
-    def _adjoint_holds(self, params: Params) -> bool:
-        """⟨z₀, J θ₀⟩ = ⟨Jᵀ z₀, θ₀⟩ for the traced J v against the vjp, to 1e-4 relative."""
-        left = float((self.outputs * self._tangent(params)).sum())
-        pullback = self._transposed(self.outputs)[0]
-        right = float(sum((pullback[name] * p).sum() for name, p in params.items()))
-        return right != 0.0 and abs(left - right) <= 1e-4 * (abs(left) + abs(right))
+    def prepare(self, v: Params) -> None:
+        """Choose how J v is computed for the next product call, with its first direction
+        ``v``: at the first call forward-mode AD is tried (and checked against z₀); later,
+        tracing is attempted and the traced map re-checked as the class docstring says.
+        Call once per product call, outside ``vmap``."""
+        self.products += 1
+        if self.method == "jvp" and self.products == 1:
+            self._check_forward_mode()
+        if self.method == "jvp" and self._may_trace and self.products > self._trace_after:
+            self._may_trace = False
+            self._trace(v)
+        elif self.method == "linearize" and self.products & (self.products - 1) == 0:
+            self._verify_trace(v)
+
+    def _check_forward_mode(self) -> None:
+        """Forward mode applies: no module where it disagrees with reverse mode, a
+        forward-AD formula for every operation, the same primal outputs as z₀, and the
+        adjoint identity ⟨u, J v⟩ = ⟨Jᵀ u, v⟩ to √ε on seeded probes; else the
+        double-vjp."""
+        reason = forward_mode_mismatch(self._model)
+        if reason is None:
+            try:
+                reason = self._adjoint_mismatch()
+            except (NotImplementedError, RuntimeError) as error:
+                if isinstance(error, RuntimeError) and "forward" not in str(error).lower():
+                    raise
+                reason = f"no forward-AD formula: {error}"
+        if reason is not None:
+            self.method, self._may_trace = "double_vjp", False
+            self.trace_refused = f"forward-mode AD unavailable: {reason}"
+            self._check_deterministic()
+
+    def _adjoint_mismatch(self) -> str | None:
+        """One jvp and one vjp on seeded probes: the jvp's primal outputs must be z₀ bit
+        for bit (else the model is not one fixed function), and ⟨u, J v⟩ = ⟨Jᵀ u, v⟩."""
+        generator = torch.Generator(device=self.outputs.device).manual_seed(0)
+
+        def probe(like: Tensor) -> Tensor:
+            return torch.randn(like.shape, generator=generator, dtype=like.dtype,
+                               device=like.device)
+
+        v = {name: probe(p) for name, p in self._params.items()}
+        u = probe(self.outputs)
+        outputs, tangent = jvp(self._output, (self._params,), (v,))
+        if not torch.equal(outputs, self.outputs):
+            raise _nondeterministic("a forward pass with tangents")
+        left = float((u * tangent).sum())
+        pulled = self.jacobian_transpose_vector(u)
+        right = float(sum((pulled[name] * v[name]).sum() for name in v))
+        tolerance = torch.finfo(self.outputs.dtype).eps ** 0.5
+        if abs(left - right) > tolerance * max(abs(left), abs(right), 1e-30):
+            return f"<u, J v> = {left:.6g} but <J^T u, v> = {right:.6g}"
+        return None
+
+    def _trace(self, v: Params) -> None:
+        mutation = in_place_operation(lambda: self._output(self._params))
+        if mutation is not None:
+            self.trace_refused = f"forward changes a tensor in place ({mutation})"
+            return
+        self._tangent = _traced_tangent(self._output, self._params)
+        if self._tangent is None:
+            self.trace_refused = "torch.func.linearize could not trace the forward pass"
+            return
+        self.method = "linearize"
+        self._verify_trace(v)
+
+    def _verify_trace(self, v: Params) -> None:
+        """The traced tangent, twice, equals forward-mode J v bit for bit; else dropped."""
+        reference = jvp(self._output, (self._params,), (v,))[1]
+        first, second = self._tangent(v), self._tangent(v)
+        if not (torch.equal(first, reference) and torch.equal(second, reference)):
+            self._tangent, self.method = None, "jvp"
+            self.trace_refused = "the traced tangent pass disagreed with forward-mode AD"
 
     def jacobian_vector(self, v: Params) -> Tensor:
         """J v for one parameter-shaped direction v; shaped like the outputs."""
-        if self._tangent is not None:
+        if self.method == "linearize":
             return self._tangent(v)
+        if self.method == "jvp":
+            return jvp(self._output, (self._params,), (v,))[1]
+        if self._forward is None:
+            _, self._forward = vjp(self._transposed, torch.zeros_like(self.outputs))
         return self._forward((v,))[0]
 
     def jacobian_transpose_vector(self, u: Tensor) -> Params:
         """Jᵀ u for one output-shaped u; parameter-shaped."""
         return self._transposed(u)[0]
+
+
+def _nondeterministic(what: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"{what} gave other outputs than the first forward pass at the same parameters: "
+        "the model is not one fixed function (a random or stateful operation in forward "
+        "that hesskit does not know); make forward deterministic while hesskit evaluates it"
+    )
 
 
 def _has_convolution(model: nn.Module) -> bool:
@@ -129,8 +238,9 @@ class GaussNewtonOperator(LinearizedOutputOperator):
             products. ``None`` (default) keeps them when the data have at most
             ``max_cached_batches`` batches; ``False`` rebuilds them on every product call
             (one forward pass per batch per call, memory of one batch).
-        jacobian: how J v is computed: ``"auto"`` (traced ``linearize`` for models with
-            convolutions, else the double-vjp), ``"double_vjp"`` or ``"linearize"``; see
+        jacobian: how J v is computed: ``"auto"`` (forward-mode AD, then a traced
+            linearization where proved safe, for models with convolutions; else the
+            double-vjp), ``"double_vjp"``, ``"jvp"`` or ``"linearize"``; see
             :class:`OutputLinearization`.
     """
 
@@ -156,6 +266,7 @@ class GaussNewtonOperator(LinearizedOutputOperator):
             u = loss.hessian_vector(z, y, lin.jacobian_vector(v))
             return lin.jacobian_transpose_vector(u)
 
+        lin.prepare({name: t[0] for name, t in V.items()})
         return apply_columns(product, V)
 
     def _restricted(self, problem: Problem) -> GaussNewtonOperator:

@@ -47,13 +47,19 @@ class HessianMethod(enum.Enum):
 
 
 class _TorchFuncHessian:
-    """One batch's v ↦ ∇²ℓ_b v by ``torch.func.vjp(grad(ℓ_b))``: works for any model."""
+    """One batch's v ↦ ∇²ℓ_b v by ``torch.func.vjp(grad(ℓ_b))``: works for any model. The
+    outputs of its forward pass are checked against one more forward pass
+    (``Problem.check_deterministic``)."""
 
     def __init__(self, problem: Problem, params: Params, batch: Batch) -> None:
-        def batch_loss(p: Params) -> Tensor:
-            return problem.batch_loss(p, batch.inputs, batch.targets)
+        def batch_loss(p: Params) -> tuple[Tensor, Tensor]:
+            outputs = problem.output(p, batch.inputs)
+            return problem.loss.value(outputs, batch.targets), outputs.detach()
 
-        _, self._transposed_hessian = vjp(grad(batch_loss), params)
+        _, self._transposed_hessian, outputs = vjp(
+            grad(batch_loss, has_aux=True), params, has_aux=True
+        )
+        problem.check_deterministic(params, batch.inputs, outputs)
 
     def matmat(self, V: Params) -> Params:
         """∇²ℓ_b V for dicts of ``[K, *shape]`` (H = Hᵀ, so the vjp is the product)."""

@@ -30,6 +30,9 @@ gradients in all (README, "PyHessian-style"). ``hesskit.operators.hessian_operat
 would need a ``Problem``, a new linearisation per step (≈ 1 gradient) and its product
 (1.35-1.8 gradients) besides the closure's gradient: about 3.4-3.8 gradients, so the
 create-graph way is the cheaper one here, and it works for any loss the closure computes.
+The closure runs inside :func:`hesskit.functional_view.twice_differentiable_kernels`
+(attention through the MATH kernel, which has a double backward; nothing else of the model
+changes), as hesskit's operators do.
 
 Cost: about 1.8 gradients per estimate step, 1 gradient otherwise; memory 4 N numbers
 (m, v, the last D, the gradient).
@@ -47,6 +50,7 @@ from torch.optim import Optimizer
 from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
+from hesskit.functional_view import twice_differentiable_kernels
 from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -146,7 +150,7 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
             )
         state = self.adahessian_state
         estimate = int(state["steps"]) % self.update_each == 0
-        with torch.enable_grad():
+        with torch.enable_grad(), twice_differentiable_kernels():
             loss = closure()
             if not is_finite(loss.detach()):
                 return self._reject("the loss", loss)

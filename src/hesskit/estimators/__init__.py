@@ -5,7 +5,9 @@ Each costs curvature-vector products (reported as ``products``) and takes an exp
 """
 
 from hesskit.estimators.diagonal import hutchinson_diagonal
-from hesskit.estimators.lanczos import LanczosRecurrence, power_iteration, top_eigenpairs
+from hesskit.estimators.lanczos import top_eigenpairs
+from hesskit.estimators.power_iteration import power_iteration
+from hesskit.estimators.recurrence import LanczosRecurrence
 from hesskit.estimators.result import Eigenpairs, Estimate
 from hesskit.estimators.spectral_density import (
     SpectralQuadrature,

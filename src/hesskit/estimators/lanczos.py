@@ -83,7 +83,9 @@ def top_eigenpairs(
         max_products: product budget (default max(100, 30 k), at most N when no restart
             is needed); the result has ``converged=False`` if it runs out first.
         max_vectors: N-vectors in the Lanczos basis, at least min(k + 2, N + 1); a thick
-            restart keeps k + ⌊(max_vectors − 1 − k)/2⌋ Ritz vectors when it is full.
+            restart keeps k + ⌊(max_vectors − 1 − k)/2⌋ Ritz vectors when it is full (our
+            choice: half the room beyond the k wanted, so a cycle adds about as many new
+            directions as it keeps extra Ritz vectors).
             Default: as many as the run can use (products + 1) within the memory budget.
         return_vectors: also return the k Ritz vectors (k more N-vectors); otherwise
             ``vectors`` is None.

@@ -289,8 +289,9 @@ def main() -> None:
     records = {(r["size"], r["case"]): r for r in saved["records"]}
     for size in sizes:
         for case in cases:
+            before = environment()
             record = run_in_child(size, case, args)
-            record["environment"] = environment()
+            record["environment"] = {**before, "load_average_at_end": os.getloadavg()}
             records[(size, case)] = record
             print(summary(record), flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,10 @@ class InvalidArgumentError(HesskitError, ValueError):
 
 
 class TooLargeError(HesskitError, MemoryError):
-    """A dense matrix would not fit in the memory budget; use a matrix-free method instead."""
+    """A dense matrix, or an estimator's vectors, would not fit in the memory budget.
+
+    The message names what does fit instead: a matrix-free method or a smaller setting.
+    """
 
 
 class DataError(HesskitError, OSError):

@@ -1,9 +1,13 @@
-"""The one memory budget of hesskit, and the one guard every dense N×N build goes through.
+"""The one memory budget of hesskit, and the guards every large allocation goes through.
 
 Every dense matrix — :meth:`CurvatureOperator.to_dense`, the dense H = G + R builders of
 :mod:`hesskit.dense`, damped Newton's solve — is checked here before anything is
-allocated, against one budget: by default :data:`MEMORY_FRACTION` of the memory available
-now (``MemAvailable``), or a size the caller names (``"2GB"``).
+allocated (:func:`check_dense_fits`), and so is every matrix-free estimator's working set
+of N-vectors — Lanczos bases, stochastic Lanczos quadrature, Hutch++ sketches, probe
+chunks (:func:`check_vectors_fit`). Both are checked against one budget: by default
+:data:`MEMORY_FRACTION` of the memory available now (``MemAvailable``), or a size the
+caller names (``"2GB"``). An estimator's count covers the vectors it holds itself; the
+operator's own workspace for one product (a forward and backward pass) is not included.
 """
 
 from __future__ import annotations
@@ -116,3 +120,44 @@ def check_dense_fits(
             f"{what} for N = {num_params} parameters needs {format_bytes(needed)} but the "
             f"memory budget is {format_bytes(budget)}; {instead}"
         )
+
+
+def vector_bytes(num_params: int, dtype: torch.dtype) -> int:
+    """Bytes of one vector of N numbers of ``dtype``."""
+    return num_params * (torch.finfo(dtype).bits // 8)
+
+
+def vectors_that_fit(
+    num_params: int, dtype: torch.dtype, memory_budget: int | str | None = None
+) -> int:
+    """How many N-vectors of ``dtype`` the budget holds (0 when not even one fits)."""
+    return budget_bytes(memory_budget) // max(1, vector_bytes(num_params, dtype))
+
+
+def check_vectors_fit(
+    num_params: int,
+    dtype: torch.dtype,
+    vectors: float,
+    *,
+    what: str,
+    instead: str,
+    memory_budget: int | str | None = None,
+) -> int:
+    """Raise ``TooLargeError`` when an estimator's ``vectors`` N-vectors exceed the budget.
+
+    The matrix-free counterpart of :func:`check_dense_fits`, called before the estimator
+    allocates anything: ``what`` names the estimator and its settings, ``instead`` the
+    smaller setting or the alternative that fits (both go into the one-line message).
+
+    Returns:
+        The bytes needed, ``vectors · N · itemsize`` (for reports).
+    """
+    needed = int(vectors * vector_bytes(num_params, dtype))
+    budget = budget_bytes(memory_budget)
+    if needed > budget:
+        raise TooLargeError(
+            f"{what} for N = {num_params:,} parameters holds {vectors:g} vectors of N "
+            f"{str(dtype).removeprefix('torch.')} numbers, {format_bytes(needed)}, but the "
+            f"memory budget is {format_bytes(budget)}; {instead}"
+        )
+    return needed

@@ -1,11 +1,16 @@
 """Matrix-free estimators on any curvature operator: diagonal, trace, eigenpairs, density.
 
-Each costs curvature-vector products (reported as ``products``) and takes an explicit
-``generator`` or ``seed`` for its random probes.
+Each costs curvature-vector products (reported as ``products``), takes an explicit
+``generator`` or ``seed`` for its random probes, and holds a number of N-vectors stated in
+its docstring and checked against the memory budget (:mod:`hesskit.memory`) before the
+first product: ``top_eigenpairs`` ``max_vectors`` + 2 (thick restarts), the spectral
+density 5 per probe without reorthogonalisation, Hutchinson 3 per probe of a chunk.
 """
 
 from hesskit.estimators.diagonal import hutchinson_diagonal
-from hesskit.estimators.lanczos import LanczosRecurrence, power_iteration, top_eigenpairs
+from hesskit.estimators.lanczos import top_eigenpairs
+from hesskit.estimators.power_iteration import power_iteration
+from hesskit.estimators.recurrence import LanczosRecurrence
 from hesskit.estimators.result import Eigenpairs, Estimate
 from hesskit.estimators.spectral_density import (
     SpectralQuadrature,

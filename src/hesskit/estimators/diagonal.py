@@ -16,7 +16,16 @@ import torch
 from hesskit.estimators.probes import check_count, make_generator, rademacher
 from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Estimate
+from hesskit.memory import check_vectors_fit
 from hesskit.operators.base import CurvatureOperator
+
+
+def diagonal_vectors(chunk_size: int, dtype: torch.dtype) -> float:
+    """N-vectors of ``dtype`` :func:`hutchinson_diagonal` holds at its peak: 2 float64
+    accumulators, and per probe of a chunk its probe and product plus 3 float64 work
+    columns (the samples, their deviations, and their squares)."""
+    ratio = 8 / (torch.finfo(dtype).bits // 8)
+    return 2 * ratio + chunk_size * (2 + 3 * ratio)
 
 
 def hutchinson_diagonal(
@@ -27,10 +36,13 @@ def hutchinson_diagonal(
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    memory_budget: int | str | None = None,
 ) -> Estimate:
     """Estimate diag(A) from ``probes`` Rademacher products, with a standard error per entry.
 
-    Cost: ``probes`` products; memory 3N float64 numbers plus N × chunk_size for a chunk.
+    Cost: ``probes`` products; memory 2N float64 numbers plus, per probe of a chunk, 2N of
+    the operator's dtype and 3N float64 (:func:`diagonal_vectors`, checked against the
+    budget before the first product).
     The running mean and variance use Chan et al.'s pairwise update, so no probe is stored.
 
     Args:
@@ -40,6 +52,8 @@ def hutchinson_diagonal(
         generator: source of the probes; default a CPU generator seeded with ``seed``.
         seed: seed used when ``generator`` is None.
         progress: show a progress bar (None: only if it runs longer than 2 s).
+        memory_budget: bytes or a size like ``"2GB"``; default
+            :func:`hesskit.memory.default_memory_budget`.
 
     Returns:
         ``Estimate(value [N], stderr [N], products)`` in the operator's dtype; ``stderr[i]``
@@ -48,8 +62,13 @@ def hutchinson_diagonal(
     """
     check_count("probes", probes, 2)
     check_count("chunk_size", chunk_size, 1)
-    generator = make_generator(generator, seed)
     n = op.shape[0]
+    check_vectors_fit(
+        n, op.dtype, diagonal_vectors(min(chunk_size, probes), op.dtype),
+        what=f"hutchinson_diagonal (chunk_size = {chunk_size})",
+        instead="use chunk_size=1, or a larger memory_budget", memory_budget=memory_budget,
+    )
+    generator = make_generator(generator, seed)
     count = 0
     mean = torch.zeros(n, dtype=torch.float64, device=op.device)
     sum_squares = torch.zeros_like(mean)  # Σ (x − mean)² over the probes so far

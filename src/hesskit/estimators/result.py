@@ -50,7 +50,8 @@ class Eigenpairs:
     Attributes:
         values: Ritz values θ, shape ``[k]``, ordered from the requested end of the spectrum
             (largest first for ``which="largest"``, smallest first for ``"smallest"``).
-        vectors: Ritz vectors, orthonormal columns, shape ``[N, k]``.
+        vectors: Ritz vectors, orthonormal columns, shape ``[N, k]``; None when they were
+            not asked for (``top_eigenpairs(..., return_vectors=False)``, its default).
         products: curvature-vector products used.
         residuals: ‖A v_i − θ_i v_i‖, shape ``[k]``. For a symmetric A some eigenvalue lies
             within ``residuals[i]`` of ``values[i]`` (Bauer-Fike / Weyl).
@@ -61,7 +62,7 @@ class Eigenpairs:
     """
 
     values: Tensor
-    vectors: Tensor
+    vectors: Tensor | None
     products: int
     residuals: Tensor
     converged: bool

@@ -11,8 +11,32 @@ Xiao 2019; Lin, Saad & Yang, "Approximating spectral densities of large matrices
 2. φ is smoothed with a Gaussian of width σ and averaged over probes on a grid:
    φ_σ(t) = (1/P) Σ_p Σ_j τ_pj g_σ(t − θ_pj), which integrates to 1.
 
-Cost: P · m products, run as m ``matmat`` calls of P columns; memory P · m · N numbers
-for the reorthogonalised bases.
+Cost: P · m products, run as m ``matmat`` calls of P columns. The nodes and weights need
+only T_m (eigenpairs of a tridiagonal matrix: ``scipy.linalg.eigh_tridiagonal``), so the
+basis is optional:
+
+* ``reorthogonalize=True`` (default): each recurrence keeps its basis and reorthogonalises
+  against it (``recurrence.py``); T_m is then the exact Lanczos matrix to rounding and the
+  rule is exactly Gauss. Memory about 1.5 · P · (m + 1) · N numbers at its peak.
+* ``reorthogonalize=False``: the plain three-term recurrence, as Ghorbani, Krishnan & Xiao
+  ("An investigation into neural net optimization via Hessian eigenvalue density", ICML
+  2019, §2.2, 90 steps at ImageNet scale) run it: q_{j−1}, q_j and A q_j only,
+  :data:`THREE_TERM_VECTORS` · P N-vectors whatever m.
+
+**What the loss of orthogonality does** (``reorthogonalize=False``). In floating point the
+Lanczos vectors lose orthogonality as soon as a Ritz value converges (Paige 1976), and the
+recurrence then finds the converged (outlying) eigenvalues again: T_m holds "ghost" copies
+of them, so *counting nodes* near an outlier is meaningless. The rule stays a quadrature
+rule for (nearly) the right measure: finite-precision Lanczos is exact Lanczos on a larger
+matrix whose eigenvalues lie in tiny intervals about A's (Greenbaum 1989), and the Gauss
+weights of a cluster of ghost copies add up to the weight (u_iᵀ v)² of the one eigenvalue
+they copy (Greenbaum & Strakoš 1992). Hence the moments Σ_j τ_j θ_j^p still match
+vᵀ A^p v up to rounding for p ≤ 2m − 1 (Knizhnerman 1996; Chen, Trogdon & Ubaru,
+"Analysis of stochastic Lanczos quadrature for spectrum approximation", ICML 2021, §4) and
+the smoothed density φ_σ moves by O(ε ‖A‖ / σ) at most, far below the probe-to-probe
+spread. What is lost is only the exactness statement of the test above: the tests check
+moments up to degree 2m − 1 to a relative 1e-8 · ‖A‖^p in float64
+(``tests/estimators/test_slq_memory.py``), against 1e-9 with reorthogonalisation.
 """
 
 from __future__ import annotations
@@ -21,13 +45,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from hesskit.errors import InvalidArgumentError
-from hesskit.estimators.lanczos import LanczosRecurrence
+from hesskit.errors import InvalidArgumentError, NonFiniteError
 from hesskit.estimators.probes import check_count, make_generator, rademacher
 from hesskit.estimators.progress import EstimateProgress
+from hesskit.estimators.recurrence import LanczosRecurrence, basis_vectors, column_dots
+from hesskit.memory import check_vectors_fit, vector_bytes, vectors_that_fit
+from hesskit.memory import format_bytes as _format_bytes
 from hesskit.operators.base import CurvatureOperator
+
+THREE_TERM_VECTORS = 5
+"""N-vectors per probe of the recurrence without a basis: the start block, q_{j−1}, q_j,
+A q_j and the next q while it is formed."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,8 @@ def spectral_density(
     *,
     probes: int = 4,
     steps: int = 64,
+    reorthogonalize: bool = True,
+    memory_budget: int | str | None = None,
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -66,49 +99,171 @@ def spectral_density(
     Args:
         op: the N×N symmetric operator A.
         probes: number P ≥ 1 of probe vectors.
-        steps: Lanczos steps m per probe (capped at N; PyHessian uses 100).
+        steps: Lanczos steps m per probe (capped at N; PyHessian uses 100, Ghorbani et al.
+            90).
+        reorthogonalize: keep each probe's basis and reorthogonalise against it (exact
+            Gauss rules; 1.5 · P · (m + 1) N-vectors), or run the three-term recurrence
+            alone (5 P N-vectors; ghost nodes, moments kept: see the module docstring).
+        memory_budget: bytes or a size like ``"2GB"``; default
+            :func:`hesskit.memory.default_memory_budget`.
         generator: source of the probes; default a CPU generator seeded with ``seed``.
         seed: seed used when ``generator`` is None.
         progress: show a progress bar (None: only if it runs longer than 2 s).
 
     Returns:
         The quadrature rules; turn them into a curve with :func:`density_on_grid`.
+
+    Raises:
+        TooLargeError: before any product, when its vectors exceed the budget; the message
+            names ``reorthogonalize=False`` or fewer probes.
     """
     check_count("probes", probes, 1)
     check_count("steps", steps, 1)
+    steps = min(steps, op.shape[0])
+    check_quadrature_fits(op, probes, steps, reorthogonalize, memory_budget)
     generator = make_generator(generator, seed)
     start = rademacher((op.shape[0], probes), generator, op.dtype, op.device)
-    return lanczos_quadrature(op, start, min(steps, op.shape[0]), progress=progress)
+    return lanczos_quadrature(
+        op, start, steps, reorthogonalize=reorthogonalize, memory_budget=memory_budget,
+        progress=progress,
+    )
+
+
+def quadrature_vectors(probes: int, steps: int, reorthogonalize: bool) -> int:
+    """N-vectors stochastic Lanczos quadrature holds at its peak (start block included)."""
+    if reorthogonalize:
+        return probes + basis_vectors(probes, steps)
+    return THREE_TERM_VECTORS * probes
+
+
+def check_quadrature_fits(
+    op: CurvatureOperator,
+    probes: int,
+    steps: int,
+    reorthogonalize: bool,
+    memory_budget: int | str | None = None,
+) -> int:
+    """Refuse (``TooLargeError``) a quadrature whose vectors exceed the budget; bytes needed."""
+    n = op.shape[0]
+    room = vectors_that_fit(n, op.dtype, memory_budget)
+    plain = quadrature_vectors(probes, steps, False)
+    if reorthogonalize and plain <= room:
+        instead = (
+            f"pass reorthogonalize=False (it holds {plain} vectors, "
+            f"{_format_bytes(plain * vector_bytes(n, op.dtype))}) or fewer probes or steps"
+        )
+    else:
+        most = room // THREE_TERM_VECTORS
+        instead = (
+            f"use probes={most} with reorthogonalize=False, or a larger memory_budget"
+            if most >= 1
+            else "a single probe does not fit either; pass a larger memory_budget"
+        )
+    what = (
+        f"spectral_density ({probes} probes x {steps} steps, "
+        f"reorthogonalize={reorthogonalize})"
+    )
+    return check_vectors_fit(
+        n, op.dtype, quadrature_vectors(probes, steps, reorthogonalize), what=what,
+        instead=instead, memory_budget=memory_budget,
+    )
 
 
 def lanczos_quadrature(
-    op: CurvatureOperator, start: Tensor, steps: int, *, progress: bool | None = None
+    op: CurvatureOperator,
+    start: Tensor,
+    steps: int,
+    *,
+    reorthogonalize: bool = True,
+    memory_budget: int | str | None = None,
+    progress: bool | None = None,
 ) -> SpectralQuadrature:
-    """The m-point Gauss quadrature rule of each start vector (columns of ``start [N, P]``)."""
+    """The m-point Gauss quadrature rule of each start vector (columns of ``start [N, P]``).
+
+    With ``reorthogonalize=False`` the rule is that of the finite-precision three-term
+    recurrence (see the module docstring for what that changes).
+    """
     probes = start.shape[1]
-    recurrence = LanczosRecurrence(op, start)
-    lengths = torch.full((probes,), steps, dtype=torch.long)
-    done = torch.zeros(probes, dtype=torch.bool)
+    check_quadrature_fits(op, probes, steps, reorthogonalize, memory_budget)
+    run = _with_basis if reorthogonalize else _three_term
     with EstimateProgress("spectral density", probes * steps, show=progress) as bar:
-        for step in range(steps):
-            recurrence.step()
-            bar.advance(probes)
-            newly = recurrence.broke_down & ~done
-            lengths[newly] = step + 1
-            done |= recurrence.broke_down
-            if bool(done.all()):
-                break
+        alphas, betas, lengths, done_steps = run(op, start, steps, bar)
     nodes = torch.zeros(probes, steps, dtype=torch.float64)
     weights = torch.zeros_like(nodes)
     for p in range(probes):
-        alphas, betas = recurrence.tridiagonal(p)
         length = int(lengths[p])
-        T = np.diag(alphas[:length])
-        T += np.diag(betas[: length - 1], 1) + np.diag(betas[: length - 1], -1)
-        theta, S = np.linalg.eigh(T)
+        theta, S = eigh_tridiagonal(alphas[:length, p], betas[: length - 1, p])
         nodes[p, :length] = torch.from_numpy(theta)
         weights[p, :length] = torch.from_numpy(S[0] ** 2)
-    return SpectralQuadrature(nodes, weights, probes * recurrence.steps, op.shape[0])
+    return SpectralQuadrature(nodes, weights, probes * done_steps, op.shape[0])
+
+
+def _with_basis(
+    op: CurvatureOperator, start: Tensor, steps: int, bar: EstimateProgress
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """α, β ``[m, P]``, the length of each probe's rule, and the steps run (stored basis)."""
+    probes = start.shape[1]
+    recurrence = LanczosRecurrence(op, start)
+    lengths = np.full(probes, steps)
+    done = torch.zeros(probes, dtype=torch.bool)
+    for step in range(steps):
+        recurrence.step()
+        bar.advance(probes)
+        newly = (recurrence.broke_down & ~done).numpy()
+        lengths[newly] = step + 1
+        done |= recurrence.broke_down
+        if bool(done.all()):
+            break
+    alphas = torch.stack(recurrence.alphas).cpu().numpy()
+    betas = torch.stack(recurrence.betas).cpu().numpy()
+    return alphas, betas, lengths, recurrence.steps
+
+
+def _three_term(
+    op: CurvatureOperator, start: Tensor, steps: int, bar: EstimateProgress
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """As :func:`_with_basis`, keeping only q_{j−1}, q_j and A q_j per probe:
+
+    w = A q_j − α_j q_j − β_{j−1} q_{j−1},  α_j = q_jᵀ A q_j,  β_j = ‖w‖,  q_{j+1} = w / β_j.
+
+    A probe stops (its rule has j nodes) at β_j ≤ ε^{2/3} · max(|α|, β), as with the basis.
+    """
+    probes = start.shape[1]
+    norms = torch.linalg.vector_norm(start, dim=0)
+    if not bool((norms > 0).all()):
+        raise InvalidArgumentError("a Lanczos start vector is zero; use a non-zero vector")
+    q = (start / norms).to(op.dtype)
+    q_previous = torch.zeros_like(q)
+    beta_previous = torch.zeros(probes, dtype=torch.float64, device=q.device)
+    scale = torch.zeros(probes, dtype=torch.float64)
+    lengths = np.full(probes, steps)
+    done = torch.zeros(probes, dtype=torch.bool)
+    alphas, betas = [], []
+    for step in range(steps):
+        w = op.matmat(q)
+        bar.advance(probes)
+        if not bool(torch.isfinite(w).all()):
+            raise NonFiniteError(
+                "the operator returned a non-finite product; check the model's loss and parameters"
+            )
+        alpha = column_dots(q, w)
+        w.addcmul_(q, alpha.to(w.dtype), value=-1)  # in place: no N × P temporary
+        w.addcmul_(q_previous, beta_previous.to(w.dtype), value=-1)
+        beta = torch.linalg.vector_norm(w, dim=0).to(torch.float64)
+        alphas.append(alpha.cpu())
+        betas.append(beta.cpu())
+        scale = torch.maximum(scale, torch.maximum(alpha.abs(), beta).cpu())
+        stop = (beta.cpu() <= torch.finfo(op.dtype).eps ** (2 / 3) * scale) & ~done
+        lengths[stop.numpy()] = step + 1
+        done |= stop
+        if bool(done.all()) or step + 1 == steps:
+            break
+        keep = ~done.to(w.device)
+        w.div_(torch.where(keep, beta, torch.ones_like(beta)).to(w.dtype))
+        w.masked_fill_(~keep, 0)
+        q_previous, q = q, w
+        beta_previous = beta
+    return torch.stack(alphas).numpy(), torch.stack(betas).numpy(), lengths, len(alphas)
 
 
 def density_on_grid(

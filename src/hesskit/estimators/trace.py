@@ -11,6 +11,12 @@ about two gradients for the Hessian.
   of the deflated remainder (I − QQᵀ) A (I − QQᵀ). Much lower variance when A has a few
   large eigenvalues, as network Hessians do.
 * ``exact_trace``: Σ_i e_iᵀ A e_i, N products: for tests and small models.
+
+Memory, checked against the budget of :mod:`hesskit.memory` before the first product:
+Hutchinson 3 · ``chunk_size`` N-vectors (a probe block, its product, their elementwise
+product); Hutch++ 4 N-vectors per product of its budget (sketch, its product, the SVD's
+factor and work; then Q, A Q beside the residual probes and their products); the exact
+trace 3 · ``chunk_size``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from hesskit.errors import NonFiniteError
 from hesskit.estimators.probes import check_count, gaussian, make_generator, rademacher
 from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Estimate
+from hesskit.memory import check_vectors_fit
 from hesskit.operators.base import CurvatureOperator
+
+HUTCHPP_VECTORS_PER_PRODUCT = 4
+"""N-vectors Hutch++ holds per product of its budget, at its peak (see the module docstring)."""
 
 
 def hutchinson_trace(
@@ -35,6 +45,7 @@ def hutchinson_trace(
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    memory_budget: int | str | None = None,
 ) -> Estimate:
     """Hutchinson's estimate of tr(A) with its standard error, using ``probes`` products.
 
@@ -45,12 +56,20 @@ def hutchinson_trace(
         generator: source of the probes; default a CPU generator seeded with ``seed``.
         seed: seed used when ``generator`` is None.
         progress: show a progress bar (None: only if it runs longer than 2 s).
+        memory_budget: bytes or a size like ``"2GB"`` for its 3 · chunk_size N-vectors;
+            default :func:`hesskit.memory.default_memory_budget`.
 
     Returns:
         ``Estimate(value, stderr, products)`` with stderr = std(z_sᵀ A z_s) / √S.
     """
     check_count("probes", probes, 2)
     check_count("chunk_size", chunk_size, 1)
+    check_vectors_fit(
+        op.shape[0], op.dtype, 3 * min(chunk_size, probes),
+        what=f"hutchinson_trace (chunk_size = {chunk_size})",
+        instead="use chunk_size=1 (3 N-vectors), or a larger memory_budget",
+        memory_budget=memory_budget,
+    )
     generator = make_generator(generator, seed)
     samples = _quadratic_forms(op, probes, chunk_size, generator, progress, "Hutchinson trace")
     return Estimate(float(samples.mean()), _stderr(samples), probes)
@@ -63,6 +82,7 @@ def hutchpp_trace(
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    memory_budget: int | str | None = None,
 ) -> Estimate:
     """Hutch++ estimate of tr(A) within a budget of ``products`` curvature-vector products.
 
@@ -79,6 +99,8 @@ def hutchpp_trace(
         generator: source of the probes; default a CPU generator seeded with ``seed``.
         seed: seed used when ``generator`` is None.
         progress: show a progress bar (None: only if it runs longer than 2 s).
+        memory_budget: bytes or a size like ``"2GB"`` for its 4 · products N-vectors;
+            default :func:`hesskit.memory.default_memory_budget`.
 
     Returns:
         ``Estimate(value, stderr, products)``; ``products`` may be below the budget when the
@@ -86,8 +108,14 @@ def hutchpp_trace(
         result is exact and the residual probes are skipped).
     """
     check_count("products", products, 6)
-    generator = make_generator(generator, seed)
     n = op.shape[0]
+    check_vectors_fit(
+        n, op.dtype, HUTCHPP_VECTORS_PER_PRODUCT * products,
+        what=f"hutchpp_trace ({products} products)",
+        instead="use fewer products, or hutchinson_trace with chunk_size=1 (3 N-vectors)",
+        memory_budget=memory_budget,
+    )
+    generator = make_generator(generator, seed)
     sketch_size = products // 3
     residual_probes = products - 2 * sketch_size
     with EstimateProgress("Hutch++ trace", products, show=progress) as bar:
@@ -107,7 +135,9 @@ def hutchpp_trace(
     return Estimate(exact_part + float(samples.mean()), _stderr(samples), used + residual_probes)
 
 
-def exact_trace(op: CurvatureOperator, *, chunk_size: int = 256) -> Estimate:
+def exact_trace(
+    op: CurvatureOperator, *, chunk_size: int = 256, memory_budget: int | str | None = None
+) -> Estimate:
     """tr(A) = Σ_i e_iᵀ A e_i from N products, in chunks of ``chunk_size`` unit vectors.
 
     For tests and small models only: it costs as much as building the dense matrix, but
@@ -115,6 +145,10 @@ def exact_trace(op: CurvatureOperator, *, chunk_size: int = 256) -> Estimate:
     """
     check_count("chunk_size", chunk_size, 1)
     n = op.shape[0]
+    check_vectors_fit(
+        n, op.dtype, 3 * min(chunk_size, n), what=f"exact_trace (chunk_size = {chunk_size})",
+        instead="use a smaller chunk_size, or hutchinson_trace", memory_budget=memory_budget,
+    )
     total = 0.0
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)

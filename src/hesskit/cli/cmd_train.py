@@ -2,7 +2,9 @@
 
 Writes ``log.jsonl`` (one JSON record per iteration; see ``hesskit.report.schema``) and an
 atomic ``checkpoint.pt`` into ``--out`` (default ``hesskit-out/train/<problem>-<optimizer>``);
-``--resume`` continues from that checkpoint exactly. The budget is the first of
+``--resume`` continues from that checkpoint exactly, once its checksum, entries, shapes and
+values have been checked. A new run into a folder that holds one is refused (``--overwrite``
+moves the old run aside to ``<out>.old-<time>``). The budget is the first of
 ``--iterations``, ``--time-limit`` (optimizer seconds) and ``--epochs`` reached. A run whose
 objective becomes NaN or infinite stops with one line on stderr and exit code 2.
 
@@ -69,8 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="full train/test error every N iterations (default 10) and at the end")
     parser.add_argument("--checkpoint-every", type=positive_int, default=50,
                         help="write a checkpoint every N iterations (default 50) and at the end")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in --out")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out (checked first: checksum, "
+                            "entries, shapes, finite values)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="if --out already holds a run, move it aside to "
+                            "<out>.old-<time> (never deleted) and start afresh; without it, "
+                            "a new run into a folder that holds one is refused")
     parser.add_argument("--out",
                         help="output folder (default hesskit-out/train/<problem>-<optimizer>)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -94,23 +102,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from hesskit.distributed import rank
+    from hesskit.finite import check_training_data
     from hesskit.problems import make_problem
-    from hesskit.training.loop import Budget, TrainConfig, train
+    from hesskit.run_folder import prepare_run_folder
+    from hesskit.training.loop import RUN_FILES, Budget, TrainConfig, train
     from hesskit.training.optimizers import get_optimizer_spec
 
     get_optimizer_spec(args.optimizer)  # unknown name: one line before loading any data
     budget = Budget(iterations=args.iterations, seconds=args.time_limit, epochs=args.epochs)
+    label = args.model.rpartition(":")[2] if args.model else args.problem
+    out = Path(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
+    if rank() == 0 or not args.overwrite:  # one rank moves an old run aside
+        moved = prepare_run_folder(out, RUN_FILES, overwrite=args.overwrite,
+                                   resume=args.resume, resume_hint="--resume")
+        if moved is not None:
+            print(f"hesskit: note: moved the previous run in {str(out)!r} to {str(moved)!r}",
+                  file=sys.stderr, flush=True)
     if args.model:
         from hesskit.cli.user_training import user_training_problem
 
         problem = user_training_problem(args.model)
-        label = args.model.rpartition(":")[2]
     else:
         problem = make_problem(args.problem, seed=args.seed, data_dir=args.data_dir)
-        label = args.problem
+    check_training_data(problem)
     if args.device != "cpu":
         _move_to(problem, args.device)
-    out = output_dir(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
+    out = output_dir(out)
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                          initial_damping=args.initial_damping, clock=args.clock)

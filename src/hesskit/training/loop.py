@@ -29,7 +29,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -38,18 +38,21 @@ from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, worl
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import as_loss
 from hesskit.report.schema import IterationRecord, RunHeader, RunResult
+from hesskit.run_folder import refuse_existing_run
 from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
 from hesskit.training.budget import Budget, clock
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
+    LOG_NAME,
     RunLog,
     capture_rng_state,
-    load_checkpoint,
+    read_checkpoint,
     read_log_records,
-    restore_rng_state,
     save_checkpoint,
+    seed_global_generators,
 )
+from hesskit.training.checkpoint_checks import check_checkpoint, load_checked_state
 from hesskit.training.optimizers import (
     OptimizerContext,
     ProductCounter,
@@ -112,6 +115,8 @@ class TrainConfig:
 CLOCK_NOTES = {"wall": "elapsed seconds", "process": "CPU seconds of the training process"}
 
 DEFAULT_BATCH_SIZE = 128
+RUN_FILES = (LOG_NAME, CHECKPOINT_NAME)
+"""The files that make a folder hold a training run (a new run there is refused)."""
 DEFAULT_CURVATURE_FRACTION = 0.1
 """The curvature batch of a problem without Martens' ``numchunks``: 1/10 of the gradient
 batch (Martens 2010 §4.3 computes the curvature on a mini-batch, a fraction of the data)."""
@@ -173,6 +178,8 @@ def train(
     """
     if resume and out_dir is None:
         raise InvalidArgumentError("resume needs the output folder of the run (--out)")
+    if not resume and out_dir is not None and rank() == 0:
+        refuse_existing_run(out_dir, RUN_FILES, resume_hint="--resume")
     run = _Run(problem, config, None if out_dir is None else Path(out_dir))
     if resume:
         run.restore()
@@ -220,7 +227,7 @@ class _Run:
             _check_data_parallel(spec.name, self.batch_size, self.ranks)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.seed)
+        seed_global_generators(config.seed)
         self.sampler = BatchSampler(num_train, self.batch_size, config.seed)
         self.batch: tuple[Tensor, Tensor] = select(problem.train, slice(0, 0))
         fraction = curvature_fraction(config, problem)  # 1/numchunks: Martens' chunks
@@ -279,12 +286,19 @@ class _Run:
         self.log.start(self._record(None, evaluate=True))
 
     def restore(self) -> None:
-        saved = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
-        _check_same_settings(saved["header"], asdict(self.header))
-        self.problem.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.sampler.load_state_dict(saved["sampler"])
-        restore_rng_state(saved["rng"])
+        """Read and check the checkpoint (checksum, settings, schema, finite values) before
+        anything is loaded or written; then load it."""
+        path = self.out_dir / CHECKPOINT_NAME
+        found = read_checkpoint(path)
+        saved = found.state
+        check_checkpoint(saved, path, header=asdict(self.header), model=self.problem.model,
+                         optimizer=self.optimizer, optimizer_name=self.spec.name)
+        load_checked_state(saved, path, model=self.problem.model, optimizer=self.optimizer,
+                           sampler=self.sampler)
+        if not found.checksum_verified and self.is_main:
+            print(f"hesskit: note: checkpoint {str(path)!r} has no checksum (written by an "
+                  "older hesskit); resuming from it after checking its entries only",
+                  file=sys.stderr, flush=True)
         self.context.products.count = saved["products"]
         self.counters = saved["counters"]
         snapshot = saved.get("log")
@@ -400,14 +414,3 @@ def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
 def _passed_mark(fraction: float, previous: float, points: int | None) -> bool:
     """Whether the budget fraction crossed a multiple of 1/points in the last step."""
     return points is not None and math.floor(fraction * points) > math.floor(previous * points)
-
-
-def _check_same_settings(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    keys = ("problem", "optimizer", "seed", "batch_size", "lr", "weight_decay")
-    changed = [key for key in keys if saved.get(key) != now.get(key)]
-    if changed:
-        details = ", ".join(f"{key} {saved.get(key)!r} → {now.get(key)!r}" for key in changed)
-        raise InvalidArgumentError(
-            f"the checkpoint was made with different settings ({details}); resume with the "
-            "same settings or choose another --out"
-        )

@@ -6,9 +6,9 @@ atomic on POSIX and Windows. A crash, a full disk or an interrupt at any point t
 leaves either the previous file or the complete new one under the final name, never a torn
 file, and the temporary file is removed when writing fails.
 
-Every writer of results, logs, checkpoints and caches goes through :func:`atomic_writer`
-or one of its two shorthands, :func:`write_bytes_atomically` and
-:func:`write_text_atomically`.
+Every writer of results, logs, checkpoints, figures and caches goes through
+:func:`atomic_writer` or one of its shorthands (:func:`write_bytes_atomically`,
+:func:`write_text_atomically`, :func:`save_figure_atomically`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 @contextlib.contextmanager
@@ -61,3 +61,12 @@ def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
     """``path`` replaced by ``text`` (UTF-8) in one atomic step (see :func:`atomic_writer`)."""
     return write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def save_figure_atomically(figure: Any, path: str | os.PathLike[str], **options: Any) -> Path:
+    """``figure.savefig`` (matplotlib) into ``path`` in one atomic step; the format is the
+    file's suffix (``.png`` unless it says otherwise) and ``options`` go to ``savefig``."""
+    file_format = Path(path).suffix.lstrip(".") or "png"
+    with atomic_writer(path) as stream:
+        figure.savefig(stream, format=file_format, **options)
+    return Path(path)

@@ -10,7 +10,7 @@ would have written.
 
 Writing is atomic (:mod:`hesskit.atomic_write`): a crash at any point leaves either the old
 checkpoint or the new one, never a torn file. A checkpoint proves its integrity: the file
-carries the SHA-256 checksum of the state's bytes, checked by :func:`read_checkpoint`
+ends with the SHA-256 checksum of all its other bytes, checked by :func:`read_checkpoint`
 before anything is trusted; :mod:`hesskit.training.checkpoint_checks` then checks that the
 content fits the run (entries, shapes, finite values).
 """
@@ -83,11 +83,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-CHECKPOINT_FORMAT = "hesskit checkpoint"
-CHECKPOINT_VERSION = 2
-"""Version 2 wraps the state in a checksummed envelope; version 1 (no envelope) is the
-state itself, as ``torch.save`` wrote it."""
-
+CHECKSUM_MARK = b"\nhesskit-checkpoint-sha256 "
+"""A checkpoint file is ``torch.save(state)`` followed by this mark, the 64 hexadecimal
+digits of the SHA-256 of those bytes and a newline, so that every byte is checked. A file
+that ends with a zip directory instead (``torch.save`` alone) is a checkpoint from before
+checksums."""
+_TRAILER_LENGTH = len(CHECKSUM_MARK) + 64 + 1
+_ZIP_END = b"PK\x05\x06"
 _READ_REMEDY = ("restore it from a copy, or start a new run with another --out "
                 "(or --overwrite, which moves this run aside)")
 
@@ -101,34 +103,29 @@ class CheckpointFile:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write ``state`` to ``path`` atomically, with the SHA-256 checksum of its bytes.
-
-    The file is ``torch.save`` of an envelope ``{"format", "version", "sha256",
-    "payload"}`` whose payload is ``torch.save(state)`` as a uint8 tensor, so that it still
-    loads with ``weights_only=True``. If writing fails, any previous checkpoint at ``path``
-    is left exactly as it was.
-    """
+    """Write ``state`` to ``path`` atomically, followed by the SHA-256 of its bytes
+    (:data:`CHECKSUM_MARK`). If writing fails, any previous checkpoint at ``path`` is left
+    exactly as it was."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    envelope = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    digest = hashlib.sha256(payload).hexdigest().encode()
     with atomic_writer(path) as stream:
-        torch.save(envelope, stream)
+        stream.write(payload)
+        stream.write(CHECKSUM_MARK + digest + b"\n")
     return Path(path)
 
 
 def read_checkpoint(path: Path) -> CheckpointFile:
-    """Read a checkpoint and prove it is the file hesskit wrote (SHA-256 of its payload).
+    """Read a checkpoint and prove it is the file hesskit wrote (SHA-256 of every byte).
 
-    A checkpoint from before checksums (no envelope) is returned with
+    A checkpoint from before checksums (``torch.save`` alone) is returned with
     ``checksum_verified=False``; its content is then only as good as the schema check
     (:mod:`hesskit.training.checkpoint_checks`) makes it. Nothing is written.
 
     Raises:
-        DataError: the file is missing, unreadable (empty, truncated, not a checkpoint) or
-            its checksum does not match its content.
+        DataError: the file is missing, empty, truncated, not a checkpoint, or its checksum
+            does not match its content.
     """
     path = Path(path)
     where = f"checkpoint {str(path)!r}"
@@ -137,17 +134,20 @@ def read_checkpoint(path: Path) -> CheckpointFile:
             f"no checkpoint at {str(path)!r}; train without --resume first, or pass the --out "
             "folder of the run to resume"
         )
-    outer = _torch_load(path, where)
-    if not (isinstance(outer, dict) and outer.get("format") == CHECKPOINT_FORMAT):
-        return CheckpointFile(outer, checksum_verified=False)
-    payload, recorded = outer.get("payload"), outer.get("sha256")
-    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
-        raise DataError(f"{where} has no payload; {_READ_REMEDY}")
-    data = payload.numpy().tobytes()
-    if hashlib.sha256(data).hexdigest() != recorded:
+    data = path.read_bytes()
+    if not data:
+        raise DataError(f"{where} is empty; {_READ_REMEDY}")
+    if data[-22:-18] == _ZIP_END:  # torch.save alone: written before checksums
+        return CheckpointFile(_torch_load(data, where), checksum_verified=False)
+    payload, trailer = data[:-_TRAILER_LENGTH], data[-_TRAILER_LENGTH:]
+    if not (trailer.startswith(CHECKSUM_MARK) and trailer.endswith(b"\n")):
+        raise DataError(f"{where} is damaged or truncated (its checksum line is missing); "
+                        f"{_READ_REMEDY}")
+    recorded = trailer[len(CHECKSUM_MARK):-1]
+    if hashlib.sha256(payload).hexdigest().encode() != recorded:
         raise DataError(f"{where} is damaged: its content does not match its SHA-256 "
                         f"checksum; {_READ_REMEDY}")
-    return CheckpointFile(_torch_load(io.BytesIO(data), where), checksum_verified=True)
+    return CheckpointFile(_torch_load(payload, where), checksum_verified=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -155,13 +155,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return read_checkpoint(path).state
 
 
-def _torch_load(source: Path | io.BytesIO, where: str) -> Any:
+def _torch_load(data: bytes, where: str) -> Any:
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt file
-        size = source.stat().st_size if isinstance(source, Path) else None
-        what = "empty" if size == 0 else f"truncated or not a checkpoint: {type(error).__name__}"
-        raise DataError(f"{where} cannot be read ({what}); {_READ_REMEDY}") from None
+        raise DataError(f"{where} cannot be read (truncated or not a checkpoint: "
+                        f"{type(error).__name__}); {_READ_REMEDY}") from None
 
 
 def _python_state_to_lists(state: tuple) -> list:

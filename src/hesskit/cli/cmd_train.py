@@ -36,6 +36,7 @@ from hesskit.cli.options import (
 )
 
 MAX_LR = 1e6
+MAX_COLLECTIVE_TIMEOUT = 24 * 3600.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="output folder (default hesskit-out/train/<problem>-<optimizer>)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to train (under torchrun: cuda uses NCCL, cpu gloo)")
+    parser.add_argument("--collective-timeout", type=float_below(MAX_COLLECTIVE_TIMEOUT),
+                        default=120.0, metavar="SECONDS",
+                        help="under torchrun: a collective that makes no progress for this "
+                             "long (a hung or stopped peer) ends every surviving rank with "
+                             "one line naming the lost rank (default 120)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 
@@ -91,10 +97,14 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from hesskit.distributed import init_from_environment
+    from hesskit.errors import PeerLostError
 
-    started_group = init_from_environment(args.device)
+    started_group = init_from_environment(args.device, timeout_s=args.collective_timeout)
     try:
         return _train(args)
+    except PeerLostError:
+        started_group = False  # tearing down a group with a lost peer waits on it
+        raise
     finally:
         if started_group:
             dist.destroy_process_group()

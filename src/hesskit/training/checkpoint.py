@@ -136,13 +136,13 @@ def read_checkpoint(path: Path) -> CheckpointFile:
         )
     data = path.read_bytes()
     if not data:
-        raise DataError(f"{where} is empty; {_READ_REMEDY}")
+        raise DataError(f"{where} cannot be read (the file is empty); {_READ_REMEDY}")
     if data[-22:-18] == _ZIP_END:  # torch.save alone: written before checksums
         return CheckpointFile(_torch_load(data, where), checksum_verified=False)
     payload, trailer = data[:-_TRAILER_LENGTH], data[-_TRAILER_LENGTH:]
     if not (trailer.startswith(CHECKSUM_MARK) and trailer.endswith(b"\n")):
-        raise DataError(f"{where} is damaged or truncated (its checksum line is missing); "
-                        f"{_READ_REMEDY}")
+        raise DataError(f"{where} cannot be read (truncated, damaged or not a checkpoint: "
+                        f"it does not end with its checksum line); {_READ_REMEDY}")
     recorded = trailer[len(CHECKSUM_MARK):-1]
     if hashlib.sha256(payload).hexdigest().encode() != recorded:
         raise DataError(f"{where} is damaged: its content does not match its SHA-256 "

@@ -42,6 +42,8 @@ from hesskit.report.schema import (
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
+RUN_FILES = (LOG_NAME, CHECKPOINT_NAME)
+"""The files that make a folder hold a training run (a new run there is refused)."""
 
 
 def seed_global_generators(seed: int) -> None:

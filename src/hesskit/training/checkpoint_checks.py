@@ -19,6 +19,7 @@ Each failure is one :class:`~hesskit.errors.DataError` that names the file and t
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from hesskit.errors import DataError, InvalidArgumentError
 from hesskit.finite import non_finite_summary
-from hesskit.training.checkpoint import restore_rng_state
+from hesskit.training.checkpoint import read_checkpoint, restore_rng_state
 
 REQUIRED_ENTRIES = ("header", "model", "optimizer", "sampler", "rng", "products", "counters",
                     "log_bytes")
@@ -53,6 +54,9 @@ PARAMETER_STATE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 as (entries shaped like the parameter, other entries). L-BFGS keeps its state on the first
 parameter only (torch's arrangement); the Hessian-free methods and damped Newton keep
 theirs optimizer-wide, checked against a freshly built optimizer."""
+
+COUNTERS = ("iteration", "wall_time", "samples")
+"""The run's counters a checkpoint holds (``hesskit.training.loop``)."""
 
 REMEDY = ("restore the file from a copy, or start a new run with another --out "
           "(or --overwrite, which moves this run aside)")
@@ -88,6 +92,9 @@ def check_checkpoint(saved: Any, path: Path, *, header: dict[str, Any], model: n
     for name, value in (("products", saved["products"]), ("log_bytes", saved["log_bytes"])):
         if not isinstance(value, int) or value < 0:
             raise DataError(f"{where}: {name!r} is {value!r}, not a count; {REMEDY}")
+    counters = saved["counters"]
+    if not (isinstance(counters, Mapping) and set(COUNTERS) <= set(counters)):
+        raise DataError(f"{where}: 'counters' lacks one of {', '.join(COUNTERS)}; {REMEDY}")
 
 
 def check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
@@ -102,14 +109,24 @@ def check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Non
         )
 
 
-def load_checked_state(saved: Mapping[str, Any], path: Path, *, model: nn.Module,
-                       optimizer: torch.optim.Optimizer, sampler: Any) -> None:
-    """Load a checked checkpoint into the model, optimizer, sampler and global generators.
+def load_trusted_checkpoint(path: Path, *, header: dict[str, Any], model: nn.Module,
+                            optimizer: torch.optim.Optimizer, optimizer_name: str,
+                            sampler: Any, announce: bool = True) -> dict[str, Any]:
+    """Read the checkpoint at ``path``, prove it (checksum, then :func:`check_checkpoint`)
+    and only then load it into the model, optimizer, sampler and global generators; return
+    its state. Nothing is written. A checkpoint from before checksums is said so once on
+    stderr (when ``announce``).
 
     Raises:
-        DataError: an entry still does not load (e.g. a damaged generator state in a
-            checkpoint without a checksum).
+        DataError: the file is unreadable or damaged, an entry is missing, misshapen or not
+            finite, or still does not load (e.g. a damaged generator state in a checkpoint
+            without a checksum).
+        InvalidArgumentError: the checkpoint was made with other settings.
     """
+    found = read_checkpoint(path)
+    saved = found.state
+    check_checkpoint(saved, path, header=header, model=model, optimizer=optimizer,
+                     optimizer_name=optimizer_name)
     try:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -119,6 +136,11 @@ def load_checked_state(saved: Mapping[str, Any], path: Path, *, model: nn.Module
         raise DataError(f"checkpoint {str(path)!r} does not load ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); "
                         f"{REMEDY}") from None
+    if not found.checksum_verified and announce:
+        print(f"hesskit: note: checkpoint {str(path)!r} has no checksum (written by an older "
+              "hesskit); resuming from it after checking its entries only",
+              file=sys.stderr, flush=True)
+    return saved
 
 
 def _check_model(state: Any, model: nn.Module, where: str) -> None:

@@ -41,23 +41,18 @@ from hesskit.report.schema import IterationRecord, RunHeader, RunResult
 from hesskit.run_folder import refuse_existing_run
 from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
-from hesskit.training.budget import Budget, clock
+from hesskit.training.budget import Budget, clock, passed_mark
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
-    LOG_NAME,
+    RUN_FILES,
     RunLog,
     capture_rng_state,
-    read_checkpoint,
     read_log_records,
     save_checkpoint,
     seed_global_generators,
 )
-from hesskit.training.checkpoint_checks import check_checkpoint, load_checked_state
-from hesskit.training.optimizers import (
-    OptimizerContext,
-    ProductCounter,
-    get_optimizer_spec,
-)
+from hesskit.training.checkpoint_checks import load_trusted_checkpoint
+from hesskit.training.optimizers import OptimizerContext, ProductCounter, get_optimizer_spec
 from hesskit.training.progress_bar import RunProgressBar
 
 
@@ -115,8 +110,6 @@ class TrainConfig:
 CLOCK_NOTES = {"wall": "elapsed seconds", "process": "CPU seconds of the training process"}
 
 DEFAULT_BATCH_SIZE = 128
-RUN_FILES = (LOG_NAME, CHECKPOINT_NAME)
-"""The files that make a folder hold a training run (a new run there is refused)."""
 DEFAULT_CURVATURE_FRACTION = 0.1
 """The curvature batch of a problem without Martens' ``numchunks``: 1/10 of the gradient
 batch (Martens 2010 §4.3 computes the curvature on a mini-batch, a fraction of the data)."""
@@ -195,7 +188,7 @@ def train(
                 *run.used())
             fraction = budget.fraction(*run.used())
             evaluate = (stopped_by is not None or run.counters["iteration"] % config.eval_every == 0
-                        or _passed_mark(fraction, previous, config.eval_points))
+                        or passed_mark(fraction, previous, config.eval_points))
             bar.update(fraction, run.log_step(loss, evaluate))
             every = config.checkpoint_every
             if stopped_by is not None or (every and run.counters["iteration"] % every == 0):
@@ -288,17 +281,10 @@ class _Run:
     def restore(self) -> None:
         """Read and check the checkpoint (checksum, settings, schema, finite values) before
         anything is loaded or written; then load it."""
-        path = self.out_dir / CHECKPOINT_NAME
-        found = read_checkpoint(path)
-        saved = found.state
-        check_checkpoint(saved, path, header=asdict(self.header), model=self.problem.model,
-                         optimizer=self.optimizer, optimizer_name=self.spec.name)
-        load_checked_state(saved, path, model=self.problem.model, optimizer=self.optimizer,
-                           sampler=self.sampler)
-        if not found.checksum_verified and self.is_main:
-            print(f"hesskit: note: checkpoint {str(path)!r} has no checksum (written by an "
-                  "older hesskit); resuming from it after checking its entries only",
-                  file=sys.stderr, flush=True)
+        saved = load_trusted_checkpoint(
+            self.out_dir / CHECKPOINT_NAME, header=asdict(self.header), model=self.problem.model,
+            optimizer=self.optimizer, optimizer_name=self.spec.name, sampler=self.sampler,
+            announce=self.is_main)
         self.context.products.count = saved["products"]
         self.counters = saved["counters"]
         snapshot = saved.get("log")
@@ -409,8 +395,3 @@ def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
     if batch_size < ranks:
         raise InvalidArgumentError(f"a batch of {batch_size} samples cannot be split over "
                                    f"{ranks} processes; use a larger --batch-size")
-
-
-def _passed_mark(fraction: float, previous: float, points: int | None) -> bool:
-    """Whether the budget fraction crossed a multiple of 1/points in the last step."""
-    return points is not None and math.floor(fraction * points) > math.floor(previous * points)

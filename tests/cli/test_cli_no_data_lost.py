@@ -91,6 +91,10 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     assert main([*BENCH, "--optimizers", "sgd", "--out", str(made["bench"])]) == 0
     assert main([*PRECONDITION, "--model", model, "--out", str(made["precondition"])]) == 0
     made["other"].mkdir()
+    made["tour"] = root / "tour"
+    (made["tour"] / "bench").mkdir(parents=True)
+    (made["tour"] / "index.html").write_text("<p>the tour</p>\n")
+    (made["tour"] / "bench" / "report.json").write_text("{}\n")
     (made["other"] / "notes.txt").write_text("the user's own file\n")
     return made
 
@@ -110,6 +114,7 @@ def case_table() -> list[tuple[str, str, list[str], str]]:
          [*BENCH, "--optimizers", "adam"], held),
         ("precondition into finished measurements", "precondition",
          [*PRECONDITION, "--model", good], held),
+        ("demo into a finished tour", "tour", ["demo", "--out", "{out}"], held),
         ("bench adam twice", "other", [*BENCH, "--optimizers", "adam,adam"], "adam twice"),
         ("bench kfac twice", "other", [*BENCH, "--optimizers", "kfac,sgd,kfac"], "kfac twice"),
         ("neuron w0 1e308", "other", ["neuron", "--w0=1e308", "--plot", "{out}"], "must lie"),

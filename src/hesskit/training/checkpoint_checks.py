@@ -190,16 +190,12 @@ def _check_wide_state(state: Any, reference: Mapping, label: str, where: str) ->
         if isinstance(value, Tensor) and value.is_floating_point() and (
                 not isinstance(saved, Tensor) or saved.shape != value.shape):
             raise DataError(f"{where}: {label} entry {key!r} has the wrong shape; {REMEDY}")
-    for key, value in _leaves(state, label):
-        if isinstance(value, float) and not math.isfinite(value) and not _may_be_undefined(key):
-            raise DataError(f"{where}: {key} is {value}; {REMEDY}")
+    for path, key, value in _leaves(state, label):
+        undefined_allowed = isinstance(key, str) and key.startswith("last_")  # diagnostics
+        if isinstance(value, float) and not math.isfinite(value) and not undefined_allowed:
+            raise DataError(f"{where}: {path} is {value}; {REMEDY}")
         if isinstance(value, Tensor):
-            _check_finite(value, key, where)
-
-
-def _may_be_undefined(label: str) -> bool:
-    """Diagnostics such as ``last_ratio`` are NaN until first measured; they steer nothing."""
-    return label.rpartition("'")[0].rpartition("'")[2].startswith("last_")
+            _check_finite(value, path, where)
 
 
 def _check_groups(groups: Any, reference: list[dict], where: str) -> None:
@@ -237,21 +233,23 @@ def _check_parameter_state(state: Any, parameters: list[Tensor], name: str,
             if not isinstance(value, Tensor) or value.shape != parameters[index].shape:
                 raise DataError(f"{where}: {label}, entry {key!r}, is not shaped like the "
                                 f"parameter {tuple(parameters[index].shape)}; {REMEDY}")
-        for path, value in _leaves(entries, label):
+        for path, _, value in _leaves(entries, label):
             if isinstance(value, Tensor):
                 _check_finite(value, path, where)
 
 
-def _leaves(tree: Any, label: str) -> Iterator[tuple[str, Any]]:
-    """(label with its key path, value) of every non-container value in nested dicts/lists."""
+def _leaves(tree: Any, label: str, key: Any = None) -> Iterator[tuple[str, Any, Any]]:
+    """(label with its key path, last key, value) of every non-container value in nested
+    dicts and lists. Diagnostics named ``last_*`` (ρ, α) may be NaN until first measured:
+    they steer nothing, so callers let them be."""
     if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _leaves(value, f"{label} {key!r}")
+        for name, value in tree.items():
+            yield from _leaves(value, f"{label} {name!r}", name)
     elif isinstance(tree, (list, tuple)):
         for position, value in enumerate(tree):
-            yield from _leaves(value, f"{label} [{position}]")
+            yield from _leaves(value, f"{label} [{position}]", key)
     else:
-        yield label, tree
+        yield label, key, tree
 
 
 def _check_finite(tensor: Tensor, label: str, where: str) -> None:

@@ -292,3 +292,31 @@ def test_an_interrupted_bench_keeps_the_methods_it_finished(folders, tmp_path, m
     assert partial["optimizers"] == ["sgd"] and {run["optimizer"] for run in partial["runs"]} \
         == {"sgd"}
     assert not (out / "report.json").exists()
+
+
+def test_precondition_stopped_by_sigterm_leaves_its_measurements(folders, tmp_path):
+    """The issue's case: SIGTERM part-way through leaves a readable partial result."""
+    import signal
+    import time
+
+    from hesskit.analysis.preconditioner_records import PreconditionerAnalysis
+
+    out = tmp_path / "out"
+    partial = out / "preconditioner.partial.json"
+    argv = [sys.executable, "-m", "hesskit", "precondition", "--model",
+            f"{folders['module']}:good", "--optimizers", "sgd,adam", "--steps", "1000000",
+            "--every", "1", "--top-k", "1", "--max-products", "5", "--cg-maxiter", "5",
+            "--no-layers", "--batch-size", "8", "--out", str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not partial.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    analysis = PreconditionerAnalysis.from_json(json.loads(partial.read_text()))
+    assert analysis.runs[0].optimizer == "sgd" and analysis.runs[0].records
+

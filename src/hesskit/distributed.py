@@ -9,7 +9,10 @@ When no process group is initialised (or it has one rank) every function here is
 so single-process code pays nothing.
 
 Every collective of hesskit goes through :func:`all_reduce_sum` (or :func:`broadcast_`),
-so :func:`collective_timer` can measure the time spent communicating (benchmarks).
+so :func:`collective_timer` can measure the time spent communicating (benchmarks), and so
+that a collective that fails because a peer hung (no progress within the process group's
+timeout, :data:`DEFAULT_COLLECTIVE_TIMEOUT_S` unless set) or crashed becomes one
+:class:`~hesskit.errors.PeerLostError` naming the lost rank (:mod:`hesskit.peer_loss`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from hesskit import __version__
 from hesskit.cli.user_code import USER_ROOTS, describe_exception, one_line, user_frame
-from hesskit.errors import HesskitError
+from hesskit.errors import HesskitError, PeerLostError
 
 COMMANDS = (
     "activations",
@@ -90,9 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exception(error, file=sys.stderr)
             message, code = failure_line(error, user_code=bool(getattr(args, "model", None)))
             print(f"hesskit {args.command}: {message}", file=sys.stderr)
+            if isinstance(error, PeerLostError):
+                _exit_at_once(code)
             return code
     _show(caught)
     return code
+
+
+def _exit_at_once(code: int) -> None:
+    """End the process now, skipping the interpreter's shutdown: with a peer lost,
+    ``torch.distributed``'s destructors may wait on it (every file hesskit writes is already
+    complete: they are written atomically)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 MAX_WARNINGS_SHOWN = 100

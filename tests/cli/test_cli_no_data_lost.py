@@ -175,7 +175,7 @@ def test_bad_input_is_one_line_exit_2_and_the_folder_is_unchanged(
     assert folder_hashes(out) == before
 
 
-@pytest.mark.parametrize("command", ["train", "precondition"])
+@pytest.mark.parametrize("command", ["train"])
 def test_a_warning_before_a_failure_leaves_one_line_on_stderr(command, folders, tmp_path):
     """In a fresh interpreter (pytest would capture the warning itself)."""
     model = f"{folders['module']}:warns_then_fails"

@@ -95,3 +95,17 @@ def test_the_survivor_names_the_lost_rank_in_one_line_and_stops(how, said, tmp_p
     assert "--resume" in lines[0] and "bug in hesskit" not in err
     if how == signal.SIGSTOP:
         assert f"for {TIMEOUT_S} s" in lines[0]
+
+
+def test_a_rank_that_never_arrives_is_one_line_after_the_timeout(monkeypatch):
+    import torch.distributed as dist
+
+    from hesskit.distributed import init_from_environment
+    from hesskit.errors import PeerLostError
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(PeerLostError, match=r"did not form within 1 s .*1/2 clients joined"):
+        init_from_environment("cpu", timeout_s=1)
+    assert not dist.is_initialized()

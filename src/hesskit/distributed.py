@@ -9,7 +9,10 @@ When no process group is initialised (or it has one rank) every function here is
 so single-process code pays nothing.
 
 Every collective of hesskit goes through :func:`all_reduce_sum` (or :func:`broadcast_`),
-so :func:`collective_timer` can measure the time spent communicating (benchmarks).
+so :func:`collective_timer` can measure the time spent communicating (benchmarks), and so
+that a collective that fails because a peer hung (no progress within the process group's
+timeout, :data:`DEFAULT_COLLECTIVE_TIMEOUT_S` unless set) or crashed becomes one
+:class:`~hesskit.errors.PeerLostError` naming the lost rank (:mod:`hesskit.peer_loss`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from hesskit.errors import InvalidArgumentError
+from hesskit.errors import InvalidArgumentError, PeerLostError
+from hesskit.peer_loss import is_peer_failure, peer_lost, set_collective_timeout
 
 
 def is_distributed() -> bool:
@@ -68,17 +72,27 @@ def collective_timer() -> Iterator[CollectiveTimer]:
 
 def _run_collective(tensor: Tensor, collective) -> None:
     if _active_timer is None:
-        collective(tensor)
+        _guarded(collective, tensor)
         return
     if tensor.is_cuda:
         torch.cuda.synchronize(tensor.device)
     started = time.perf_counter()
-    collective(tensor)
+    _guarded(collective, tensor)
     if tensor.is_cuda:
         torch.cuda.synchronize(tensor.device)
     _active_timer.seconds += time.perf_counter() - started
     _active_timer.calls += 1
     _active_timer.floats += tensor.numel()
+
+
+def _guarded(collective, tensor: Tensor) -> None:
+    """Run ``collective``; a hung or crashed peer becomes one :class:`PeerLostError`."""
+    try:
+        collective(tensor)
+    except RuntimeError as error:  # gloo and NCCL raise DistBackendError (a RuntimeError)
+        if is_peer_failure(error):
+            raise peer_lost(error) from error
+        raise
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
@@ -179,12 +193,24 @@ def sample_fraction(num_local: int) -> float:
     return num_local / sum(counts)
 
 
-def init_from_environment(device: torch.device | str = "cpu", timeout_s: float = 1800) -> bool:
+DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
+"""How long a collective may make no progress before every surviving rank stops with one
+line naming the lost peer (``hesskit train --collective-timeout``; torch's own default is
+30 minutes)."""
+
+
+def init_from_environment(device: torch.device | str = "cpu",
+                          timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> bool:
     """Initialise the default process group from ``torchrun``'s environment variables.
 
     Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1, or a group already
     exists. The backend is NCCL for a CUDA ``device`` (each process then uses GPU
-    ``LOCAL_RANK``) and gloo on the CPU.
+    ``LOCAL_RANK``) and gloo on the CPU. ``timeout_s`` bounds every collective (and the
+    rendezvous): a peer that hangs, or never arrives, ends the survivors with a
+    :class:`~hesskit.errors.PeerLostError` after that long.
+
+    Raises:
+        PeerLostError: not every rank joined within ``timeout_s``.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
@@ -198,7 +224,14 @@ def init_from_environment(device: torch.device | str = "cpu", timeout_s: float =
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    set_collective_timeout(timeout_s)
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as error:  # DistStoreError: a rank never arrived
+        raise PeerLostError(
+            f"the process group did not form within {timeout_s:g} s "
+            f"({str(error).splitlines()[0][:200]}); start every rank with the same "
+            "rendezvous, or raise --collective-timeout") from None
     return True
 
 

@@ -32,3 +32,8 @@ class NonFiniteError(HesskitError, FloatingPointError):
 
 class UnsupportedArchitectureError(InvalidArgumentError):
     """The model is not a chain of supported layers, so no exact diagonal by backpropagation."""
+
+
+class PeerLostError(HesskitError, ConnectionError):
+    """A distributed peer stopped responding (hung, stopped) or its connection closed
+    (crashed, killed): the surviving ranks stop instead of waiting."""

@@ -58,6 +58,29 @@ def check_finite(tree: Tree, name: str, *, where: str = "", remedy: str = DATA_R
             raise NonFiniteError(f"{prefix}{path} has {summary}; {remedy}")
 
 
+def check_training_data(problem: object) -> None:
+    """Refuse NaN or Inf in a training problem's data before any optimizer runs.
+
+    ``problem`` has ``train`` and ``test`` pairs ``(inputs, targets)`` (a benchmark problem,
+    or the user's data for ``--model``, where both are the same tensors). The message names
+    the data, the tensor and the first bad index, so that a NaN in the data is not mistaken
+    for a diverging optimizer.
+
+    Raises:
+        NonFiniteError: a floating entry of the inputs or targets is NaN or infinite.
+    """
+    seen: list[object] = []
+    for split in ("train", "test"):
+        pair = getattr(problem, split, None)
+        if pair is None or any(pair is other for other in seen):
+            continue
+        seen.append(pair)
+        inputs, targets = pair
+        label = "the data" if split == "train" else "the test data"
+        check_finite(inputs, "inputs", where=label)
+        check_finite(targets, "targets", where=label)
+
+
 def _checkable(tensor: Tensor) -> bool:
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return False

@@ -172,6 +172,8 @@ def numeric_cases() -> list[tuple[str, list[str]]]:
         ([*TRAIN, "--out", "{out}"], "--checkpoint-every", bad("0", "-1", HUGE)),
         ([*TRAIN, "--out", "{out}", "--optimizer", "hf"], "--initial-damping",
          bad("-1", integer=False)),
+        ([*TRAIN, "--out", "{out}"], "--collective-timeout", bad("0", "-1", "1e30",
+                                                                 integer=False)),
         ([*BENCH, "--out", "{out}"], "--budget-seconds", bad("0", "-1", "1e30", integer=False)),
         ([*BENCH, "--out", "{out}"], "--budget-epochs", bad("0", "-1", "1e30", integer=False)),
         ([*BENCH, "--out", "{out}"], "--seeds",

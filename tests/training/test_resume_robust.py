@@ -20,7 +20,14 @@ from hesskit.cli.main import main
 from hesskit.errors import DataError
 from hesskit.report.schema import RunHeader
 from hesskit.training import checkpoint as checkpoint_module
-from hesskit.training.checkpoint import CHECKPOINT_NAME, LOG_NAME, RunLog, pack_log
+from hesskit.training.checkpoint import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    RunLog,
+    load_checkpoint,
+    pack_log,
+    save_checkpoint,
+)
 
 MODEL = '''
 import torch
@@ -58,9 +65,9 @@ def records(out) -> list[dict]:
 
 def drop_log_copy(out) -> None:
     """Make the checkpoint look like one written before checkpoints held a copy of the log."""
-    state = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    state = load_checkpoint(out / CHECKPOINT_NAME)
     del state["log"]
-    torch.save(state, out / CHECKPOINT_NAME)
+    save_checkpoint(state, out / CHECKPOINT_NAME)
 
 
 @pytest.fixture

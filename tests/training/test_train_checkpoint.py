@@ -77,3 +77,33 @@ def test_missing_or_corrupt_checkpoint_is_a_data_error(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="cannot be read"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_every_byte_of_a_checkpoint_is_covered_by_its_checksum(tmp_path):
+    path = save_checkpoint({"weights": torch.arange(4.0)}, tmp_path / "c.pt")
+    data = path.read_bytes()
+    for offset in range(0, len(data), max(1, len(data) // 97)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(DataError, match=r"damaged|cannot be read"):
+            load_checkpoint(path)
+
+
+def test_a_checkpoint_written_before_checksums_still_loads_unverified(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"iteration": 3}, path)
+    found = checkpoint.read_checkpoint(path)
+    assert found.state == {"iteration": 3} and not found.checksum_verified
+    save_checkpoint({"iteration": 3}, path)
+    assert checkpoint.read_checkpoint(path).checksum_verified
+
+
+def test_the_global_generators_are_seeded_from_the_run_seed():
+    draws = []
+    for disturbance in (1, 2):
+        np.random.seed(disturbance)
+        random.seed(disturbance)
+        checkpoint.seed_global_generators(5)
+        draws.append((np.random.rand(), random.random(), torch.rand(1).item()))
+    assert draws[0] == draws[1]

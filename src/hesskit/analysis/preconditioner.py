@@ -130,6 +130,7 @@ def preconditioner_analysis(
     seed: int = 0,
     settings: AnalysisSettings | None = None,
     on_record: Callable[[str, int], None] | None = None,
+    on_progress: Callable[[PreconditionerAnalysis, str, int], None] | None = None,
 ) -> PreconditionerAnalysis:
     """Train ``problem.model`` with each optimizer from the same start and measure P
     against G every ``every`` steps (module docstring). The model ends at its initial
@@ -144,6 +145,9 @@ def preconditioner_analysis(
         seed: seeds the batch order and torch's generator (the registry's seeds).
         settings: :class:`AnalysisSettings`.
         on_record: called with (optimizer name, step) after each record.
+        on_progress: called with (the analysis so far, optimizer name, step) after each
+            record; the analysis then holds every record made, the current run's included
+            (to write partial results as they come).
 
     Raises:
         InvalidArgumentError: a bad count, or an optimizer without a preconditioner adapter
@@ -167,7 +171,7 @@ def preconditioner_analysis(
         runs = [_Run(problem, choice, batch_size, seed) for choice in choices]  # checks all
         for run in runs:
             model.load_state_dict(initial)
-            analysis.runs.append(run.analyse(steps, every, settings, on_record))
+            run.analyse(steps, every, settings, analysis, on_record, on_progress)
     finally:
         model.load_state_dict(initial)
     return analysis
@@ -210,11 +214,17 @@ class _Run:
         return value
 
     def analyse(self, steps: int, every: int, settings: AnalysisSettings,
-                on_record: Callable[[str, int], None] | None) -> OptimizerRun:
+                analysis: PreconditionerAnalysis,
+                on_record: Callable[[str, int], None] | None,
+                on_progress: Callable[[PreconditionerAnalysis, str, int], None] | None,
+                ) -> OptimizerRun:
+        """Train and record; the run is appended to ``analysis.runs`` before its first step,
+        so that its records are in ``analysis`` as they are made."""
         torch.manual_seed(self.seed)
         sampler = BatchSampler(self.num_train, self.batch_size, self.seed)
         choice = self.choice
         run = OptimizerRun(choice.name, choice.title, choice.lr, "", "")
+        analysis.runs.append(run)
         for step in range(1, steps + 1):
             self.batch = select(self.problem.train, sampler.next())
             before = [p.detach().clone() for p in self.params]
@@ -230,6 +240,8 @@ class _Run:
                 run.records.append(self.record(step, loss, before, settings, run))
                 if on_record is not None:
                     on_record(choice.name, step)
+                if on_progress is not None:
+                    on_progress(analysis, choice.name, step)
         return run
 
     def record(self, step: int, loss: float, before: list[Tensor],

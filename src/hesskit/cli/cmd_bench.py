@@ -5,12 +5,15 @@ Each method runs the same budget (``--budget-seconds`` of optimizer time or
 small grid per method: each lr runs ``--tune-fraction`` of the budget on the first seed and
 the lowest final training error wins. Damped Newton runs only on small models. ``--jobs N``
 runs N methods at once, each in its own process on 1/N of the torch threads. The report
-(``report.html``, self-contained, and ``report.json``) goes to ``--out``.
+(``report.html``, self-contained, and ``report.json``) goes to ``--out``; while it runs,
+``report.partial.json`` holds the methods finished so far and each run's ``log.jsonl`` is
+written as it goes, so an interrupted benchmark keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from hesskit.cli.options import (
@@ -26,6 +29,11 @@ MAX_SEEDS = 1000
 MAX_JOBS = 64
 MAX_BUDGET_SECONDS = 7 * 24 * 3600.0
 MAX_BUDGET_EPOCHS = 1e6
+PARTIAL_NAME = "report.partial.json"
+"""The report of the methods finished so far, rewritten (atomically) as each one ends and
+removed once ``report.json`` is written: what an interrupted benchmark leaves."""
+BENCH_FILES = ("report.json", "report.html", PARTIAL_NAME, "runs")
+"""What makes a folder hold a benchmark (a new one there is refused)."""
 
 
 def seed_list(text: str) -> tuple[int, ...]:
@@ -58,6 +66,10 @@ def optimizer_list(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     if not names:
         raise argparse.ArgumentTypeError(f"{text!r} names no optimizer; e.g. {DEFAULT_OPTIMIZERS}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r} names {', '.join(twice)} twice; "
+                                         "list each optimizer once")
     return names
 
 
@@ -90,7 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "process (CPU time of each run's process: fair when other work "
                              "shares the machine; one thread per job recommended)")
     parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
-    parser.add_argument("--out", help="output folder (default hesskit-out/bench/<problem>)")
+    parser.add_argument("--out", help="output folder (default hesskit-out/bench/<problem>); "
+                                      "a folder that holds a benchmark is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="if --out holds a benchmark, move it aside to <out>.old-<time> "
+                             "(never deleted) and start afresh")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(run=run)
 
@@ -99,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from hesskit.report.html import write_report
+    from hesskit.report.schema import write_report_json
+    from hesskit.run_folder import prepare_run_folder
     from hesskit.training.bench import BenchConfig, run_benchmark
 
     kind, value = (("epochs", args.budget_epochs) if args.budget_epochs is not None
@@ -113,11 +131,19 @@ def run(args: argparse.Namespace) -> int:
     from hesskit.problems import build_model
 
     build_model(config.problem)  # unknown problem: one line before any work
-    out = output_dir(args.out or Path("hesskit-out", "bench", config.problem))
+    out = Path(args.out or Path("hesskit-out", "bench", config.problem))
+    moved = prepare_run_folder(out, BENCH_FILES, overwrite=args.overwrite)
+    if moved is not None:
+        print(f"hesskit: note: moved the previous benchmark in {str(out)!r} to "
+              f"{str(moved)!r}", file=sys.stderr, flush=True)
+    out = output_dir(out)
     console = Console()
+    partial = out / PARTIAL_NAME
     report = run_benchmark(config, runs_dir=out / "runs", progress=not args.no_progress,
-                           announce=console.print)
+                           announce=console.print,
+                           on_progress=lambda report: write_report_json(report, partial))
     html_path, json_path = write_report(report, out)
+    partial.unlink(missing_ok=True)
     console.print(results_table(report))
     for skipped in report.skipped:
         console.print(f"[yellow]note:[/] {skipped.reason}")

@@ -19,12 +19,17 @@ It ends with one self-contained page, ``<out>/index.html``, holding every sectio
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 
 from hesskit.cli.options import float_below, output_dir
+
+DEMO_FILES = ("index.html", "bench")
+"""What makes a folder hold a tour (its page, and the benchmark, which refuses to overwrite
+a finished one): a new tour there is refused unless ``--overwrite`` moves it aside."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--out", default="hesskit-demo", help="output folder (default hesskit-demo)"
+        "--out", default="hesskit-demo", help="output folder (default hesskit-demo); a folder "
+        "that holds a finished tour is refused"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="if --out holds a tour, move it aside to <out>.old-<time> (never deleted) first",
     )
     parser.add_argument(
         "--bench-seconds",
@@ -132,7 +142,12 @@ def steps(out: Path, bench_seconds: float) -> list[tuple[str, list[str]]]:
 
 def run(args: argparse.Namespace) -> int:
     from hesskit.cli.main import main  # imported here: main imports this module
+    from hesskit.run_folder import prepare_run_folder
 
+    moved = prepare_run_folder(args.out, DEMO_FILES, overwrite=args.overwrite)
+    if moved is not None:
+        print(f"hesskit: note: moved the previous tour in {args.out!r} to {str(moved)!r}",
+              file=sys.stderr, flush=True)
     out = output_dir(args.out)
     console = Console()
     started = time.perf_counter()

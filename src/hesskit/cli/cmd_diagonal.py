@@ -14,6 +14,7 @@ import math
 import torch
 
 from hesskit.analysis.rmsprop import diagonal_summary, rmsprop_curvature_analysis, summarize
+from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.model_spec import add_model_options, problem_from_args
 from hesskit.cli.options import float_below, int_between, output_dir
 from hesskit.errors import NonFiniteError
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from hesskit.report.diagonal_plots import plot_rmsprop_analysis
 
     json_path = folder / "rmsprop_vs_curvature.json"
-    json_path.write_text(json.dumps(analysis.to_json()) + "\n")
+    write_text_atomically(json_path, json.dumps(analysis.to_json()) + "\n")
     png_path = plot_rmsprop_analysis(analysis, folder / "rmsprop_vs_curvature.png")
     for line in summarize(analysis):
         print(line)

@@ -9,6 +9,7 @@ from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.model_spec import add_model_options, problem_from_args
 from hesskit.cli.options import output_dir
 from hesskit.errors import InvalidArgumentError
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "estimate": estimate.to_dict(), "spectra": summary, "structure": report.to_dict(),
         "figures": [{"file": path.name, "caption": caption} for path, caption in figures],
     }
-    (folder / "structure.json").write_text(json.dumps(payload, indent=2))
+    write_text_atomically((folder / "structure.json"), json.dumps(payload, indent=2))
     from hesskit.report.tour import write_hessian_page
 
     page = write_hessian_page(folder, figures)

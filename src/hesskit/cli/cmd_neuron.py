@@ -8,12 +8,17 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.cmd_newton import json_output_path
-from hesskit.cli.options import finite_float, int_between, output_dir, seed
+from hesskit.cli.options import float_below, int_between, output_dir, seed
 from hesskit.neuron import newton_neuron, synthetic_data
 
 MAX_SAMPLES = 10_000_000
 MAX_ITER = 1_000_000
+MAX_COORDINATE = 1e100
+"""The largest |w| and |b| accepted: E(w, b) squares w·x + b, so beyond about 1e154 it
+overflows to infinity and the neuron looks dead at (nan, nan)."""
+coordinate = float_below(MAX_COORDINATE, lowest=-MAX_COORDINATE, open_low=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "E(w, b) = mean((relu(w x + b) − y)²) at the start and Newton's iterates on (w, b)."
         ),
     )
-    parser.add_argument("--w0", type=finite_float, default=1.0, help="start w (default 1)")
-    parser.add_argument("--b0", type=finite_float, default=0.0, help="start b (default 0)")
+    parser.add_argument("--w0", type=coordinate, default=1.0,
+                        help=f"start w, |w0| ≤ {MAX_COORDINATE:g} (default 1)")
+    parser.add_argument("--b0", type=coordinate, default=0.0,
+                        help=f"start b, |b0| ≤ {MAX_COORDINATE:g} (default 0)")
     parser.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=24,
                         help="n (default 24)")
     parser.add_argument("--seed", type=seed, default=0, help="data seed (default 0)")
@@ -34,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="most Newton steps (default 50)")
     parser.add_argument(
         "--b-fixed",
-        type=finite_float,
+        type=coordinate,
         default=0.5,
         help="b at which --plot draws E(w) and d²E/dw² (default 0.5)",
     )
@@ -82,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
         record = {"w0": args.w0, "b0": args.b0, "samples": problem.num_samples,
                   "status": result.status.value, "message": result.message,
                   "steps": len(result.iterates) - 1, "w": result.w, "b": result.b}
-        json_path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        write_text_atomically(json_path, json.dumps(record) + "\n")
         print(f"wrote {json_path}")
     return 0

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hesskit.activations import ACTIVATION_NAMES, get_activation
+from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.options import finite_float, int_between, output_dir
 from hesskit.errors import InvalidArgumentError
 from hesskit.newton import NewtonMode, diagnose_activation
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"activation": activation.name, "x0": args.x0, "mode": args.mode,
                   "status": result.status.value, "message": result.message,
                   "steps": len(result.iterates) - 1, "x": result.x}
-        json_path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        write_text_atomically(json_path, json.dumps(record) + "\n")
         print(f"wrote {json_path}")
     return 0
 

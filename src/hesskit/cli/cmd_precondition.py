@@ -7,13 +7,17 @@ condition numbers of P^-1/2 G P^-1/2 beside G's own (the top-k spread, and with 
 λ = ``--damping``), the cosine with the damped Newton direction and the ratio of predicted
 decreases, per layer and for the whole model. Writes ``preconditioner.json``,
 ``preconditioner.png``, ``preconditioner_layers.png`` and ``report.txt`` to ``--out``.
+While it runs, ``preconditioner.partial.json`` holds every measurement so far (same
+schema), so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.model_spec import add_user_model_option
 from hesskit.cli.options import float_below, int_between, output_dir, positive_int, seed
 
@@ -23,6 +27,12 @@ MAX_DAMPING = 1e12
 MAX_TOP_K = 1000
 MAX_PRODUCTS = 1_000_000
 DEFAULT_OPTIMIZERS = "sgd,rmsprop,adam"
+PARTIAL_NAME = "preconditioner.partial.json"
+"""The measurements so far (same schema as ``preconditioner.json``), rewritten atomically
+after each one and removed when the run ends: what an interrupted run leaves."""
+PRECONDITION_FILES = ("preconditioner.json", PARTIAL_NAME, "report.txt", "preconditioner.png",
+                      "preconditioner_layers.png")
+"""What makes a folder hold measurements (a new run there is refused)."""
 
 
 def optimizer_names(text: str) -> list[str]:
@@ -92,7 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="floating-point type of a --problem (default float64)")
     parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
     parser.add_argument("--out", default="hesskit-out/precondition",
-                        help="output folder (default hesskit-out/precondition)")
+                        help="output folder (default hesskit-out/precondition); a folder "
+                             "that holds measurements is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="if --out holds measurements, move them aside to "
+                             "<out>.old-<time> (never deleted) and start afresh")
     parser.set_defaults(run=run)
 
 
@@ -106,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from hesskit.analysis.preconditioner_records import summarize
     from hesskit.errors import InvalidArgumentError
+    from hesskit.finite import check_training_data
+    from hesskit.run_folder import prepare_run_folder
 
     rates = args.lr if isinstance(args.lr, dict) else {}
     unknown = sorted(set(rates) - set(args.optimizers))
@@ -119,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         damping=args.damping, top_k=args.top_k, tol=args.tol, max_products=args.max_products,
         cg_maxiter=args.cg_maxiter, per_layer=not args.no_layers, probes=args.probes,
         seed=args.seed)
+    moved = prepare_run_folder(args.out, PRECONDITION_FILES, overwrite=args.overwrite)
+    if moved is not None:
+        print(f"hesskit: note: moved the previous measurements in {args.out!r} to "
+              f"{str(moved)!r}", file=sys.stderr, flush=True)
     folder = output_dir(args.out)
     if args.model:
         from hesskit.cli.user_training import user_training_problem
@@ -129,23 +149,28 @@ def run(args: argparse.Namespace) -> int:
 
         problem = make_problem(args.problem, seed=args.seed, data_dir=args.data_dir,
                                dtype=getattr(torch, args.dtype))
+    check_training_data(problem)
+    partial = folder / PARTIAL_NAME
+
+    def keep(analysis, name: str, step: int) -> None:
+        write_text_atomically(partial, json.dumps(analysis.to_json(), allow_nan=False) + "\n")
+        print(f"  {name}: measured step {step}/{args.steps}", flush=True)
+
     analysis = preconditioner_analysis(
         problem, choices, steps=args.steps, every=args.every, batch_size=args.batch_size,
-        seed=args.seed, settings=settings,
-        on_record=lambda name, step: print(f"  {name}: measured step {step}/{args.steps}",
-                                           flush=True),
-    )
+        seed=args.seed, settings=settings, on_progress=keep)
     from hesskit.report.preconditioner_plots import plot_layers, plot_preconditioner_analysis
 
     json_path = folder / "preconditioner.json"
-    json_path.write_text(json.dumps(analysis.to_json(), allow_nan=False) + "\n")
+    write_text_atomically(json_path, json.dumps(analysis.to_json(), allow_nan=False) + "\n")
     written = [json_path, plot_preconditioner_analysis(analysis, folder / "preconditioner.png")]
     layers = plot_layers(analysis, folder / "preconditioner_layers.png")
     written += [layers] if layers is not None else []
     lines = summarize(analysis)
-    (folder / "report.txt").write_text("\n".join(lines) + "\n")
+    write_text_atomically((folder / "report.txt"), "\n".join(lines) + "\n")
     written.append(folder / "report.txt")
     for line in lines:
         print(line)
+    partial.unlink(missing_ok=True)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.model_spec import add_model_options, problem_from_args
 from hesskit.cli.options import float_below, int_between, output_dir
 from hesskit.errors import InvalidArgumentError
@@ -126,7 +127,7 @@ def _write(folder: Path, record: dict, name: str, grid, density, eig) -> None:
     from hesskit.report.spectrum_plots import plot_eigenvalues, plot_spectral_density
 
     json_path = folder / "spectrum.json"
-    json_path.write_text(json.dumps(record) + "\n")
+    write_text_atomically(json_path, json.dumps(record) + "\n")
     density_path = plot_spectral_density(
         grid.tolist(), density.tolist(), folder / "spectral_density.png",
         eigenvalues=eig.values.tolist(), title=f"{name} spectral density (SLQ)",

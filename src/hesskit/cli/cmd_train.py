@@ -2,7 +2,9 @@
 
 Writes ``log.jsonl`` (one JSON record per iteration; see ``hesskit.report.schema``) and an
 atomic ``checkpoint.pt`` into ``--out`` (default ``hesskit-out/train/<problem>-<optimizer>``);
-``--resume`` continues from that checkpoint exactly. The budget is the first of
+``--resume`` continues from that checkpoint exactly, once its checksum, entries, shapes and
+values have been checked. A new run into a folder that holds one is refused (``--overwrite``
+moves the old run aside to ``<out>.old-<time>``). The budget is the first of
 ``--iterations``, ``--time-limit`` (optimizer seconds) and ``--epochs`` reached. A run whose
 objective becomes NaN or infinite stops with one line on stderr and exit code 2.
 
@@ -34,6 +36,7 @@ from hesskit.cli.options import (
 )
 
 MAX_LR = 1e6
+MAX_COLLECTIVE_TIMEOUT = 24 * 3600.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,12 +72,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="full train/test error every N iterations (default 10) and at the end")
     parser.add_argument("--checkpoint-every", type=positive_int, default=50,
                         help="write a checkpoint every N iterations (default 50) and at the end")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in --out")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out (checked first: checksum, "
+                            "entries, shapes, finite values)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="if --out already holds a run, move it aside to "
+                            "<out>.old-<time> (never deleted) and start afresh; without it, "
+                            "a new run into a folder that holds one is refused")
     parser.add_argument("--out",
                         help="output folder (default hesskit-out/train/<problem>-<optimizer>)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to train (under torchrun: cuda uses NCCL, cpu gloo)")
+    parser.add_argument("--collective-timeout", type=float_below(MAX_COLLECTIVE_TIMEOUT),
+                        default=120.0, metavar="SECONDS",
+                        help="under torchrun: a collective that makes no progress for this "
+                             "long (a hung or stopped peer) ends every surviving rank with "
+                             "one line naming the lost rank (default 120)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 
@@ -83,10 +97,14 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from hesskit.distributed import init_from_environment
+    from hesskit.errors import PeerLostError
 
-    started_group = init_from_environment(args.device)
+    started_group = init_from_environment(args.device, timeout_s=args.collective_timeout)
     try:
         return _train(args)
+    except PeerLostError:
+        started_group = False  # tearing down a group with a lost peer waits on it
+        raise
     finally:
         if started_group:
             dist.destroy_process_group()
@@ -94,23 +112,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from hesskit.distributed import rank
+    from hesskit.finite import check_training_data
     from hesskit.problems import make_problem
-    from hesskit.training.loop import Budget, TrainConfig, train
+    from hesskit.run_folder import prepare_run_folder
+    from hesskit.training.loop import RUN_FILES, Budget, TrainConfig, train
     from hesskit.training.optimizers import get_optimizer_spec
 
     get_optimizer_spec(args.optimizer)  # unknown name: one line before loading any data
     budget = Budget(iterations=args.iterations, seconds=args.time_limit, epochs=args.epochs)
+    label = args.model.rpartition(":")[2] if args.model else args.problem
+    out = Path(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
+    if rank() == 0 or not args.overwrite:  # one rank moves an old run aside
+        moved = prepare_run_folder(out, RUN_FILES, overwrite=args.overwrite,
+                                   resume=args.resume, resume_hint="--resume")
+        if moved is not None:
+            print(f"hesskit: note: moved the previous run in {str(out)!r} to {str(moved)!r}",
+                  file=sys.stderr, flush=True)
     if args.model:
         from hesskit.cli.user_training import user_training_problem
 
         problem = user_training_problem(args.model)
-        label = args.model.rpartition(":")[2]
     else:
         problem = make_problem(args.problem, seed=args.seed, data_dir=args.data_dir)
-        label = args.problem
+    check_training_data(problem)
     if args.device != "cpu":
         _move_to(problem, args.device)
-    out = output_dir(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
+    out = output_dir(out)
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                          initial_damping=args.initial_damping, clock=args.clock)

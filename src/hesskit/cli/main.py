@@ -4,7 +4,9 @@ Each sub-command lives in its own module ``hesskit.cli.cmd_<name>`` exposing
 ``register(subparsers)``, which adds a parser and sets ``run=<function(args) -> int>``.
 Every :class:`~hesskit.errors.HesskitError` becomes one line on stderr and exit code 2, and
 so does any exception raised by the user's own code (``--model``; see
-:mod:`hesskit.cli.user_code`), running out of memory, and a file-system error. Anything else
+:mod:`hesskit.cli.user_code`), running out of memory, and a file-system error. Warnings
+raised while a command runs are held: a failing command prints only its one line (with
+``--traceback``, the warnings too), a command that succeeds shows them at its end. Anything else
 is a bug in hesskit: one line asking for a report, exit code 1. ``--traceback`` (anywhere on
 the command line) or ``HESSKIT_TRACEBACK=1`` prints the full traceback as well.
 """
@@ -16,11 +18,12 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from hesskit import __version__
 from hesskit.cli.user_code import USER_ROOTS, describe_exception, one_line, user_frame
-from hesskit.errors import HesskitError
+from hesskit.errors import HesskitError, PeerLostError
 
 COMMANDS = (
     "activations",
@@ -71,17 +74,52 @@ TRACEBACK_HELP = (f"on an error, print Python's full traceback as well as the on
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("hesskit: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        if args.traceback or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
-            traceback.print_exception(error, file=sys.stderr)
-        message, code = failure_line(error, user_code=bool(getattr(args, "model", None)))
-        print(f"hesskit {args.command}: {message}", file=sys.stderr)
-        return code
+    verbose = args.traceback or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            code = int(args.run(args) or 0)
+        except KeyboardInterrupt:
+            print("hesskit: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:
+            if verbose:
+                for record in caught:
+                    print(warnings.formatwarning(record.message, record.category,
+                                                 record.filename, record.lineno),
+                          end="", file=sys.stderr)
+                traceback.print_exception(error, file=sys.stderr)
+            message, code = failure_line(error, user_code=bool(getattr(args, "model", None)))
+            print(f"hesskit {args.command}: {message}", file=sys.stderr)
+            if isinstance(error, PeerLostError):
+                _exit_at_once(code)
+            return code
+    _show(caught)
+    return code
+
+
+def _exit_at_once(code: int) -> None:
+    """End the process now, skipping the interpreter's shutdown: with a peer lost,
+    ``torch.distributed``'s destructors may wait on it (every file hesskit writes is already
+    complete: they are written atomically)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+MAX_WARNINGS_SHOWN = 100
+"""Warnings (from torch or the user's code) are held while a command runs, so that a
+failing command prints only its one error line (``--traceback`` shows them too), and shown
+at the end of a command that succeeds; at most this many, then a count of the rest."""
+
+
+def _show(caught: list[warnings.WarningMessage]) -> None:
+    """Emit the held warnings again, through the warning filters now in force."""
+    for record in caught[:MAX_WARNINGS_SHOWN]:
+        warnings.warn_explicit(record.message, record.category, record.filename,
+                               record.lineno, source=record.source)
+    if len(caught) > MAX_WARNINGS_SHOWN:
+        print(f"hesskit: {len(caught) - MAX_WARNINGS_SHOWN} more warnings not shown",
+              file=sys.stderr)
 
 
 def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int]:

@@ -11,8 +11,8 @@ build, so they are stored once as ``.npz`` files in
 
     ``$HESSKIT_CACHE_DIR`` if set, else ``~/.cache/hesskit``.
 
-Files are written to a temporary file in the same directory and renamed into place
-(``os.replace`` is atomic on POSIX and Windows), so an interrupted run or two processes
+Files are written with :func:`hesskit.atomic_write.atomic_writer` (a temporary file in the
+same directory, renamed into place), so an interrupted run or two processes
 writing at once never leave a half-written file under the final name. A cache file that
 cannot be read (for example, from an older format) is rebuilt, never trusted. Nothing is
 ever downloaded.
@@ -20,15 +20,14 @@ ever downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from hesskit.atomic_write import atomic_writer
 from hesskit.errors import DataError
 
 CACHE_DIR_ENV = "HESSKIT_CACHE_DIR"
@@ -64,22 +63,13 @@ def write_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
+        with atomic_writer(path) as file:
+            np.savez(file, **arrays)
     except OSError as error:
         raise DataError(
             f"cannot write the data cache in {path.parent} ({error.strerror}); "
             f"set {CACHE_DIR_ENV} to a writable directory"
         ) from error
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray] | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hesskit.atomic_write import write_bytes_atomically
 from hesskit.errors import DataError, InvalidArgumentError
 
 IDX_TYPES: dict[int, np.dtype] = {
@@ -108,7 +109,7 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = No
     content = header + np.ascontiguousarray(big_endian).tobytes()
     if compress is None:
         compress = path.suffix == ".gz"
-    path.write_bytes(gzip.compress(content, mtime=0) if compress else content)
+    write_bytes_atomically(path, gzip.compress(content, mtime=0) if compress else content)
 
 
 def _type_code(dtype: np.dtype) -> int:

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hesskit.analysis.rmsprop import ALL, DIAGONALS, RMSPropAnalysis
+from hesskit.atomic_write import save_figure_atomically
 
 METRICS = (
     ("spearman", "Spearman rank correlation"),
@@ -46,7 +47,7 @@ def plot_rmsprop_analysis(analysis: RMSPropAnalysis, path: Path) -> Path:
     _per_layer(fig.add_subplot(grid[1, 2]), analysis)
     fig.suptitle(f"{analysis.optimizer}: √v against curvature diagonals", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.report.pages import document, escape, figure, paragraph, table
 from hesskit.report.plots import benchmark_figures
 from hesskit.report.schema import BenchmarkReport, write_report_json
@@ -94,7 +95,7 @@ def write_report(report: BenchmarkReport, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     json_path = write_report_json(report, out_dir / JSON_NAME)
     html_path = out_dir / HTML_NAME
-    html_path.write_text(render_html(report), encoding="utf-8")
+    write_text_atomically(html_path, render_html(report))
     return html_path, json_path
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hesskit.atomic_write import write_text_atomically
+
 PAGE_NAME = "index.html"
 """The file name of a command's page in its output folder."""
 
@@ -183,5 +185,5 @@ def write_page(
 ) -> Path:
     """Write :func:`document` to ``path`` (UTF-8) and return the path."""
     path = Path(path)
-    path.write_text(document(title, parts, intro=intro, contents=contents), encoding="utf-8")
+    write_text_atomically(path, document(title, parts, intro=intro, contents=contents))
     return path

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from hesskit.analysis.preconditioner_records import MODEL, OptimizerRun, PreconditionerAnalysis
+from hesskit.atomic_write import save_figure_atomically
 
 
 def _converged(run: OptimizerRun, layer: str, matrix: str) -> list[bool]:
@@ -86,7 +87,7 @@ def plot_preconditioner_analysis(analysis: PreconditionerAnalysis, path: Path) -
     fig.suptitle(f"{analysis.problem}: preconditioners against the Gauss-Newton matrix "
                  f"(batch {analysis.batch_size})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -108,6 +109,6 @@ def plot_layers(analysis: PreconditionerAnalysis, path: Path) -> Path | None:
     fig.suptitle("per layer: κ of P^-1/2 (G_ll + λI) P^-1/2 (solid) and of G_ll + λI "
                  "(dashed)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomically(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from hesskit.activations import Activation
+from hesskit.atomic_write import save_figure_atomically
 from hesskit.neuron import NeuronNewtonResult, ReluNeuronMSE
 from hesskit.newton import NewtonResult
 
@@ -44,7 +45,7 @@ def plot_activations(
         ax.set_visible(False)
     fig.suptitle("Transfer functions and their closed-form derivatives")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -66,7 +67,7 @@ def plot_newton(activation: Activation, result: NewtonResult, path: Path) -> Pat
     ax.set_title(f"Newton on {activation.name}: {result.status.value}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -110,6 +111,6 @@ def plot_neuron(
     ax_path.legend()
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path

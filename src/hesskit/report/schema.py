@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -176,7 +177,7 @@ def to_json_dict(obj: Any) -> Any:
 
 def write_report_json(report: BenchmarkReport, path: Path) -> Path:
     """Write ``report`` as indented JSON (strict: no NaN/Infinity literals); returns ``path``."""
-    path.write_text(json.dumps(to_json_dict(report), indent=1, allow_nan=False) + "\n")
+    write_text_atomically(path, json.dumps(to_json_dict(report), indent=1, allow_nan=False) + "\n")
     return path
 
 

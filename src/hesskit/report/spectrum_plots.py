@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from hesskit.atomic_write import save_figure_atomically
+
 DPI = 110
 
 
@@ -45,7 +47,7 @@ def plot_spectral_density(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure_atomically(fig, path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -72,6 +74,6 @@ def plot_eigenvalues(
     ax.set_ylabel("θ_i")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure_atomically(fig, path, dpi=DPI)
     plt.close(fig)
     return path

@@ -37,6 +37,7 @@ import torch
 
 from hesskit import __version__
 from hesskit.errors import InvalidArgumentError
+from hesskit.finite import check_training_data
 from hesskit.report.schema import BenchmarkReport, LearningRateSelection, RunResult, Skipped
 from hesskit.training.loop import Budget, TrainConfig, train
 from hesskit.training.optimizers import REGISTRY, get_optimizer_spec
@@ -132,6 +133,7 @@ def tune_learning_rate(
 def run_benchmark(
     config: BenchConfig, *, runs_dir: Path | None = None, progress: bool = True,
     announce: Callable[[str], None] = lambda line: None,
+    on_progress: Callable[[BenchmarkReport], None] | None = None,
 ) -> BenchmarkReport:
     """Run the protocol of this module's docstring and return the report (not yet written).
 
@@ -142,10 +144,13 @@ def run_benchmark(
         announce: receives one line per finished tuning run and per finished full run
             (for the CLI). With ``jobs > 1`` the worker processes print those lines
             themselves (a callable does not cross the process boundary), flushed at once.
+        on_progress: receives the report of the methods finished so far, each time one
+            ends (the CLI writes it, so that an interrupted benchmark keeps its results).
     """
     from hesskit.problems import make_problem
 
     first = make_problem(config.problem, seed=config.seeds[0], data_dir=config.data_dir)
+    check_training_data(first)  # NaN in the data: named as data before any method runs
     num_params = sum(p.numel() for p in first.model.parameters())
     outcomes: dict[str, MethodOutcome] = {}
     pending: list[str] = []
@@ -155,12 +160,25 @@ def run_benchmark(
             pending.append(name)
         else:
             outcomes[name] = MethodOutcome(skipped=Skipped(name, reason))
+
+    def finished(name: str, outcome: MethodOutcome) -> None:
+        outcomes[name] = outcome
+        if on_progress is not None:
+            on_progress(_report(config, first, outcomes))
+
     if config.jobs == 1:
         for name in pending:
-            outcomes[name] = run_method(config, name, runs_dir, progress, announce)
+            finished(name, run_method(config, name, runs_dir, progress, announce))
     else:
-        outcomes.update(_run_in_parallel(config, pending, runs_dir))
-    ordered = [outcomes[name] for name in config.optimizers]
+        _run_in_parallel(config, pending, runs_dir, finished)
+    return _report(config, first, outcomes)
+
+
+def _report(config: BenchConfig, first, outcomes: Mapping[str, MethodOutcome]
+            ) -> BenchmarkReport:
+    """The report of the methods in ``outcomes`` (all of them, or those finished so far)."""
+    names = [name for name in config.optimizers if name in outcomes]
+    ordered = [outcomes[name] for name in names]
     return BenchmarkReport(
         problem=config.problem,
         problem_description=first.description,
@@ -168,9 +186,9 @@ def run_benchmark(
         budget_kind=config.budget_kind,
         budget_value=config.budget_value,
         seeds=list(config.seeds),
-        optimizers=list(config.optimizers),
+        optimizers=names,
         runs=[run for outcome in ordered for run in outcome.runs],
-        titles={name: REGISTRY[name].title for name in config.optimizers},
+        titles={name: REGISTRY[name].title for name in names},
         lr_selection=[o.selection for o in ordered if o.selection is not None],
         skipped=[o.skipped for o in ordered if o.skipped is not None],
         environment=environment(config.threads_per_job),
@@ -239,8 +257,9 @@ def _print_now(line: str) -> None:
 
 
 def _run_in_parallel(
-    config: BenchConfig, names: Sequence[str], runs_dir: Path | None
-) -> dict[str, MethodOutcome]:
+    config: BenchConfig, names: Sequence[str], runs_dir: Path | None,
+    finished: Callable[[str, MethodOutcome], None],
+) -> None:
     """``config.jobs`` methods at a time, each in its own process on
     ``config.threads_per_job`` torch threads (no progress bars: they would interleave).
 
@@ -249,7 +268,6 @@ def _run_in_parallel(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    outcomes: dict[str, MethodOutcome] = {}
     with ProcessPoolExecutor(
         max_workers=config.jobs, mp_context=multiprocessing.get_context("spawn"),
         initializer=_limit_threads, initargs=(config.threads_per_job,),
@@ -257,8 +275,7 @@ def _run_in_parallel(
         futures = {pool.submit(run_method, config, name, runs_dir, False, _print_now): name
                    for name in names}
         for future in as_completed(futures):
-            outcomes[futures[future]] = future.result()
-    return outcomes
+            finished(futures[future], future.result())
 
 
 def _limit_threads(threads: int) -> None:

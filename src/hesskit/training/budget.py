@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,3 +64,8 @@ class Budget:
         if self.epochs is not None and epochs >= self.epochs - 1e-12:
             return "epochs"
         return None
+
+
+def passed_mark(fraction: float, previous: float, points: int | None) -> bool:
+    """Whether the budget fraction crossed a multiple of 1/points in the last step."""
+    return points is not None and math.floor(fraction * points) > math.floor(previous * points)

@@ -8,24 +8,29 @@ data passes, products) and the byte length of the log file at that iteration, so
 resumed run truncates the log there and appends exactly the records an uninterrupted run
 would have written.
 
-Writing is atomic: the checkpoint goes to a temporary file in the same folder, is flushed
-to disk, then ``os.replace`` renames it over the old one. A crash at any point leaves
-either the old checkpoint or the new one, never a torn file.
+Writing is atomic (:mod:`hesskit.atomic_write`): a crash at any point leaves either the old
+checkpoint or the new one, never a torn file. A checkpoint proves its integrity: the file
+ends with the SHA-256 checksum of all its other bytes, checked by :func:`read_checkpoint`
+before anything is trusted; :mod:`hesskit.training.checkpoint_checks` then checks that the
+content fits the run (entries, shapes, finite values).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
-import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hesskit.atomic_write import atomic_writer, write_bytes_atomically
 from hesskit.errors import DataError
 from hesskit.report.schema import (
     SCHEMA_VERSION,
@@ -37,6 +42,16 @@ from hesskit.report.schema import (
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
+RUN_FILES = (LOG_NAME, CHECKPOINT_NAME)
+"""The files that make a folder hold a training run (a new run there is refused)."""
+
+
+def seed_global_generators(seed: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators from a run's ``seed`` (NumPy's
+    takes the seed modulo 2³², the most its legacy seeding accepts)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -70,45 +85,84 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+CHECKSUM_MARK = b"\nhesskit-checkpoint-sha256 "
+"""A checkpoint file is ``torch.save(state)`` followed by this mark, the 64 hexadecimal
+digits of the SHA-256 of those bytes and a newline, so that every byte is checked. A file
+that ends with a zip directory instead (``torch.save`` alone) is a checkpoint from before
+checksums."""
+_TRAILER_LENGTH = len(CHECKSUM_MARK) + 64 + 1
+_ZIP_END = b"PK\x05\x06"
+_READ_REMEDY = ("restore it from a copy, or start a new run with another --out "
+                "(or --overwrite, which moves this run aside)")
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """What :func:`read_checkpoint` found: the state, and whether a checksum proved it."""
+
+    state: dict[str, Any]
+    checksum_verified: bool
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
-
-    If writing fails, the temporary file is removed and any previous checkpoint at
-    ``path`` is left exactly as it was.
-    """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically, followed by the SHA-256 of its bytes
+    (:data:`CHECKSUM_MARK`). If writing fails, any previous checkpoint at ``path`` is left
+    exactly as it was."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    with atomic_writer(path) as stream:
+        stream.write(payload)
+        stream.write(CHECKSUM_MARK + digest + b"\n")
+    return Path(path)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain values only).
+def read_checkpoint(path: Path) -> CheckpointFile:
+    """Read a checkpoint and prove it is the file hesskit wrote (SHA-256 of every byte).
+
+    A checkpoint from before checksums (``torch.save`` alone) is returned with
+    ``checksum_verified=False``; its content is then only as good as the schema check
+    (:mod:`hesskit.training.checkpoint_checks`) makes it. Nothing is written.
 
     Raises:
-        DataError: the file is missing or unreadable.
+        DataError: the file is missing, empty, truncated, not a checkpoint, or its checksum
+            does not match its content.
     """
     path = Path(path)
+    where = f"checkpoint {str(path)!r}"
     if not path.is_file():
         raise DataError(
             f"no checkpoint at {str(path)!r}; train without --resume first, or pass the --out "
             "folder of the run to resume"
         )
+    data = path.read_bytes()
+    if not data:
+        raise DataError(f"{where} cannot be read (the file is empty); {_READ_REMEDY}")
+    if data[-22:-18] == _ZIP_END:  # torch.save alone: written before checksums
+        return CheckpointFile(_torch_load(data, where), checksum_verified=False)
+    payload, trailer = data[:-_TRAILER_LENGTH], data[-_TRAILER_LENGTH:]
+    if not (trailer.startswith(CHECKSUM_MARK) and trailer.endswith(b"\n")):
+        raise DataError(f"{where} cannot be read (truncated, damaged or not a checkpoint: "
+                        f"it does not end with its checksum line); {_READ_REMEDY}")
+    recorded = trailer[len(CHECKSUM_MARK):-1]
+    if hashlib.sha256(payload).hexdigest().encode() != recorded:
+        raise DataError(f"{where} is damaged: its content does not match its SHA-256 "
+                        f"checksum; {_READ_REMEDY}")
+    return CheckpointFile(_torch_load(payload, where), checksum_verified=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state of the checkpoint at ``path`` (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path).state
+
+
+def _torch_load(data: bytes, where: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt file
-        raise DataError(
-            f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); "
-            "delete it and train without --resume"
-        ) from None
+        raise DataError(f"{where} cannot be read (truncated or not a checkpoint: "
+                        f"{type(error).__name__}); {_READ_REMEDY}") from None
 
 
 def _python_state_to_lists(state: tuple) -> list:
@@ -139,8 +193,7 @@ class RunLog:
         data = (json.dumps(header, allow_nan=False) + "\n").encode()
         self._written = bytearray(data)
         if self.path is not None:
-            with self.path.open("wb") as stream:
-                stream.write(data)
+            write_bytes_atomically(self.path, data)
         self.append(first)
 
     def resume(self, size: int, snapshot: torch.Tensor | None = None) -> str | None:
@@ -166,7 +219,7 @@ class RunLog:
                 "to rebuild it from; restore the log, or train again without --resume"
             )
         self._load(expected)
-        _write_atomically(self.path, expected)
+        write_bytes_atomically(self.path, expected)
         return (f"{str(self.path)!r} {problem}; rebuilt it from the checkpoint "
                 f"({len(self.records)} iteration records)")
 
@@ -264,17 +317,3 @@ def _log_problem(on_disk: bytes | None, size: int, expected: bytes | None) -> st
     except (UnicodeDecodeError, ValueError, IndexError, KeyError, TypeError, DataError):
         return "is damaged (a line is not a valid log record)"
     return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """``path`` replaced by ``data`` (temporary file, fsync, ``os.replace``)."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

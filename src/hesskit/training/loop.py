@@ -29,7 +29,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -38,23 +38,21 @@ from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, worl
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import as_loss
 from hesskit.report.schema import IterationRecord, RunHeader, RunResult
+from hesskit.run_folder import refuse_existing_run
 from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
-from hesskit.training.budget import Budget, clock
+from hesskit.training.budget import Budget, clock, passed_mark
 from hesskit.training.checkpoint import (
     CHECKPOINT_NAME,
+    RUN_FILES,
     RunLog,
     capture_rng_state,
-    load_checkpoint,
     read_log_records,
-    restore_rng_state,
     save_checkpoint,
+    seed_global_generators,
 )
-from hesskit.training.optimizers import (
-    OptimizerContext,
-    ProductCounter,
-    get_optimizer_spec,
-)
+from hesskit.training.checkpoint_checks import load_trusted_checkpoint
+from hesskit.training.optimizers import OptimizerContext, ProductCounter, get_optimizer_spec
 from hesskit.training.progress_bar import RunProgressBar
 
 
@@ -173,6 +171,8 @@ def train(
     """
     if resume and out_dir is None:
         raise InvalidArgumentError("resume needs the output folder of the run (--out)")
+    if not resume and out_dir is not None and rank() == 0:
+        refuse_existing_run(out_dir, RUN_FILES, resume_hint="--resume")
     run = _Run(problem, config, None if out_dir is None else Path(out_dir))
     if resume:
         run.restore()
@@ -188,7 +188,7 @@ def train(
                 *run.used())
             fraction = budget.fraction(*run.used())
             evaluate = (stopped_by is not None or run.counters["iteration"] % config.eval_every == 0
-                        or _passed_mark(fraction, previous, config.eval_points))
+                        or passed_mark(fraction, previous, config.eval_points))
             bar.update(fraction, run.log_step(loss, evaluate))
             every = config.checkpoint_every
             if stopped_by is not None or (every and run.counters["iteration"] % every == 0):
@@ -220,7 +220,7 @@ class _Run:
             _check_data_parallel(spec.name, self.batch_size, self.ranks)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.seed)
+        seed_global_generators(config.seed)
         self.sampler = BatchSampler(num_train, self.batch_size, config.seed)
         self.batch: tuple[Tensor, Tensor] = select(problem.train, slice(0, 0))
         fraction = curvature_fraction(config, problem)  # 1/numchunks: Martens' chunks
@@ -279,12 +279,12 @@ class _Run:
         self.log.start(self._record(None, evaluate=True))
 
     def restore(self) -> None:
-        saved = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
-        _check_same_settings(saved["header"], asdict(self.header))
-        self.problem.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.sampler.load_state_dict(saved["sampler"])
-        restore_rng_state(saved["rng"])
+        """Read and check the checkpoint (checksum, settings, schema, finite values) before
+        anything is loaded or written; then load it."""
+        saved = load_trusted_checkpoint(
+            self.out_dir / CHECKPOINT_NAME, header=asdict(self.header), model=self.problem.model,
+            optimizer=self.optimizer, optimizer_name=self.spec.name, sampler=self.sampler,
+            announce=self.is_main)
         self.context.products.count = saved["products"]
         self.counters = saved["counters"]
         snapshot = saved.get("log")
@@ -395,19 +395,3 @@ def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
     if batch_size < ranks:
         raise InvalidArgumentError(f"a batch of {batch_size} samples cannot be split over "
                                    f"{ranks} processes; use a larger --batch-size")
-
-
-def _passed_mark(fraction: float, previous: float, points: int | None) -> bool:
-    """Whether the budget fraction crossed a multiple of 1/points in the last step."""
-    return points is not None and math.floor(fraction * points) > math.floor(previous * points)
-
-
-def _check_same_settings(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    keys = ("problem", "optimizer", "seed", "batch_size", "lr", "weight_decay")
-    changed = [key for key in keys if saved.get(key) != now.get(key)]
-    if changed:
-        details = ", ".join(f"{key} {saved.get(key)!r} → {now.get(key)!r}" for key in changed)
-        raise InvalidArgumentError(
-            f"the checkpoint was made with different settings ({details}); resume with the "
-            "same settings or choose another --out"
-        )

@@ -32,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run the tour of hesskit on bundled data (the main job)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--out", default="hesskit-demo", help="output folder (default hesskit-demo)"

@@ -15,7 +15,16 @@ import argparse
 import json
 
 from hesskit.cli.model_spec import add_user_model_option
-from hesskit.cli.options import float_below, int_between, output_dir, positive_int, seed
+from hesskit.cli.options import (
+    DATA_DIR_HELP,
+    float_below,
+    int_between,
+    output_dir,
+    positive_int,
+    problem_help,
+    problem_name,
+    seed,
+)
 
 MAX_STEPS = 10_000_000
 MAX_LR = 1e6
@@ -56,10 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "precondition",
         help="each optimizer's preconditioner against the exact Gauss-Newton matrix",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__,
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--problem", help="a benchmark problem, e.g. digits-autoencoder")
+    what.add_argument("--problem", type=problem_name, help=problem_help())
     add_user_model_option(what, extra="; instead of --problem")
     parser.add_argument("--optimizers", type=optimizer_names,
                         default=optimizer_names(DEFAULT_OPTIMIZERS),
@@ -90,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="measure the whole model only, not each layer")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                         help="floating-point type of a --problem (default float64)")
-    parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", default="hesskit-out/precondition",
                         help="output folder (default hesskit-out/precondition)")
     parser.set_defaults(run=run)

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 
 from hesskit import __version__
+from hesskit.cli.help_format import HelpFormatter
 from hesskit.cli.user_code import USER_ROOTS, describe_exception, one_line, user_frame
 from hesskit.errors import HesskitError
 
@@ -41,7 +42,13 @@ TRACEBACK_VARIABLE = "HESSKIT_TRACEBACK"
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (argparse prints the usage too)."""
+    """An ArgumentParser whose errors are one line (argparse prints the usage too) and
+    whose help is plain text wrapped to the terminal, every default shown
+    (:class:`~hesskit.cli.help_format.HelpFormatter`, for every sub-command too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")

@@ -139,13 +139,13 @@ class Problem:
         num_data: int | None = None,
         dropout: DropoutMode | str = DropoutMode.EVAL,
     ) -> None:
-        self.model = model
+        self.model = uncompiled(model)
         self.loss = as_loss(loss)
         self.dropout = as_dropout_mode(dropout)
         self._source = BatchSource(data)
         self.streamed = self._source.streamed
         self.distributed = _resolve_distributed(distributed)
-        self.layout = ParameterLayout.from_tensors(_chosen_parameters(model, params))
+        self.layout = ParameterLayout.from_tensors(_chosen_parameters(self.model, params))
         normalizer = getattr(self.loss, "normalizer", None)
         self._normalizer = (
             normalizer if callable(normalizer) and num_data is None
@@ -350,12 +350,38 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+COMPILED_PREFIX = "_orig_mod."
+"""What ``torch.compile(model)`` puts before every parameter name of ``model``."""
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``model._orig_mod``), else ``model`` itself.
+
+    A compiled module shares its parameters with the original, whose names lack the
+    ``_orig_mod.`` prefix; hesskit's layouts, blocks and reports use those names, so that
+    ``block(["0.weight"])`` means the same before and after ``torch.compile``.
+    """
+    original = getattr(model, "_orig_mod", None)
+    return uncompiled(original) if isinstance(original, nn.Module) else model
+
+
+def parameter_name(name: str) -> str:
+    """``name`` without the ``_orig_mod.`` prefix that ``torch.compile`` adds.
+
+    >>> parameter_name("_orig_mod.0.weight")
+    '0.weight'
+    """
+    while name.startswith(COMPILED_PREFIX):
+        name = name[len(COMPILED_PREFIX):]
+    return name
+
+
 def _chosen_parameters(model: nn.Module, params: Iterable[str] | None) -> dict[str, Tensor]:
     named = dict(model.named_parameters())
     if params is None:
         names = [name for name, p in named.items() if p.requires_grad]
     else:
-        wanted = set(params)
+        wanted = {parameter_name(name) for name in params}
         unknown = sorted(wanted - set(named))
         if unknown:
             raise InvalidArgumentError(

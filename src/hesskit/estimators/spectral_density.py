@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hesskit.describe import number
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.lanczos import LanczosRecurrence
 from hesskit.estimators.probes import check_count, make_generator, rademacher
@@ -46,6 +47,15 @@ class SpectralQuadrature:
     weights: Tensor
     products: int
     size: int
+
+    def __repr__(self) -> str:
+        """``SpectralQuadrature(N=1210, probes=4, steps=64, nodes in [a, b], trace ≈ t, …)``."""
+        probes, steps = self.nodes.shape
+        used = self.nodes[self.weights > 0]
+        span = (f"nodes in [{number(used.min())}, {number(used.max())}]" if used.numel()
+                else "no nodes")
+        return (f"SpectralQuadrature(N={self.size}, probes={probes}, steps={steps}, {span}, "
+                f"trace ≈ {number(self.trace())} (estimate), products={self.products})")
 
     def trace(self) -> float:
         """The trace estimate N · mean_p Σ_j τ_pj θ_pj (= mean of N vᵀAv for unit probes)."""

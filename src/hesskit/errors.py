@@ -29,3 +29,8 @@ class NonFiniteError(HesskitError, FloatingPointError):
 
 class UnsupportedArchitectureError(InvalidArgumentError):
     """The model is not a chain of supported layers, so no exact diagonal by backpropagation."""
+
+
+class MissingExtraError(HesskitError, ImportError):
+    """An optional package (plots, terminal output, a data set's helper) is not installed;
+    the message names the extra that brings it (``pip install 'hesskit[cli]'``)."""

@@ -22,6 +22,7 @@ from hesskit import __version__
 from hesskit.cli.help_format import HelpFormatter
 from hesskit.cli.user_code import USER_ROOTS, describe_exception, one_line, user_frame
 from hesskit.errors import HesskitError
+from hesskit.extras import is_optional_module, missing_extra_message
 
 COMMANDS = (
     "activations",
@@ -76,7 +77,14 @@ TRACEBACK_HELP = (f"on an error, print Python's full traceback as well as the on
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as error:  # the cli extra is not installed
+        if not is_optional_module(error.name):
+            raise
+        message = missing_extra_message(error.name or "", "the hesskit command")
+        print(f"hesskit: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -99,6 +107,8 @@ def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int
         user_code: the command ran the user's own code (``--model``), so an error raised
             inside torch while running it (a shape mismatch) is most likely the user's.
     """
+    if isinstance(error, ModuleNotFoundError) and is_optional_module(error.name):
+        return f"error: {missing_extra_message(error.name, 'this command')}", EXIT_USAGE
     if isinstance(error, HesskitError):
         return f"error: {one_line(str(error), limit=2000)}", EXIT_USAGE
     if isinstance(error, MemoryError):

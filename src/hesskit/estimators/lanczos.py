@@ -40,9 +40,9 @@ from torch import Tensor
 
 from hesskit.errors import InvalidArgumentError, NonFiniteError
 from hesskit.estimators.probes import check_count, gaussian, make_generator
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Eigenpairs
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 WHICH = ("largest", "smallest")
 MIN_STEPS = 20
@@ -190,7 +190,7 @@ def top_eigenpairs(
     recurrence = LanczosRecurrence(op, gaussian((n, 1), generator, op.dtype, op.device))
     block_start = 0  # first step of the current Krylov block (blocks begin at restarts)
     min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
-    with EstimateProgress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
+    with Progress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
         while True:
             beta = float(recurrence.step()[0])
             bar.advance(1)
@@ -310,7 +310,7 @@ def power_iteration(
     generator = make_generator(generator, seed)
     V, _ = torch.linalg.qr(gaussian((n, k), generator, op.dtype, op.device))
     products = 0
-    with EstimateProgress(f"power iteration ({k})", budget, show=progress) as bar:
+    with Progress(f"power iteration ({k})", budget, show=progress) as bar:
         while True:
             W = op.matmat(V)
             products += k

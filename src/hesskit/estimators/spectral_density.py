@@ -27,8 +27,8 @@ from hesskit.describe import number
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.lanczos import LanczosRecurrence
 from hesskit.estimators.probes import check_count, make_generator, rademacher
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def lanczos_quadrature(
     recurrence = LanczosRecurrence(op, start)
     lengths = torch.full((probes,), steps, dtype=torch.long)
     done = torch.zeros(probes, dtype=torch.bool)
-    with EstimateProgress("spectral density", probes * steps, show=progress) as bar:
+    with Progress("spectral density", probes * steps, show=progress) as bar:
         for step in range(steps):
             recurrence.step()
             bar.advance(probes)

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from hesskit.errors import NonFiniteError
 from hesskit.estimators.probes import check_count, gaussian, make_generator, rademacher
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Estimate
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 
 def hutchinson_trace(
@@ -90,7 +90,7 @@ def hutchpp_trace(
     n = op.shape[0]
     sketch_size = products // 3
     residual_probes = products - 2 * sketch_size
-    with EstimateProgress("Hutch++ trace", products, show=progress) as bar:
+    with Progress("Hutch++ trace", products, show=progress) as bar:
         S = gaussian((n, sketch_size), generator, op.dtype, op.device)
         Q = _orthonormal_range(op.matmat(S))
         bar.advance(sketch_size)
@@ -136,7 +136,7 @@ def _quadratic_forms(
     """z_sᵀ A z_s for ``probes`` Rademacher vectors, as a float64 tensor ``[probes]``."""
     n = op.shape[0]
     values = []
-    with EstimateProgress(description, probes, show=progress) as bar:
+    with Progress(description, probes, show=progress) as bar:
         for start in range(0, probes, chunk_size):
             count = min(chunk_size, probes - start)
             Z = rademacher((n, count), generator, op.dtype, op.device)

@@ -288,7 +288,8 @@ def spectrum_section(folder: Path) -> Section:
         rows = [
             ("trace (Hutch++)", f"{trace['value']:.6g} ± {trace['stderr']:.2g}", trace["products"]),
             (
-                f"diagonal (Hutchinson, {diag['probes']} probes)",
+                "diagonal (exact)" if diag.get("method") == "exact"
+                else f"diagonal (Hutchinson, {diag['probes']} probes)",
                 f"min {diag['min']:.3g}, median {diag['median']:.3g}, max {diag['max']:.3g}",
                 diag["probes"],
             ),

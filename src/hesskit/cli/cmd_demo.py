@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     for number, (title, argv) in enumerate(steps(out, args.bench_seconds), start=1):
         console.rule(f"[bold]{number}. {title}")
         console.print(f"[dim]$ hesskit {' '.join(argv)}")
+        if argv[0] == "hessian":
+            console.print("[dim]the estimate below is the build of H, G and R; the eigenvalues, "
+                          "heatmaps and page come on top")
         step_started = time.perf_counter()
         if main(argv) != 0:
             failures.append(title)

@@ -22,6 +22,7 @@ from hesskit.cli.model_spec import add_model_options, problem_from_args
 from hesskit.cli.options import float_below, int_between, output_dir
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import (
+    default_width,
     density_on_grid,
     hutchinson_diagonal,
     hutchpp_trace,
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                     "relative_stderr": 0.0}
     quadrature = spectral_density(op, probes=args.density_probes, steps=args.density_steps,
                                       seed=args.seed)
-    grid, density = density_on_grid(quadrature)
+    width = default_width(quadrature)
+    grid, density = density_on_grid(quadrature, width=width)
     print(f"spectral density: {args.density_probes} probes × {quadrature.nodes.shape[1]} "
           f"steps ({quadrature.products} products)")
     record = {
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                   "products": trace.products},
         "diagonal": diagonal,
         "exact": None if exact is None else {"trace": float(exact.sum()), **_summary_dict(exact)},
-        "density": {"grid": grid.tolist(), "density": density.tolist(),
+        "density": {"grid": grid.tolist(), "density": density.tolist(), "width": width,
                     "nodes": quadrature.nodes.tolist(), "weights": quadrature.weights.tolist(),
                     "products": quadrature.products},
     }
@@ -125,9 +127,11 @@ def _write(folder: Path, record: dict, name: str, grid, density, eig) -> None:
 
     json_path = folder / "spectrum.json"
     json_path.write_text(json.dumps(record) + "\n")
+    largest = float(eig.values.max()) if eig.converged else None
     density_path = plot_spectral_density(
         grid.tolist(), density.tolist(), folder / "spectral_density.png",
-        eigenvalues=eig.values.tolist(), title=f"{name} spectral density (SLQ)",
+        eigenvalues=eig.values.tolist(), largest=largest, width=record["density"]["width"],
+        title=f"{name} spectral density (SLQ)",
     )
     eigen_path = plot_eigenvalues(eig.values.tolist(), eig.residuals.tolist(),
                                   folder / "eigenvalues.png", title=f"{name} top eigenvalues")

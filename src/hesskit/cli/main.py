@@ -12,6 +12,7 @@ the command line) or ``HESSKIT_TRACEBACK=1`` prints the full traceback as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
+        _record_command(args, sys.argv[1:] if argv is None else list(argv))
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("hesskit: interrupted", file=sys.stderr)
@@ -97,6 +99,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = failure_line(error, user_code=bool(getattr(args, "model", None)))
         print(f"hesskit {args.command}: {message}", file=sys.stderr)
         return code
+
+
+PAGE_COMMANDS = ("activations", "newton", "neuron", "hessian", "spectrum", "diagonal")
+"""The commands whose output folder gets a page (and so a ``command.txt`` for it)."""
+
+
+def _record_command(args: argparse.Namespace, argv: list[str]) -> None:
+    """Note the command line (and the model) in the folder the command writes, before it
+    runs, so that the page it writes shows them (``hesskit.report.provenance``)."""
+    folder = getattr(args, "out", None) or getattr(args, "plot", None)
+    if args.command not in PAGE_COMMANDS or not folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # the command's own output_dir() says what is wrong
+    from hesskit.cli.model_spec import model_description
+    from hesskit.report.provenance import record_command
+
+    with contextlib.suppress(OSError):
+        record_command(folder, [arg for arg in argv if arg != "--traceback"],
+                       model_description(args))
 
 
 def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int]:

@@ -138,6 +138,19 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
     return Problem(model, LOSSES[args.loss](), (inputs, targets))
 
 
+def model_description(args: argparse.Namespace) -> str | None:
+    """The model and data the options chose, in words (None for commands without one)."""
+    if getattr(args, "model", None):
+        return f"your model {args.model}"
+    if getattr(args, "problem", None):
+        return f"benchmark problem {args.problem}"
+    if not hasattr(args, "layers"):
+        return None
+    sizes = "-".join(map(str, mlp_layers(args)))
+    return (f"MLP {sizes} ({args.activation}), {args.loss} loss, {args.samples} "
+            f"{args.data} samples, {args.dtype}, seed {args.seed}")
+
+
 def mlp_layers(args: argparse.Namespace) -> list[int]:
     """``--layers``, or the data's input features followed by :data:`DEFAULT_HIDDEN`."""
     if args.layers is not None:

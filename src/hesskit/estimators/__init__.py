@@ -9,6 +9,7 @@ from hesskit.estimators.lanczos import LanczosRecurrence, power_iteration, top_e
 from hesskit.estimators.result import Eigenpairs, Estimate
 from hesskit.estimators.spectral_density import (
     SpectralQuadrature,
+    default_width,
     density_on_grid,
     lanczos_quadrature,
     spectral_density,
@@ -20,6 +21,7 @@ __all__ = [
     "Estimate",
     "LanczosRecurrence",
     "SpectralQuadrature",
+    "default_width",
     "density_on_grid",
     "exact_trace",
     "hutchinson_diagonal",

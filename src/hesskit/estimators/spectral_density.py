@@ -121,6 +121,18 @@ def lanczos_quadrature(
     return SpectralQuadrature(nodes, weights, probes * recurrence.steps, op.shape[0])
 
 
+def _node_range(quadrature: SpectralQuadrature) -> tuple[float, float]:
+    used = quadrature.weights > 0
+    return float(quadrature.nodes[used].min()), float(quadrature.nodes[used].max())
+
+
+def default_width(quadrature: SpectralQuadrature) -> float:
+    """:func:`density_on_grid`'s default σ: 1% of the node range (of max(1, |θ|) when all
+    nodes coincide)."""
+    low, high = _node_range(quadrature)
+    return 0.01 * (high - low if high > low else max(1.0, abs(high)))
+
+
 def density_on_grid(
     quadrature: SpectralQuadrature,
     *,
@@ -138,11 +150,8 @@ def density_on_grid(
         grid: evaluation points; default ``points`` equally spaced over the node range
             widened by 5σ on each side, so the density integrates to 1 on it.
     """
-    used = quadrature.weights > 0
-    low = float(quadrature.nodes[used].min())
-    high = float(quadrature.nodes[used].max())
-    span = high - low if high > low else max(1.0, abs(high))
-    sigma = 0.01 * span if width is None else float(width)
+    low, high = _node_range(quadrature)
+    sigma = default_width(quadrature) if width is None else float(width)
     if not (np.isfinite(sigma) and sigma > 0):
         raise InvalidArgumentError(f"width must be a finite number greater than 0, got {width!r}")
     if grid is None:

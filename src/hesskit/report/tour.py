@@ -1,7 +1,8 @@
-"""The pages of the tour: the demo's single page and the pages of ``hessian`` and ``spectrum``.
+"""The pages of the tour: the demo's single page and the pages of the analysis commands.
 
-* :func:`write_hessian_page` and :func:`write_spectrum_page`: the page ``index.html`` of
-  ``hesskit hessian`` and ``hesskit spectrum`` in their ``--out`` folders;
+* :func:`write_hessian_page`, :func:`write_spectrum_page` and :func:`write_diagonal_page`:
+  the page ``index.html`` of ``hesskit hessian``, ``spectrum`` and ``diagonal`` in their
+  ``--out`` folders;
 * :func:`write_tour_page`: the demo's single page ``<out>/index.html``, every section in
   the order of the demo's steps.
 
@@ -47,6 +48,12 @@ def write_spectrum_page(folder: Path) -> Path:
     """``folder/index.html`` for ``hesskit spectrum``."""
     folder = Path(folder)
     return write_page(folder / PAGE_NAME, "hesskit spectrum", [spectrum_section(folder)])
+
+
+def write_diagonal_page(folder: Path) -> Path:
+    """``folder/index.html`` for ``hesskit diagonal``."""
+    folder = Path(folder)
+    return write_page(folder / PAGE_NAME, "hesskit diagonal", [diagonal_section(folder)])
 
 
 TOUR_FOLDERS = ("activations", "newton", "neuron", "hessian", "spectrum", "diagonal", "bench")

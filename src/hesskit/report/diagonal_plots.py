@@ -38,7 +38,7 @@ def plot_rmsprop_analysis(analysis: RMSPropAnalysis, path: Path) -> Path:
         for index, kind in enumerate(DIAGONALS):
             steps, values = analysis.series(ALL, kind, metric)
             same = [other for other, seen in drawn.items() if np.allclose(seen, values)]
-            label = f"{kind} (= {same[0]}: the curves coincide)" if same else kind
+            label = f"{kind} (same as {same[0]})" if same else kind
             # a curve equal to an earlier one is dashed and wider, so neither hides the other
             style = {"linestyle": "--", "linewidth": 2.5, "alpha": 0.7} if same else {}
             ax.plot(steps, values, marker="o", markersize=3, color=f"C{index}", label=label,

@@ -325,7 +325,9 @@ def diagonal_section(folder: Path) -> Section:
         {
             "rmsprop_vs_curvature.png": "RMSProp's √v against the "
             "exact curvature diagonals along training: rank correlation, "
-            "cosine and scale, and the last step entry by entry."
+            "cosine and scale, and the last step entry by entry. A curve equal to another "
+            "(|diag H| and diag G of a piecewise-linear network, whose R has a zero "
+            "diagonal) is dashed and says so in the legend."
         },
     )
     return Section(

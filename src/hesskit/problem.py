@@ -44,7 +44,7 @@ index: the data as if the shards were concatenated in rank order (``shard_range`
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +55,7 @@ from torch.func import functional_call
 
 from hesskit import tensor_tree
 from hesskit.batch_source import BatchSource
+from hesskit.compiled import parameter_name, uncompiled
 from hesskit.distributed import (
     all_reduce_sum,
     counts_per_rank,
@@ -101,8 +102,10 @@ class Problem:
 
     Args:
         model: any ``torch.nn.Module``; ``model(*inputs)`` for tuple inputs.
-        loss: a ``hesskit.losses.Loss`` or ``nn.MSELoss`` / ``nn.CrossEntropyLoss`` /
-            ``nn.BCEWithLogitsLoss`` (converted).
+        loss: a ``hesskit.losses.Loss``, a torch loss module (``nn.MSELoss``,
+            ``nn.CrossEntropyLoss``, ... converted to its closed-form twin), or any function
+            ``loss(output, target) -> scalar`` (differentiated by autodiff), as
+            :func:`hesskit.losses.as_loss` says.
         data: one batch ``(inputs, targets)``, a list of batches, or a re-iterable of them
             (a ``DataLoader``), read anew on every pass; a one-shot iterator (a generator)
             is read once into a list.
@@ -131,7 +134,7 @@ class Problem:
     def __init__(
         self,
         model: nn.Module,
-        loss: nn.Module,
+        loss: nn.Module | Callable[[Any, Any], Tensor],
         data: Data,
         params: Iterable[str] | None = None,
         *,
@@ -348,32 +351,6 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for the 16-bit dtypes (bfloat16 keeps 8 significant bits: a sum over
     batches in it loses the small batches' share), else ``dtype`` itself."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
-COMPILED_PREFIX = "_orig_mod."
-"""What ``torch.compile(model)`` puts before every parameter name of ``model``."""
-
-
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped (``model._orig_mod``), else ``model`` itself.
-
-    A compiled module shares its parameters with the original, whose names lack the
-    ``_orig_mod.`` prefix; hesskit's layouts, blocks and reports use those names, so that
-    ``block(["0.weight"])`` means the same before and after ``torch.compile``.
-    """
-    original = getattr(model, "_orig_mod", None)
-    return uncompiled(original) if isinstance(original, nn.Module) else model
-
-
-def parameter_name(name: str) -> str:
-    """``name`` without the ``_orig_mod.`` prefix that ``torch.compile`` adds.
-
-    >>> parameter_name("_orig_mod.0.weight")
-    '0.weight'
-    """
-    while name.startswith(COMPILED_PREFIX):
-        name = name[len(COMPILED_PREFIX):]
-    return name
 
 
 def _chosen_parameters(model: nn.Module, params: Iterable[str] | None) -> dict[str, Tensor]:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from hesskit.compiled import parameter_name
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.operators.base import CurvatureOperator
-from hesskit.problem import parameter_name
 
 
 def _finite(value: float, name: str) -> float:

@@ -27,12 +27,13 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 from torch.func import vmap
 
+from hesskit.compiled import parameter_name
 from hesskit.describe import dtype_name, layout_text
 from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.layout import ParameterLayout
 from hesskit.memory import check_dense_fits
-from hesskit.problem import Batch, Problem, accumulation_dtype, parameter_name
+from hesskit.problem import Batch, Problem, accumulation_dtype
 
 Vector = Tensor | Mapping[str, Tensor] | Sequence[Tensor]
 T = TypeVar("T")

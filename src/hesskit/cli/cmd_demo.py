@@ -145,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         step_started = time.perf_counter()
         if main(argv) != 0:
             failures.append(title)
+        elif argv[0] == "bench":  # main notes the page commands' lines; the demo notes this one
+            from hesskit.report.provenance import record_command
+
+            record_command(out / "bench", argv, f"benchmark problem {argv[2]}")
         console.print(f"[dim]step {number} took {time.perf_counter() - step_started:.0f} s")
     from hesskit.report.tour import write_tour_page
 

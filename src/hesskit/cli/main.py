@@ -12,12 +12,12 @@ the command line) or ``HESSKIT_TRACEBACK=1`` prints the full traceback as well.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from hesskit import __version__
 from hesskit.cli.help_format import HelpFormatter
@@ -87,9 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hesskit: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    folder = _announce_command(args, sys.argv[1:] if argv is None else list(argv))
     try:
-        _record_command(args, sys.argv[1:] if argv is None else list(argv))
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        if code == 0 and folder is not None and os.path.isdir(folder):
+            from hesskit.report.provenance import record_pending
+
+            record_pending(Path(folder))
+        return code
     except KeyboardInterrupt:
         print("hesskit: interrupted", file=sys.stderr)
         return 130
@@ -99,28 +104,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = failure_line(error, user_code=bool(getattr(args, "model", None)))
         print(f"hesskit {args.command}: {message}", file=sys.stderr)
         return code
+    finally:
+        if folder is not None:
+            from hesskit.report.provenance import set_pending
+
+            set_pending(None)
 
 
 PAGE_COMMANDS = ("activations", "newton", "neuron", "hessian", "spectrum", "diagonal")
 """The commands whose output folder gets a page (and so a ``command.txt`` for it)."""
 
 
-def _record_command(args: argparse.Namespace, argv: list[str]) -> None:
-    """Note the command line (and the model) in the folder the command writes, before it
-    runs, so that the page it writes shows them (``hesskit.report.provenance``)."""
+def _announce_command(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """Tell ``hesskit.report.provenance`` the command line (and the model) of a command
+    that writes a page's folder, so that its page shows them; returns that folder."""
     folder = getattr(args, "out", None) or getattr(args, "plot", None)
     if args.command not in PAGE_COMMANDS or not folder:
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return  # the command's own output_dir() says what is wrong
+        return None
     from hesskit.cli.model_spec import model_description
-    from hesskit.report.provenance import record_command
+    from hesskit.report.provenance import set_pending
 
-    with contextlib.suppress(OSError):
-        record_command(folder, [arg for arg in argv if arg != "--traceback"],
-                       model_description(args))
+    set_pending([arg for arg in argv if arg != "--traceback"], model_description(args))
+    return str(folder)
 
 
 def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hesskit.report.pages import PAGE_NAME, write_page
+from hesskit.report.provenance import record_pending
 from hesskit.report.sections import (
     FigureList,
     activations_section,
@@ -37,6 +38,7 @@ def write_hessian_page(folder: Path, figures: FigureList | None = None) -> Path:
             lists under ``"figures"`` (the demo's page uses the same), else every PNG there.
     """
     folder = Path(folder)
+    record_pending(folder)
     return write_page(
         folder / PAGE_NAME,
         "hesskit hessian: the structure of H = G + R",
@@ -47,12 +49,14 @@ def write_hessian_page(folder: Path, figures: FigureList | None = None) -> Path:
 def write_spectrum_page(folder: Path) -> Path:
     """``folder/index.html`` for ``hesskit spectrum``."""
     folder = Path(folder)
+    record_pending(folder)
     return write_page(folder / PAGE_NAME, "hesskit spectrum", [spectrum_section(folder)])
 
 
 def write_diagonal_page(folder: Path) -> Path:
     """``folder/index.html`` for ``hesskit diagonal``."""
     folder = Path(folder)
+    record_pending(folder)
     return write_page(folder / PAGE_NAME, "hesskit diagonal", [diagonal_section(folder)])
 
 

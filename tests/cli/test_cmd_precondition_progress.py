@@ -28,3 +28,15 @@ def test_each_measurement_prints_optimizer_step_overall_position_and_time_left(m
     # 5 of 9 measurements in 100 s: 4 more take about 80 s
     assert lines[4] == "  optimizer 2/3 (rmsprop), step 100/120, measurement 5/9, ~80 s left"
     assert len(lines) == 6
+
+
+def test_without_problem_or_model_the_default_problem_runs(tmp_path, capsys):
+    from hesskit.cli.main import main
+
+    code = main(["precondition", "--steps", "2", "--every", "1", "--batch-size", "8",
+                 "--max-products", "20", "--cg-maxiter", "20", "--probes", "4", "--no-layers",
+                 "--optimizers", "sgd", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "digits-autoencoder: 2 steps" in out
+    assert "  optimizer 1/1 (sgd), step 2/2, measurement 2/2" in out
+    assert (tmp_path / "preconditioner.json").is_file()

@@ -1,6 +1,7 @@
 # The two commands a fresh clone needs (see README.md):
 #   make demo   set up .venv and run the main job
-#   make test   set up .venv and run ruff and the test suite
+#   make test   set up .venv and run ruff and the test suite (which builds the docs too)
+#   make docs   the API reference and user guide in docs/_build/html (warnings are errors)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ OUT ?= hesskit-demo
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint docs bench clean
 
 setup: $(STAMP)
 
@@ -23,13 +24,18 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hesskit demo --out $(OUT)
+	$(BIN)/hesskit demo --out $(OUT) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# Sphinx (autodoc + napoleon + MyST): docs/conf.py says why; -E rebuilds every page.
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -b html -E -W --keep-going docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
 
 # Every benchmark, one after another (about 25 minutes on 2 cores; run on a quiet machine;
 # hf_fidelity.py runs on 1 thread, about 5 minutes).
@@ -51,4 +57,4 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/hf_fidelity.py
 
 clean:
-	rm -rf $(VENV) $(OUT)
+	rm -rf $(VENV) $(OUT) docs/_build

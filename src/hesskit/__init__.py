@@ -7,8 +7,13 @@ The public API, grouped as data flows through it (see each module for the mathem
     dense                        exact dense H = G + R, structure report, cost guard
     estimators                   diagonals, traces, eigenpairs (Lanczos), spectral density
     solvers                      conjugate gradient with Martens' hooks
-    optim                        DampedNewton and HessianFree (torch.optim.Optimizer)
+    optim                        torch.optim optimizers that use curvature: DampedNewton,
+                                 HessianFree, StochasticHessianFree, KFAC, Shampoo, Sophia,
+                                 AdaHessian (hesskit.optim; the first two also here)
     analysis                     RMSProp's second moment against the exact diagonals
+
+The library needs torch, NumPy and SciPy only; the ``hesskit`` command, plots and data-set
+helpers come with the ``cli`` extra (:mod:`hesskit.extras`).
 """
 
 from hesskit.activations import ACTIVATION_NAMES, Activation, get_activation
@@ -27,6 +32,7 @@ from hesskit.errors import (
     DataError,
     HesskitError,
     InvalidArgumentError,
+    MissingExtraError,
     NonFiniteError,
     TooLargeError,
 )
@@ -79,7 +85,7 @@ from hesskit.optim import DampedNewton, HessianFree
 from hesskit.problem import Problem
 from hesskit.solvers import conjugate_gradient
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [  # noqa: RUF022 - grouped by topic, as the module docstring
     # problem and losses
@@ -149,6 +155,7 @@ __all__ = [  # noqa: RUF022 - grouped by topic, as the module docstring
     "DataError",
     "HesskitError",
     "InvalidArgumentError",
+    "MissingExtraError",
     "NonFiniteError",
     "TooLargeError",
 ]

@@ -37,3 +37,8 @@ class UnsupportedArchitectureError(InvalidArgumentError):
 class PeerLostError(HesskitError, ConnectionError):
     """A distributed peer stopped responding (hung, stopped) or its connection closed
     (crashed, killed): the surviving ranks stop instead of waiting."""
+
+
+class MissingExtraError(HesskitError, ImportError):
+    """An optional package (plots, terminal output, a data set's helper) is not installed;
+    the message names the extra that brings it (``pip install 'hesskit[cli]'``)."""

@@ -47,7 +47,7 @@ index: the data as if the shards were concatenated in rank order (``shard_range`
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +58,7 @@ from torch.func import functional_call
 
 from hesskit import tensor_tree
 from hesskit.batch_source import BatchSource
+from hesskit.compiled import parameter_name, uncompiled
 from hesskit.distributed import (
     all_reduce_sum,
     counts_per_rank,
@@ -104,8 +105,10 @@ class Problem:
 
     Args:
         model: any ``torch.nn.Module``; ``model(*inputs)`` for tuple inputs.
-        loss: a ``hesskit.losses.Loss`` or ``nn.MSELoss`` / ``nn.CrossEntropyLoss`` /
-            ``nn.BCEWithLogitsLoss`` (converted).
+        loss: a ``hesskit.losses.Loss``, a torch loss module (``nn.MSELoss``,
+            ``nn.CrossEntropyLoss``, ... converted to its closed-form twin), or any function
+            ``loss(output, target) -> scalar`` (differentiated by autodiff), as
+            :func:`hesskit.losses.as_loss` says.
         data: one batch ``(inputs, targets)``, a list of batches, or a re-iterable of them
             (a ``DataLoader``), read anew on every pass; a one-shot iterator (a generator)
             is read once into a list.
@@ -134,7 +137,7 @@ class Problem:
     def __init__(
         self,
         model: nn.Module,
-        loss: nn.Module,
+        loss: nn.Module | Callable[[Any, Any], Tensor],
         data: Data,
         params: Iterable[str] | None = None,
         *,
@@ -142,13 +145,13 @@ class Problem:
         num_data: int | None = None,
         dropout: DropoutMode | str = DropoutMode.EVAL,
     ) -> None:
-        self.model = model
+        self.model = uncompiled(model)
         self.loss = as_loss(loss)
         self.dropout = as_dropout_mode(dropout)
         self._source = BatchSource(data)
         self.streamed = self._source.streamed
         self.distributed = _resolve_distributed(distributed)
-        self.layout = ParameterLayout.from_tensors(_chosen_parameters(model, params))
+        self.layout = ParameterLayout.from_tensors(_chosen_parameters(self.model, params))
         normalizer = getattr(self.loss, "normalizer", None)
         self._normalizer = (
             normalizer if callable(normalizer) and num_data is None
@@ -389,7 +392,7 @@ def _chosen_parameters(model: nn.Module, params: Iterable[str] | None) -> dict[s
     if params is None:
         names = [name for name, p in named.items() if p.requires_grad]
     else:
-        wanted = set(params)
+        wanted = {parameter_name(name) for name in params}
         unknown = sorted(wanted - set(named))
         if unknown:
             raise InvalidArgumentError(

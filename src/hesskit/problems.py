@@ -2,12 +2,14 @@
 
 ``make_problem(name)`` returns a :class:`BenchmarkProblem`. The names:
 
+========================  ============================================================
 ``"curves-autoencoder"``  784-400-200-100-50-25-6 encoder + mirrored decoder on CURVES
                           (the original file if present, else the synthetic substitute)
 ``"mnist-autoencoder"``   784-1000-500-250-30 encoder + mirrored decoder on MNIST
 ``"digits-autoencoder"``  64-32-8 encoder + mirrored decoder on the 8×8 digits (CPU size)
 ``"digits-classifier"``   64-32-32-10 ReLU classifier on the 8×8 digits
 ``"mnist1d-classifier"``  40-64-64-10 ReLU classifier on MNIST-1D
+========================  ============================================================
 
 **The autoencoders** are the deep autoencoders of Hinton & Salakhutdinov (2006, Science)
 as Martens (2010, "Deep learning via Hessian-free optimization", §6) trained them:

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hesskit import progress
 from hesskit.activations import get_activation
-from hesskit.cli import cmd_spectrum
 from hesskit.cli.cmd_activations import WIDTH, activation_table
 from hesskit.cli.main import main
 from hesskit.neuron import newton_neuron, synthetic_data
 from hesskit.newton import diagnose_activation
 from hesskit.report.sections import activation_rows
-from hesskit.training.progress_bar import ProgressLines
 
 NUMBER = re.compile(r"[−-]?\d+(?:\.\d+)?")
 
@@ -68,22 +67,25 @@ def test_json_path_that_is_a_folder_or_unwritable_is_one_line_exit_2(tmp_path, c
 
 def test_spectrum_prints_progress_lines_whose_counts_match_its_json(tmp_path, monkeypatch,
                                                                     capsys):
-    lines: list[str] = []
-    monkeypatch.setattr(cmd_spectrum, "progress_lines", lambda title, total, unit: ProgressLines(
-        title, total, unit=unit, every_s=0.0, write=lines.append))
+    monkeypatch.setattr(progress, "live_display_visible", lambda stderr=False: False)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
     out = tmp_path / "s"
     assert main(["spectrum", "--layers", "64,3,10", "--samples", "24", "--top", "2",
                  "--probes", "6", "--density-steps", "16", "--out", str(out)]) == 0
     record = json.loads((out / "spectrum.json").read_text())
-    finals = {line.split(":")[1].strip(): line for line in lines}  # the last line of each
-    assert set(finals) == {"Lanczos (top 2)", "Hutch++ trace", "Hutchinson diagonal",
-                           "spectral density (SLQ)"}
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    finals = {line.split(":")[0]: line for line in lines}  # the last line of each
+    assert set(finals) == {"Lanczos (largest 2)", "Hutch++ trace", "spectral density"}
     lanczos = record["eigenvalues"]["products"]
-    assert re.search(rf": {lanczos} products after", finals["Lanczos (top 2)"])
+    assert re.search(rf": {lanczos}/\d+ products", finals["Lanczos (largest 2)"])
     assert f"{record['trace']['products']}/6 products" in finals["Hutch++ trace"]
-    assert f"{record['density']['products']}/" in finals["spectral density (SLQ)"]
+    assert f"{record['density']['products']}/" in finals["spectral density"]
+    assert record["diagonal"]["method"] == "exact"  # no Hutchinson estimate beside it
+    assert "Hutchinson" not in captured.out
     assert (out / "index.html").is_file()
-    assert f"page: {(out / 'index.html').resolve()}" in capsys.readouterr().out
+    assert f"page: {(out / 'index.html').resolve()}" in captured.out
 
 
 def test_demo_steps_parse_and_fill_every_folder_the_tour_page_reads(tmp_path):

@@ -113,7 +113,6 @@ def bad_cases() -> list[tuple[str, list[str]]]:
         ("lr for an optimizer not chosen", [*base, "--optimizers", "adam", "--lr", "sgd=0.1"]),
         ("unwritable out", [*base, "--out", "{models}/out"]),
         ("unknown problem", ["precondition", "--problem", "nope", *SMALL]),
-        ("neither problem nor model", ["precondition", *SMALL]),
         ("problem and model", [*base, "--problem", "digits-autoencoder"]),
         ("model raises", ["precondition", "--model", "{models}:raises", *SMALL]),
         ("missing model function", ["precondition", "--model", "{models}:nope", *SMALL]),

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hesskit.cli.main import main
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.models import mlp
+from hesskit.progress import Progress
 from reference import autograd_hessian
 
 DENSITY = ["--density-probes", "2", "--density-steps", "10", "--probes", "12"]
@@ -60,12 +60,12 @@ def test_bad_option_is_one_line_and_exit_2(capsys):
 
 
 def test_progress_bar_appears_only_when_asked_or_slow():
-    with EstimateProgress("x", 10, show=None, delay=60.0) as quiet:
+    with Progress("x", 10, show=None, delay=60.0) as quiet:
         quiet.advance(5)
         assert not quiet.visible
-    with EstimateProgress("x", 10, show=None, delay=0.0) as slow:
+    with Progress("x", 10, show=None, delay=0.0) as slow:
         slow.advance(5)
         assert slow.visible
-    with EstimateProgress("x", 10, show=False, delay=0.0) as never:
+    with Progress("x", 10, show=False, delay=0.0) as never:
         never.advance(5)
         assert not never.visible and never.completed == 5

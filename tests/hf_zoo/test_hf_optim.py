@@ -25,8 +25,8 @@ from hesskit.tensor_tree import call_model
 
 pytest.importorskip("transformers")
 
-from hf_zoo.models import HFCase, make  # noqa: E402
-from hf_zoo.reference import Oracle, relative_error  # noqa: E402
+from hf_zoo.models import HFCase, make
+from hf_zoo.reference import Oracle, relative_error
 
 CASES = ["gpt2_sdpa", "llama_eager", "bert_sdpa", "vit_sdpa", "resnet_train", "bart_eager"]
 EXACT_CASES = ["gpt2_sdpa", "bert_sdpa", "resnet_train"]
@@ -90,7 +90,7 @@ def test_hessian_free_step_on_a_block_equals_the_dense_damped_gauss_newton_solve
     G = oracle.gauss_newton_matmat(torch.eye(oracle.theta.numel(), dtype=oracle.theta.dtype))
     G = (G + G.T) / 2
     damping = _damping_for(G)
-    problem, params, start, closure = _setup(case)
+    _problem, params, start, closure = _setup(case)
     optimizer = HessianFree(
         params,
         curvature=lambda: gauss_newton_operator(
@@ -108,7 +108,7 @@ def test_hessian_free_step_on_a_block_equals_the_dense_damped_gauss_newton_solve
 
 def _one_step(build, name: str) -> torch.Tensor:
     case = make(name)
-    problem, params, start, closure = _setup(case, backward=build is not _adahessian)
+    _problem, params, start, closure = _setup(case, backward=build is not _adahessian)
     optimizer = build(params, case)
     optimizer.step(closure)
     moved = _moved(params, start)

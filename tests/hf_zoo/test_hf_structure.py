@@ -14,8 +14,8 @@ from hesskit.problem import Problem
 
 pytest.importorskip("transformers")
 
-from hf_zoo.models import make  # noqa: E402
-from hf_zoo.reference import Oracle, relative_error  # noqa: E402
+from hf_zoo.models import make
+from hf_zoo.reference import Oracle, relative_error
 
 
 @pytest.mark.parametrize("name", ["gpt2_eager", "bert_sdpa", "resnet_train"])

@@ -66,14 +66,33 @@ def browser() -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+LAYOUT = """const wide = [];
+for (const box of document.querySelectorAll('section, pre, div.scroll, figure')) {
+  if (box.scrollWidth > box.clientWidth + 1) {
+    wide.push(box.tagName + (box.id ? '#' + box.id : '') + ': ' + box.scrollWidth + ' > '
+              + box.clientWidth);
+  }
+}
+const ids = Array.from(document.querySelectorAll('[id]')).map(e => e.id);
+const repeated = ids.filter((id, i) => ids.indexOf(id) !== i);
+return {wide: wide, repeated: repeated,
+        page: document.documentElement.scrollWidth > window.innerWidth};"""
+
+
 def _check_page(driver, page: Path) -> list[dict]:
-    """Open ``page``; assert it loaded with no console error; return its images' state."""
+    """Open ``page`` in a 1280-px-wide window; assert it loaded with no console error, no
+    box wider than its place (sections, text, tables, figures) and no id twice; return its
+    images' state."""
+    driver.set_window_size(1280, 1000)
     driver.get_log("browser")  # drop what earlier pages left
     driver.get(page.resolve().as_uri())
     assert driver.execute_script("return document.readyState") == "complete"
     assert driver.title, "the page has no <title>"
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors
+    layout = driver.execute_script(LAYOUT)
+    assert layout["wide"] == [] and not layout["page"], f"horizontal overflow: {layout}"
+    assert layout["repeated"] == [], f"ids used twice: {layout['repeated']}"
     images = driver.execute_script(IMAGES)
     for image in images:
         assert image["complete"] and image["width"] > 0 and image["height"] > 0, image
@@ -127,3 +146,21 @@ def test_check_would_fail_on_a_broken_image_and_a_console_error(browser, tmp_pat
                     "</body></html>")
     with pytest.raises(AssertionError, match="'width': 0"):
         _check_page(browser, page)
+
+
+def test_check_would_fail_on_overflow_and_a_repeated_id(browser, tmp_path):
+    page = tmp_path / "wide.html"
+    page.write_text('<!DOCTYPE html><html><head><title>x</title></head><body>'
+                    '<section id="a"><pre style="white-space: pre">' + "x" * 400 + "</pre>"
+                    '</section></body></html>')
+    with pytest.raises(AssertionError, match="horizontal overflow"):
+        _check_page(browser, page)
+    page.write_text('<!DOCTYPE html><html><head><title>x</title></head><body>'
+                    '<p id="a">1</p><p id="a">2</p></body></html>')
+    with pytest.raises(AssertionError, match="ids used twice"):
+        _check_page(browser, page)
+
+
+def test_diagonal_page_written_by_the_command_loads(browser, tour_folder):
+    images = _check_page(browser, tour_folder / "diagonal" / PAGE_NAME)
+    assert len(images) == 1

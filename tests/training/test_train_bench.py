@@ -10,6 +10,7 @@ import torch
 from hesskit.errors import InvalidArgumentError
 from hesskit.training.bench import (
     BenchConfig,
+    budget_plan,
     run_benchmark,
     select_learning_rate,
     tune_learning_rate,
@@ -61,6 +62,9 @@ def test_small_benchmark_tunes_first_order_lrs_and_skips_newton_on_a_large_model
     report = run_benchmark(config, runs_dir=tmp_path, progress=False, announce=lines.append)
     assert [s.optimizer for s in report.skipped] == ["newton"]
     grid = REGISTRY["adam"].lr_grid
+    plan = lines.pop(0)  # what the budget covers: 6 runs of 0.2, 5 tuning runs of 0.1
+    assert plan == ("budget: 0.2 epochs of data per run, 6 runs (3 methods × 2 seeds), plus "
+                    "lr tuning of adam (5 runs of 0.1 epochs) = 1.7 epochs")
     assert lines[:len(grid)] == [
         f"Adam tuning, lr {lr:g}: train error {report.lr_selection[0].scores[f'{lr:g}']:.4g}"
         for lr in grid]
@@ -101,3 +105,13 @@ def test_methods_run_in_parallel_processes_give_the_same_report_as_one_after_ano
     assert sum(line.startswith("SGD (Nesterov) tuning, lr") for line in printed) == len(
         REGISTRY["sgd"].lr_grid)
     assert any(line.startswith("L-BFGS seed 0: train error") for line in printed)
+
+
+def test_budget_plan_says_what_a_seconds_budget_covers_and_the_wall_time_to_expect():
+    config = BenchConfig("digits-autoencoder", ("hf", "rmsprop", "adam", "sgd"), "seconds",
+                         20.0)
+    # 4 full runs of 20 s and 3 × 5 tuning runs of 4 s: 140 optimizer seconds, × 1.4
+    assert budget_plan(config) == (
+        "budget: 20 s of optimizer time per run, 4 runs (4 methods × 1 seed), plus lr tuning "
+        "of rmsprop, adam, sgd (15 runs of 4 s) = 140 s; evaluations and set-up are not in "
+        "the budget: expect about 3 min in all")

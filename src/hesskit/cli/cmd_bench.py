@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 from hesskit.cli.options import (
+    DATA_DIR_HELP,
     MAX_SEED,
     OPTIMIZER_NAMES,
     float_below,
     int_between,
     output_dir,
+    problem_help,
+    problem_name,
 )
 
 DEFAULT_OPTIMIZERS = "hf,newton,rmsprop,adam,sgd,lbfgs"
@@ -78,17 +81,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="compare optimizers on a problem; writes an HTML report",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--problem", required=True, help="e.g. digits-autoencoder")
+    parser.add_argument("--problem", required=True, type=problem_name, help=problem_help())
     parser.add_argument("--optimizers", type=optimizer_list,
                         default=optimizer_list(DEFAULT_OPTIMIZERS),
                         help=f"comma-separated, from {', '.join(OPTIMIZER_NAMES)} "
                              f"(default {DEFAULT_OPTIMIZERS})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--budget-seconds", type=float_below(MAX_BUDGET_SECONDS),
+    budget.add_argument("--budget-seconds", type=float_below(MAX_BUDGET_SECONDS), metavar="SECONDS",
                         help="optimizer wall-clock seconds per run, up to a week (default 10)")
-    budget.add_argument("--budget-epochs", type=float_below(MAX_BUDGET_EPOCHS),
+    budget.add_argument("--budget-epochs", type=float_below(MAX_BUDGET_EPOCHS), metavar="EPOCHS",
                         help=f"epochs of data per run (up to {MAX_BUDGET_EPOCHS:g})")
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="a count (3 → seeds 0,1,2) or a list (0,5); default 1")
@@ -101,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how optimizer seconds are counted: wall (elapsed, default) or "
                              "process (CPU time of each run's process: fair when other work "
                              "shares the machine; one thread per job recommended)")
-    parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", help="output folder (default hesskit-out/bench/<problem>); "
                                       "a folder that holds a benchmark is refused")
     parser.add_argument("--overwrite", action="store_true",

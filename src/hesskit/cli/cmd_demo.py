@@ -37,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run the tour of hesskit on bundled data (the main job)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--out", default="hesskit-demo", help="output folder (default hesskit-demo); a folder "
@@ -155,9 +154,16 @@ def run(args: argparse.Namespace) -> int:
     for number, (title, argv) in enumerate(steps(out, args.bench_seconds), start=1):
         console.rule(f"[bold]{number}. {title}")
         console.print(f"[dim]$ hesskit {' '.join(argv)}")
+        if argv[0] == "hessian":
+            console.print("[dim]the estimate below is the build of H, G and R; the eigenvalues, "
+                          "heatmaps and page come on top")
         step_started = time.perf_counter()
         if main(argv) != 0:
             failures.append(title)
+        elif argv[0] == "bench":  # main notes the page commands' lines; the demo notes this one
+            from hesskit.report.provenance import record_command
+
+            record_command(out / "bench", argv, f"benchmark problem {argv[2]}")
         console.print(f"[dim]step {number} took {time.perf_counter() - step_started:.0f} s")
     from hesskit.report.tour import write_tour_page
 

@@ -76,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     png_path = plot_rmsprop_analysis(analysis, folder / "rmsprop_vs_curvature.png")
     for line in summarize(analysis):
         print(line)
+    from hesskit.report.tour import write_diagonal_page
+
+    page = write_diagonal_page(folder)
     print(f"wrote {json_path} and {png_path}")
+    print(f"page: {page.resolve()}")  # plain print: a path is never wrapped
     return 0
 
 

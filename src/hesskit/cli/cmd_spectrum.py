@@ -1,20 +1,19 @@
 """`hesskit spectrum`: top eigenvalues, trace, diagonal and spectral density of a curvature matrix.
 
 Lanczos gives the top ``--top`` eigenvalues to relative residual ``--tol``; Hutch++ the
-trace with its standard error; Hutchinson the diagonal; stochastic Lanczos quadrature the
-spectral density. Where an exact diagonal is available (``estimators.exact_diagonal``) the
-exact trace and diagonal are printed beside the estimates. Writes ``spectrum.json``,
-``spectral_density.png``, ``eigenvalues.png`` and the page ``index.html`` (all of it, one
-self-contained file) to ``--out``. When stdout is not a terminal, each estimate prints a
-progress line every few seconds (products so far).
+trace with its standard error; stochastic Lanczos quadrature the spectral density. The
+diagonal is exact where ``estimators.exact_diagonal`` has an exact method (then the exact
+trace is printed beside Hutch++'s), else Hutchinson's estimate with its standard error.
+Writes ``spectrum.json``, ``spectral_density.png``, ``eigenvalues.png`` and the page
+``index.html`` (all of it, one self-contained file) to ``--out``. An estimate that takes
+a while shows its progress on stderr (a bar on a terminal, else a line every few seconds:
+products so far, time left).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,14 +23,14 @@ from hesskit.cli.model_spec import add_model_options, problem_from_args
 from hesskit.cli.options import float_below, int_between, output_dir
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import (
+    default_width,
     density_on_grid,
     hutchinson_diagonal,
     hutchpp_trace,
     spectral_density,
     top_eigenpairs,
 )
-from hesskit.operators import CountingOperator, gauss_newton_operator, hessian_operator
-from hesskit.training.progress_bar import ProgressLines, progress_lines
+from hesskit.operators import gauss_newton_operator, hessian_operator
 
 MATRICES = {
     "hessian": ("Hessian", hessian_operator),
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     folder = output_dir(args.out)
     problem = problem_from_args(args)
     name, build = MATRICES[args.matrix]
-    op = _ProgressOperator(build(problem))
+    op = build(problem)
     n = problem.num_params
     if args.top > n:
         raise InvalidArgumentError(
@@ -79,28 +78,30 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{name} of {n} parameters on {problem.num_data} samples (seed {args.seed})")
     top = args.top
-    with op.reporting(f"Lanczos (top {top})"):
-        eig = top_eigenpairs(op, top, tol=args.tol, seed=args.seed)
+    eig = top_eigenpairs(op, top, tol=args.tol, seed=args.seed)
     state = "converged" if eig.converged else "NOT converged (raise the budget or --tol)"
     print(f"top {top} eigenvalues (Lanczos, tol {args.tol:g}, {eig.products} products, {state}):")
     pairs = zip(eig.values.tolist(), eig.residuals.tolist(), strict=True)
     for i, (value, residual) in enumerate(pairs):
         print(f"  {i + 1:2d}  {value: .6e}   residual {residual:.1e}")
-    with op.reporting("Hutch++ trace", max(args.probes, 6)):
-        trace = hutchpp_trace(op, max(args.probes, 6), seed=args.seed)
+    trace = hutchpp_trace(op, max(args.probes, 6), seed=args.seed)
     print(f"trace: {trace.value:.6g} ± {trace.stderr:.2g} (Hutch++, {trace.products} products)")
-    probes = max(args.probes, 2)
-    with op.reporting("Hutchinson diagonal", probes):
-        diag = hutchinson_diagonal(op, probes, seed=args.seed)
-    print(f"diagonal (Hutchinson, {probes} probes): {_summary(diag.value)}, "
-          f"relative stderr {diag.relative_stderr():.2g}")
     exact = _exact_diagonal(problem, args.matrix)
-    if exact is not None:
-        print(f"exact trace: {float(exact.sum()):.6g}; exact diagonal: {_summary(exact)}")
-    with op.reporting("spectral density (SLQ)", args.density_probes * min(args.density_steps, n)):
-        quadrature = spectral_density(op, probes=args.density_probes, steps=args.density_steps,
+    if exact is None:  # no exact method: Hutchinson's estimate with its error
+        probes = max(args.probes, 2)
+        diag = hutchinson_diagonal(op, probes, seed=args.seed)
+        print(f"diagonal (Hutchinson, {probes} probes): {_summary(diag.value)}, "
+              f"relative stderr {diag.relative_stderr():.2g}")
+        diagonal = {"method": "hutchinson", "probes": probes, **_summary_dict(diag.value),
+                    "relative_stderr": diag.relative_stderr()}
+    else:  # exact, and cheaper than the estimate: no Hutchinson estimate beside it
+        print(f"diagonal (exact): {_summary(exact)}; exact trace: {float(exact.sum()):.6g}")
+        diagonal = {"method": "exact", "probes": 0, **_summary_dict(exact),
+                    "relative_stderr": 0.0}
+    quadrature = spectral_density(op, probes=args.density_probes, steps=args.density_steps,
                                       seed=args.seed)
-    grid, density = density_on_grid(quadrature)
+    width = default_width(quadrature)
+    grid, density = density_on_grid(quadrature, width=width)
     print(f"spectral density: {args.density_probes} probes × {quadrature.nodes.shape[1]} "
           f"steps ({quadrature.products} products)")
     record = {
@@ -112,10 +113,9 @@ def run(args: argparse.Namespace) -> int:
                         "products": eig.products, "converged": eig.converged, "tol": args.tol},
         "trace": {"method": "hutch++", "value": trace.value, "stderr": trace.stderr,
                   "products": trace.products},
-        "diagonal": {"method": "hutchinson", "probes": probes, **_summary_dict(diag.value),
-                     "relative_stderr": diag.relative_stderr()},
+        "diagonal": diagonal,
         "exact": None if exact is None else {"trace": float(exact.sum()), **_summary_dict(exact)},
-        "density": {"grid": grid.tolist(), "density": density.tolist(),
+        "density": {"grid": grid.tolist(), "density": density.tolist(), "width": width,
                     "nodes": quadrature.nodes.tolist(), "weights": quadrature.weights.tolist(),
                     "products": quadrature.products},
     }
@@ -128,9 +128,11 @@ def _write(folder: Path, record: dict, name: str, grid, density, eig) -> None:
 
     json_path = folder / "spectrum.json"
     write_text_atomically(json_path, json.dumps(record) + "\n")
+    largest = float(eig.values.max()) if eig.converged else None
     density_path = plot_spectral_density(
         grid.tolist(), density.tolist(), folder / "spectral_density.png",
-        eigenvalues=eig.values.tolist(), title=f"{name} spectral density (SLQ)",
+        eigenvalues=eig.values.tolist(), largest=largest, width=record["density"]["width"],
+        title=f"{name} spectral density (SLQ)",
     )
     eigen_path = plot_eigenvalues(eig.values.tolist(), eig.residuals.tolist(),
                                   folder / "eigenvalues.png", title=f"{name} top eigenvalues")
@@ -139,32 +141,6 @@ def _write(folder: Path, record: dict, name: str, grid, density, eig) -> None:
     page = write_spectrum_page(folder)
     print(f"wrote {json_path}, {density_path} and {eigen_path}")
     print(f"page: {page.resolve()}")  # plain print: a path is never wrapped
-
-
-class _ProgressOperator(CountingOperator):
-    """The same matrix; while :meth:`reporting` is open, a progress line per few seconds."""
-
-    def __init__(self, operator) -> None:
-        super().__init__(operator)
-        self.lines: ProgressLines | None = None
-
-    @contextlib.contextmanager
-    def reporting(self, title: str, total: int | None = None) -> Iterator[None]:
-        """Count products from 0 under ``title``; silent on a terminal (the bars show)."""
-        self.reset()
-        self.lines = progress_lines(f"spectrum: {title}", total, unit="products")
-        try:
-            yield
-        finally:
-            if self.lines is not None:
-                self.lines.close()
-            self.lines = None
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        out = super()._matmat(V)
-        if self.lines is not None:
-            self.lines.update(self.products)
-        return out
 
 
 def _exact_diagonal(problem, matrix: str) -> torch.Tensor | None:

@@ -26,12 +26,15 @@ from pathlib import Path
 
 from hesskit.cli.model_spec import add_user_model_option
 from hesskit.cli.options import (
+    DATA_DIR_HELP,
     OPTIMIZER_NAMES,
     float_below,
     non_negative_float,
     output_dir,
     positive_float,
     positive_int,
+    problem_help,
+    problem_name,
     seed,
 )
 
@@ -44,10 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a benchmark problem with one optimizer (logs, checkpoints, resume)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--problem", help="a benchmark problem, e.g. digits-autoencoder")
+    what.add_argument("--problem", type=problem_name, help=problem_help())
     add_user_model_option(what, extra="; instead of --problem")
     parser.add_argument("--optimizer", required=True,
                         help=", ".join(OPTIMIZER_NAMES))
@@ -67,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--initial-damping", type=non_negative_float, metavar="LAMBDA",
                         help="Hessian-free's λ at the first step (default: the problem's, "
                              "45 for Martens' autoencoders, 1 otherwise)")
-    parser.add_argument("--data-dir", help="folder of MNIST/CURVES files")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--eval-every", type=positive_int, default=10,
                         help="full train/test error every N iterations (default 10) and at the end")
     parser.add_argument("--checkpoint-every", type=positive_int, default=50,

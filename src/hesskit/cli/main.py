@@ -20,10 +20,13 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from hesskit import __version__
+from hesskit.cli.help_format import HelpFormatter
 from hesskit.cli.user_code import USER_ROOTS, describe_exception, one_line, user_frame
 from hesskit.errors import HesskitError, PeerLostError
+from hesskit.extras import is_optional_module, missing_extra_message
 
 COMMANDS = (
     "activations",
@@ -44,7 +47,13 @@ TRACEBACK_VARIABLE = "HESSKIT_TRACEBACK"
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (argparse prints the usage too)."""
+    """An ArgumentParser whose errors are one line (argparse prints the usage too) and
+    whose help is plain text wrapped to the terminal, every default shown
+    (:class:`~hesskit.cli.help_format.HelpFormatter`, for every sub-command too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -72,12 +81,24 @@ TRACEBACK_HELP = (f"on an error, print Python's full traceback as well as the on
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as error:  # the cli extra is not installed
+        if not is_optional_module(error.name):
+            raise
+        message = missing_extra_message(error.name or "", "the hesskit command")
+        print(f"hesskit: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     verbose = args.traceback or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
+    folder = _announce_command(args, sys.argv[1:] if argv is None else list(argv))
     with warnings.catch_warnings(record=True) as caught:
         try:
             code = int(args.run(args) or 0)
+            if code == 0 and folder is not None and os.path.isdir(folder):
+                from hesskit.report.provenance import record_pending
+
+                record_pending(Path(folder))
         except KeyboardInterrupt:
             print("hesskit: interrupted", file=sys.stderr)
             return 130
@@ -93,9 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(error, PeerLostError):
                 _exit_at_once(code)
             return code
+        finally:
+            if folder is not None:
+                from hesskit.report.provenance import set_pending
+
+                set_pending(None)
     _show(caught)
     return code
-
 
 def _exit_at_once(code: int) -> None:
     """End the process now, skipping the interpreter's shutdown: with a peer lost,
@@ -122,6 +147,23 @@ def _show(caught: list[warnings.WarningMessage]) -> None:
               file=sys.stderr)
 
 
+PAGE_COMMANDS = ("activations", "newton", "neuron", "hessian", "spectrum", "diagonal")
+"""The commands whose output folder gets a page (and so a ``command.txt`` for it)."""
+
+
+def _announce_command(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """Tell ``hesskit.report.provenance`` the command line (and the model) of a command
+    that writes a page's folder, so that its page shows them; returns that folder."""
+    folder = getattr(args, "out", None) or getattr(args, "plot", None)
+    if args.command not in PAGE_COMMANDS or not folder:
+        return None
+    from hesskit.cli.model_spec import model_description
+    from hesskit.report.provenance import set_pending
+
+    set_pending([arg for arg in argv if arg != "--traceback"], model_description(args))
+    return str(folder)
+
+
 def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int]:
     """The one line (after ``hesskit COMMAND: ``) and exit code for an exception.
 
@@ -130,6 +172,8 @@ def failure_line(error: Exception, *, user_code: bool = False) -> tuple[str, int
         user_code: the command ran the user's own code (``--model``), so an error raised
             inside torch while running it (a shape mismatch) is most likely the user's.
     """
+    if isinstance(error, ModuleNotFoundError) and is_optional_module(error.name):
+        return f"error: {missing_extra_message(error.name, 'this command')}", EXIT_USAGE
     if isinstance(error, HesskitError):
         return f"error: {one_line(str(error), limit=2000)}", EXIT_USAGE
     if isinstance(error, MemoryError):

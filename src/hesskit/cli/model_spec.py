@@ -1,4 +1,4 @@
-"""The ``--layers/--activation/--loss/--data`` and ``--model module:function`` options.
+"""The ``--layers/--activation/--loss/--data/--data-dir`` and ``--model module:function`` options.
 
 Commands that analyse a model (``hessian``, ``spectrum``, ``diagonal``) share these options and
 turn them into a ``Problem`` with :func:`problem_from_args`. A user's own model is given as
@@ -15,18 +15,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from hesskit.cli.options import int_between, seed
+from hesskit.cli.options import DATA_DIR_HELP, int_between, seed
 from hesskit.cli.user_code import call_user_function, load_user_function
 from hesskit.errors import InvalidArgumentError
 from hesskit.models import mlp
 from hesskit.problem import Problem
 
 LOSSES = {"mse": nn.MSELoss, "cross_entropy": nn.CrossEntropyLoss}
-DATA_SOURCES = ("digits", "random")
+DATA_SOURCES = ("digits", "mnist", "mnist1d", "random")
+DATA_FEATURES = {"digits": 64, "mnist": 784, "mnist1d": 40}
+"""Input features of each labelled data set (all three have 10 classes)."""
+NUM_CLASSES = 10
+DEFAULT_HIDDEN = (16, 10)
+"""The built-in MLP's layers after the input layer when ``--layers`` is not given."""
 MAX_LAYER_SIZE = 1_000_000
 MAX_MLP_PARAMS = 50_000_000
 MAX_SAMPLES = 10_000_000
-DIGITS_SAMPLES = 1438  # the training split of the 1797 digits
+TRAINING_CASES = {"digits": 1438, "mnist": 60000, "mnist1d": 4000}
 
 MODEL_CONTRACT = (
     "your own model: MODULE:FUNCTION (MODULE imported from the current directory, as "
@@ -62,13 +67,16 @@ def layer_sizes(text: str) -> list[int]:
     return sizes
 
 
-def add_model_options(parser: argparse.ArgumentParser, default_layers: str = "64,16,10") -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (built-in MLP, or your own with --model)")
+    hidden = ",".join(map(str, DEFAULT_HIDDEN))
     group.add_argument(
         "--layers",
         type=layer_sizes,
-        default=layer_sizes(default_layers),
-        help=f"layer sizes of the MLP (default {default_layers})",
+        default=None,
+        help=f"layer sizes of the MLP (default: the data's features,{hidden}: "
+             f"64,{hidden} for digits and random, 784,{hidden} for mnist, 40,{hidden} "
+             "for mnist1d)",
     )
     group.add_argument("--activation", default="relu", help="hidden activation (default relu)")
     group.add_argument(
@@ -81,13 +89,16 @@ def add_model_options(parser: argparse.ArgumentParser, default_layers: str = "64
         "--data",
         choices=DATA_SOURCES,
         default="digits",
-        help="bundled scikit-learn digits or random data (default digits)",
+        help="scikit-learn's bundled 8x8 digits, MNIST (files in --data-dir), MNIST-1D "
+             "(generated offline) or Gaussian random data (default digits)",
     )
+    group.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    offer = ", ".join(f"{name} {count}" for name, count in TRAINING_CASES.items())
     group.add_argument(
         "--samples",
         type=int_between(1, MAX_SAMPLES),
         default=256,
-        help=f"number of samples (default 256; the digits offer {DIGITS_SAMPLES})",
+        help=f"number of training samples (default 256; the data sets offer {offer})",
     )
     group.add_argument(
         "--dtype",
@@ -97,7 +108,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_layers: str = "64
     )
     group.add_argument("--seed", type=seed, default=0, help="seed for weights and data")
     add_user_model_option(group, extra="; it replaces --layers, --activation, --loss, --data, "
-                          "--samples and --dtype")
+                          "--data-dir, --samples and --dtype")
 
 
 def add_user_model_option(parser: argparse.ArgumentParser | Any, extra: str = "") -> None:
@@ -122,10 +133,31 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
         model, loss, data = load_user_model(args.model)
         return Problem(model, loss, data)
     dtype = getattr(torch, args.dtype)
+    layers = mlp_layers(args)
     torch.manual_seed(args.seed)
-    model = mlp(args.layers, args.activation).to(dtype)
-    inputs, targets = _data(args, dtype)
+    model = mlp(layers, args.activation).to(dtype)
+    inputs, targets = _data(args, layers, dtype)
     return Problem(model, LOSSES[args.loss](), (inputs, targets))
+
+
+def model_description(args: argparse.Namespace) -> str | None:
+    """The model and data the options chose, in words (None for commands without one)."""
+    if getattr(args, "model", None):
+        return f"your model {args.model}"
+    if getattr(args, "problem", None):
+        return f"benchmark problem {args.problem}"
+    if not hasattr(args, "layers"):
+        return None
+    sizes = "-".join(map(str, mlp_layers(args)))
+    return (f"MLP {sizes} ({args.activation}), {args.loss} loss, {args.samples} "
+            f"{args.data} samples, {args.dtype}, seed {args.seed}")
+
+
+def mlp_layers(args: argparse.Namespace) -> list[int]:
+    """``--layers``, or the data's input features followed by :data:`DEFAULT_HIDDEN`."""
+    if args.layers is not None:
+        return list(args.layers)
+    return [DATA_FEATURES.get(args.data, 64), *DEFAULT_HIDDEN]
 
 
 def load_user_model(spec: str) -> tuple[nn.Module, Any, Any]:
@@ -163,42 +195,42 @@ def load_user_model(spec: str) -> tuple[nn.Module, Any, Any]:
     return model, loss, data
 
 
-def _data(args: argparse.Namespace, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    n_in, n_out = args.layers[0], args.layers[-1]
-    if args.data == "digits":
-        from hesskit.data import load_dataset
-
-        if n_in != 64:
-            raise InvalidArgumentError(
-                f"digits have 64 features but the first layer has {n_in}; use --layers 64,..."
-            )
-        digits = load_dataset("digits", dtype=dtype)
-        available = int(digits.train_x.shape[0])
-        if args.samples > available:
-            raise InvalidArgumentError(
-                f"--samples {args.samples} is more than the {available} training digits; use "
-                f"--samples {available} or fewer, or --data random"
-            )
-        inputs = digits.train_x[: args.samples]
-        labels = digits.train_y[: args.samples]
+def _data(args: argparse.Namespace, layers: list[int],
+          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    n_in, n_out = layers[0], layers[-1]
+    if args.data == "random":
+        _check_random_data_fits(args.samples, n_in + n_out, dtype)
+        generator = torch.Generator().manual_seed(args.seed)
+        inputs = torch.randn(args.samples, n_in, generator=generator, dtype=dtype)
         if args.loss == "cross_entropy":
-            if n_out < 10:
-                raise InvalidArgumentError(
-                    f"digits have 10 classes but the last layer has {n_out}; use --layers ...,10"
-                )
-            return inputs, labels
-        if n_out < 10:
-            raise InvalidArgumentError(
-                f"--loss mse on the digits compares with one-hot labels of 10 classes but the "
-                f"last layer has {n_out}; use --layers ...,10"
-            )
-        return inputs, nn.functional.one_hot(labels.long(), n_out).to(dtype)
-    _check_random_data_fits(args.samples, n_in + n_out, dtype)
-    generator = torch.Generator().manual_seed(args.seed)
-    inputs = torch.randn(args.samples, n_in, generator=generator, dtype=dtype)
+            return inputs, torch.randint(0, n_out, (args.samples,), generator=generator)
+        return inputs, torch.randn(args.samples, n_out, generator=generator, dtype=dtype)
+    from hesskit.data import load_dataset
+
+    features = DATA_FEATURES[args.data]
+    if n_in != features:
+        raise InvalidArgumentError(
+            f"{args.data} has {features} features but the first layer has {n_in}; use "
+            f"--layers {features},..."
+        )
+    dataset = load_dataset(args.data, data_dir=getattr(args, "data_dir", None), dtype=dtype)
+    available = int(dataset.train_x.shape[0])
+    if args.samples > available:
+        raise InvalidArgumentError(
+            f"--samples {args.samples} is more than the {available} training cases of "
+            f"{args.data}; use --samples {available} or fewer, or --data random"
+        )
+    inputs = dataset.train_x[: args.samples]
+    labels = dataset.train_y[: args.samples]
+    if n_out < NUM_CLASSES:
+        what = ("has 10 classes" if args.loss == "cross_entropy"
+                else "compared by --loss mse with one-hot labels has 10 classes")
+        raise InvalidArgumentError(
+            f"{args.data} {what} but the last layer has {n_out}; use --layers ...,10"
+        )
     if args.loss == "cross_entropy":
-        return inputs, torch.randint(0, n_out, (args.samples,), generator=generator)
-    return inputs, torch.randn(args.samples, n_out, generator=generator, dtype=dtype)
+        return inputs, labels
+    return inputs, nn.functional.one_hot(labels.long(), n_out).to(dtype)
 
 
 RANDOM_DATA_BYTES = 2 * 1024**3

@@ -131,3 +131,25 @@ OPTIMIZER_NAMES = ("hf", "shf", "newton", "kfac", "shampoo", "sophia", "sophia-h
                    "adahessian", "rmsprop", "adam", "sgd", "lbfgs")
 """The registry's names (``hesskit.training.optimizers.REGISTRY``) for ``--help`` without
 importing the training stack at start-up; a test keeps the two equal."""
+
+
+DATA_DIR_HELP = ("folder of the MNIST (and CURVES) files (default $HESSKIT_DATA_DIR, else "
+                 "~/.cache/hesskit/data)")
+"""``--data-dir``'s help, the same on every command (``hesskit.data.cache`` resolves it)."""
+
+
+def problem_name(text: str) -> str:
+    """A benchmark problem's name (``hesskit.problems.PROBLEM_NAMES``)."""
+    from hesskit.problems import PROBLEM_NAMES
+
+    if text not in PROBLEM_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown problem {text!r}; choose one of {', '.join(PROBLEM_NAMES)}")
+    return text
+
+
+def problem_help(prefix: str = "a benchmark problem") -> str:
+    """``--problem``'s help: ``prefix`` and every choice."""
+    from hesskit.problems import PROBLEM_NAMES
+
+    return f"{prefix}: {', '.join(PROBLEM_NAMES)}"

@@ -17,6 +17,7 @@ import torch
 
 from hesskit.data.dataset import Dataset, float_tensor, label_tensor
 from hesskit.errors import InvalidArgumentError
+from hesskit.extras import require
 
 PIXEL_MAX = 16.0
 
@@ -38,9 +39,8 @@ def load_digits(
         raise InvalidArgumentError(
             f"test_fraction must be strictly between 0 and 1, not {test_fraction}"
         )
-    from sklearn.datasets import load_digits as sklearn_load_digits
-
-    bunch = sklearn_load_digits()
+    datasets = require("sklearn.datasets", "the bundled 8x8 digits")
+    bunch = datasets.load_digits()
     images, labels = np.asarray(bunch.data), np.asarray(bunch.target)
     order = np.random.default_rng(seed).permutation(len(labels))
     num_test = round(test_fraction * len(labels))

@@ -19,6 +19,7 @@ import torch
 
 from hesskit.data.cache import cached_arrays
 from hesskit.data.dataset import Dataset, float_tensor, label_tensor
+from hesskit.extras import require
 
 CACHE_FILE = "mnist1d-default-v1.npz"
 KEYS = ("x", "y", "x_test", "y_test", "t")
@@ -26,8 +27,8 @@ KEYS = ("x", "y", "x_test", "y_test", "t")
 
 def generate_mnist1d() -> dict[str, np.ndarray]:
     """The default MNIST-1D split: arrays ``x [4000, 40]``, ``y``, ``x_test``, ``y_test``, ``t``."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
+    data_module = require("mnist1d.data", "MNIST-1D")
+    get_dataset_args, make_dataset = data_module.get_dataset_args, data_module.make_dataset
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         data = make_dataset(get_dataset_args())

@@ -79,7 +79,8 @@ class CostEstimate:
             f"N = {self.num_params:,} parameters, {self.entries:,} entries per matrix; "
             f"{what} in {self.dtype}: {format_bytes(self.total_bytes)} "
             f"(budget {format_bytes(self.budget_bytes)})\n"
-            f"estimated build time: {time}" + (f" ({self.method})" if self.method else "")
+            f"estimated build time of the matrices alone: {time}"
+            + (f" ({self.method})" if self.method else "")
         )
 
 

@@ -33,6 +33,7 @@ from hesskit.engine.primal import ActivationRecord, LinearRecord, Primal
 from hesskit.losses import Loss
 
 KINDS = ("hessian", "ggn", "ef")
+"""The matrices whose per-sample curvature the engine backpropagates: H, G and EF."""
 
 
 class OutputCurvature:

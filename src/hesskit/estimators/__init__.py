@@ -14,6 +14,7 @@ from hesskit.estimators.recurrence import LanczosRecurrence
 from hesskit.estimators.result import Eigenpairs, Estimate
 from hesskit.estimators.spectral_density import (
     SpectralQuadrature,
+    default_width,
     density_on_grid,
     lanczos_quadrature,
     spectral_density,
@@ -25,6 +26,7 @@ __all__ = [
     "Estimate",
     "LanczosRecurrence",
     "SpectralQuadrature",
+    "default_width",
     "density_on_grid",
     "exact_trace",
     "hutchinson_diagonal",

@@ -14,10 +14,10 @@ import math
 import torch
 
 from hesskit.estimators.probes import check_count, make_generator, rademacher
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Estimate
 from hesskit.memory import check_vectors_fit
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 
 def diagonal_vectors(chunk_size: int, dtype: torch.dtype) -> float:
@@ -72,7 +72,7 @@ def hutchinson_diagonal(
     count = 0
     mean = torch.zeros(n, dtype=torch.float64, device=op.device)
     sum_squares = torch.zeros_like(mean)  # Σ (x − mean)² over the probes so far
-    with EstimateProgress("Hutchinson diagonal", probes, show=progress) as bar:
+    with Progress("Hutchinson diagonal", probes, show=progress) as bar:
         for start in range(0, probes, chunk_size):
             size = min(chunk_size, probes - start)
             Z = rademacher((n, size), generator, op.dtype, op.device)

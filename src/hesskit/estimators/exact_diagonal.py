@@ -11,11 +11,13 @@ with its standard error and records which method it used and why.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from hesskit.describe import number, tensor_summary
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.estimators.diagonal import hutchinson_diagonal
 from hesskit.layout import ParameterLayout
@@ -67,6 +69,18 @@ class DiagonalResult:
     @property
     def exact(self) -> bool:
         return self.method is not DiagonalMethod.HUTCHINSON
+
+    def __repr__(self) -> str:
+        """``DiagonalResult(ggn, exact: …, values [1210] min 0, median …, max …, trace …)``;
+        an estimate adds its relative standard error and the products it cost."""
+        kind = self.kind.value if self.kind is not None else "operator"
+        text = f"DiagonalResult({kind}, {self.method.value}, values {tensor_summary(self.values)}"
+        if self.exact:
+            return f"{text}, trace {number(self.trace)})"
+        norm = float(torch.linalg.vector_norm(self.values))
+        relative = float(torch.linalg.vector_norm(self.stderr)) / norm if norm else math.inf
+        return (f"{text}, trace ≈ {number(self.trace)}, relative stderr {relative:.2g}, "
+                f"products={self.products})")
 
     @property
     def trace(self) -> float:

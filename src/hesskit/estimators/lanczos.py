@@ -38,11 +38,11 @@ import torch
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import check_count, gaussian, make_generator
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Eigenpairs
 from hesskit.estimators.thick_restart import WORK_VECTORS, ThickRestartLanczos
 from hesskit.memory import check_vectors_fit, format_bytes, vector_bytes, vectors_that_fit
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 WHICH = ("largest", "smallest")
 MIN_STEPS = 20
@@ -133,7 +133,7 @@ def top_eigenpairs(
     lanczos = ThickRestartLanczos(op, gaussian((n,), generator, op.dtype, op.device), max_vectors)
     min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
     best_at_breakdown: np.ndarray | None = None
-    with EstimateProgress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
+    with Progress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
         while True:
             if lanczos.full:
                 theta, S = np.linalg.eigh(lanczos.projected())

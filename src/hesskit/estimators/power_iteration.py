@@ -12,10 +12,10 @@ import torch
 from hesskit.errors import NonFiniteError
 from hesskit.estimators.lanczos import check_k, check_tol
 from hesskit.estimators.probes import check_count, gaussian, make_generator
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Eigenpairs
 from hesskit.memory import check_vectors_fit
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 
 def power_iteration(
@@ -63,7 +63,7 @@ def power_iteration(
     generator = make_generator(generator, seed)
     V, _ = torch.linalg.qr(gaussian((n, k), generator, op.dtype, op.device))
     products = 0
-    with EstimateProgress(f"power iteration ({k})", budget, show=progress) as bar:
+    with Progress(f"power iteration ({k})", budget, show=progress) as bar:
         while True:
             W = op.matmat(V)
             products += k

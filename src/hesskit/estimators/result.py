@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hesskit.describe import number, tensor_summary, values_text
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -27,6 +29,17 @@ class Estimate:
     value: float | Tensor
     stderr: float | Tensor
     products: int
+
+    def __repr__(self) -> str:
+        """``Estimate(18.28 ± 1.4, estimate, relative stderr 7.7%, products=60)``; an exact
+        value (stderr 0) says ``exact``; a vector shows its length and range."""
+        kind = "exact" if self.relative_stderr() == 0 else (
+            f"estimate, relative stderr {self.relative_stderr():.2g}")
+        if isinstance(self.value, Tensor):
+            value = tensor_summary(self.value)
+        else:
+            value = f"{number(self.value)} ± {number(self.stderr)}"
+        return f"Estimate({value}, {kind}, products={self.products})"
 
     def relative_stderr(self) -> float:
         """One number for the whole estimate: |stderr| / |value| (2-norms for a tensor).
@@ -67,3 +80,11 @@ class Eigenpairs:
     residuals: Tensor
     converged: bool
     error_bounds: Tensor
+
+    def __repr__(self) -> str:
+        """``Eigenpairs(k=2 of N=1210, values=[2.452, 1.825], error ≤ [7e-10, 2e-05],
+        converged, products=20)``: the values and their error bounds, not the vectors."""
+        state = "converged" if self.converged else "NOT converged"
+        return (f"Eigenpairs(k={self.values.numel()} of N={self.vectors.shape[0]}, "
+                f"values={values_text(self.values)}, error ≤ {values_text(self.error_bounds)}, "
+                f"{state}, products={self.products})")

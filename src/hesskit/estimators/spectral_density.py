@@ -48,13 +48,14 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
+from hesskit.describe import number
 from hesskit.errors import InvalidArgumentError, NonFiniteError
 from hesskit.estimators.probes import check_count, make_generator, rademacher
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.recurrence import LanczosRecurrence, basis_vectors, column_dots
 from hesskit.memory import check_vectors_fit, vector_bytes, vectors_that_fit
 from hesskit.memory import format_bytes as _format_bytes
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 THREE_TERM_VECTORS = 5
 """N-vectors per probe of the recurrence without a basis: the start block, q_{j−1}, q_j,
@@ -77,6 +78,15 @@ class SpectralQuadrature:
     weights: Tensor
     products: int
     size: int
+
+    def __repr__(self) -> str:
+        """``SpectralQuadrature(N=1210, probes=4, steps=64, nodes in [a, b], trace ≈ t, …)``."""
+        probes, steps = self.nodes.shape
+        used = self.nodes[self.weights > 0]
+        span = (f"nodes in [{number(used.min())}, {number(used.max())}]" if used.numel()
+                else "no nodes")
+        return (f"SpectralQuadrature(N={self.size}, probes={probes}, steps={steps}, {span}, "
+                f"trace ≈ {number(self.trace())} (estimate), products={self.products})")
 
     def trace(self) -> float:
         """The trace estimate N · mean_p Σ_j τ_pj θ_pj (= mean of N vᵀAv for unit probes)."""
@@ -186,7 +196,7 @@ def lanczos_quadrature(
     probes = start.shape[1]
     check_quadrature_fits(op, probes, steps, reorthogonalize, memory_budget)
     run = _with_basis if reorthogonalize else _three_term
-    with EstimateProgress("spectral density", probes * steps, show=progress) as bar:
+    with Progress("spectral density", probes * steps, show=progress) as bar:
         alphas, betas, lengths, done_steps = run(op, start, steps, bar)
     nodes = torch.zeros(probes, steps, dtype=torch.float64)
     weights = torch.zeros_like(nodes)
@@ -199,7 +209,7 @@ def lanczos_quadrature(
 
 
 def _with_basis(
-    op: CurvatureOperator, start: Tensor, steps: int, bar: EstimateProgress
+    op: CurvatureOperator, start: Tensor, steps: int, bar: Progress
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """α, β ``[m, P]``, the length of each probe's rule, and the steps run (stored basis)."""
     probes = start.shape[1]
@@ -220,7 +230,7 @@ def _with_basis(
 
 
 def _three_term(
-    op: CurvatureOperator, start: Tensor, steps: int, bar: EstimateProgress
+    op: CurvatureOperator, start: Tensor, steps: int, bar: Progress
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """As :func:`_with_basis`, keeping only q_{j−1}, q_j and A q_j per probe:
 
@@ -266,6 +276,18 @@ def _three_term(
     return torch.stack(alphas).numpy(), torch.stack(betas).numpy(), lengths, len(alphas)
 
 
+def _node_range(quadrature: SpectralQuadrature) -> tuple[float, float]:
+    used = quadrature.weights > 0
+    return float(quadrature.nodes[used].min()), float(quadrature.nodes[used].max())
+
+
+def default_width(quadrature: SpectralQuadrature) -> float:
+    """:func:`density_on_grid`'s default σ: 1% of the node range (of max(1, |θ|) when all
+    nodes coincide)."""
+    low, high = _node_range(quadrature)
+    return 0.01 * (high - low if high > low else max(1.0, abs(high)))
+
+
 def density_on_grid(
     quadrature: SpectralQuadrature,
     *,
@@ -283,11 +305,8 @@ def density_on_grid(
         grid: evaluation points; default ``points`` equally spaced over the node range
             widened by 5σ on each side, so the density integrates to 1 on it.
     """
-    used = quadrature.weights > 0
-    low = float(quadrature.nodes[used].min())
-    high = float(quadrature.nodes[used].max())
-    span = high - low if high > low else max(1.0, abs(high))
-    sigma = 0.01 * span if width is None else float(width)
+    low, high = _node_range(quadrature)
+    sigma = default_width(quadrature) if width is None else float(width)
     if not (np.isfinite(sigma) and sigma > 0):
         raise InvalidArgumentError(f"width must be a finite number greater than 0, got {width!r}")
     if grid is None:

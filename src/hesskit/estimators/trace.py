@@ -28,10 +28,10 @@ from torch import Tensor
 
 from hesskit.errors import NonFiniteError
 from hesskit.estimators.probes import check_count, gaussian, make_generator, rademacher
-from hesskit.estimators.progress import EstimateProgress
 from hesskit.estimators.result import Estimate
 from hesskit.memory import check_vectors_fit
 from hesskit.operators.base import CurvatureOperator
+from hesskit.progress import Progress
 
 HUTCHPP_VECTORS_PER_PRODUCT = 4
 """N-vectors Hutch++ holds per product of its budget, at its peak (see the module docstring)."""
@@ -118,7 +118,7 @@ def hutchpp_trace(
     generator = make_generator(generator, seed)
     sketch_size = products // 3
     residual_probes = products - 2 * sketch_size
-    with EstimateProgress("Hutch++ trace", products, show=progress) as bar:
+    with Progress("Hutch++ trace", products, show=progress) as bar:
         S = gaussian((n, sketch_size), generator, op.dtype, op.device)
         Q = _orthonormal_range(op.matmat(S))
         bar.advance(sketch_size)
@@ -170,7 +170,7 @@ def _quadratic_forms(
     """z_sᵀ A z_s for ``probes`` Rademacher vectors, as a float64 tensor ``[probes]``."""
     n = op.shape[0]
     values = []
-    with EstimateProgress(description, probes, show=progress) as bar:
+    with Progress(description, probes, show=progress) as bar:
         for start in range(0, probes, chunk_size):
             count = min(chunk_size, probes - start)
             Z = rademacher((n, count), generator, op.dtype, op.device)

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from hesskit.errors import InvalidArgumentError
 
 REDUCTIONS = ("mean", "sum", "sample_mean")
+"""How a loss reduces over elements: torch's ``"mean"`` (over every element) and ``"sum"``,
+and ``"sample_mean"`` (summed within a sample, averaged over samples: Martens' objective)."""
 
 LIKELIHOOD_LOSSES = "CrossEntropyLoss, BCELoss, BCEWithLogitsLoss, MSELoss, GaussianNLLLoss, "
 LIKELIHOOD_LOSSES += "PoissonNLLLoss"

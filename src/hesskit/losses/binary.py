@@ -21,7 +21,7 @@ class BCEWithLogitsLoss(ElementwiseLoss):
     """Logistic outputs with cross-entropy (``nn.BCEWithLogitsLoss``).
 
     Per element, with σ = sigmoid(z), pos_weight p and weight w (both broadcast like torch;
-    pos_weight along the last dimension):
+    pos_weight along the last dimension)::
 
         φ = w (p y softplus(−z) + (1 − y) softplus(z))
           = w (softplus(z) − y z + (p − 1) y softplus(−z)),

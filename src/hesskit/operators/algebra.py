@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from hesskit.compiled import parameter_name
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.operators.base import CurvatureOperator
@@ -35,6 +36,9 @@ class ScaledOperator(CurvatureOperator):
         self.scale = _finite(scale, "scale")
         self.symmetric = operator.symmetric
         self.psd = operator.psd and self.scale >= 0
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {"scale": self.scale, "of": type(self.operator).__name__}
 
     def _matmat(self, V: Tensor) -> Tensor:
         return self.scale * self.operator.matmat(V)
@@ -62,6 +66,9 @@ class SumOperator(CurvatureOperator):
         self.operators = operators
         self.symmetric = all(op.symmetric for op in operators)
         self.psd = all(op.psd for op in operators)
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {"of": " + ".join(type(op).__name__ for op in self.operators)}
 
     def _matmat(self, V: Tensor) -> Tensor:
         total = self.operators[0].matmat(V)
@@ -107,6 +114,9 @@ class DampedOperator(CurvatureOperator):
         self.damping = damping
         self.symmetric = operator.symmetric
 
+    def _repr_fields(self) -> dict[str, object]:
+        return {"damping": self._damping, "of": type(self.operator).__name__}
+
     @property
     def damping(self) -> float:
         """λ."""
@@ -136,6 +146,7 @@ class BlockOperator(CurvatureOperator):
     """
 
     def __init__(self, operator: CurvatureOperator, names: Sequence[str]) -> None:
+        names = [parameter_name(name) for name in names]  # as before torch.compile
         unknown = sorted(set(names) - set(operator.layout.names))
         if unknown or not names:
             raise InvalidArgumentError(
@@ -155,6 +166,9 @@ class BlockOperator(CurvatureOperator):
         ]).to(operator.device)
         self.symmetric = operator.symmetric
         self.psd = operator.psd
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {"of": type(self.operator).__name__}
 
     def _matmat(self, V: Tensor) -> Tensor:
         full = V.new_zeros(self.operator.shape[0], V.shape[1])

@@ -27,6 +27,8 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 from torch.func import vmap
 
+from hesskit.compiled import parameter_name
+from hesskit.describe import dtype_name, layout_text
 from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.layout import ParameterLayout
@@ -58,6 +60,20 @@ class CurvatureOperator(ABC):
     def shape(self) -> tuple[int, int]:
         n = self.layout.num_params
         return (n, n)
+
+    def __repr__(self) -> str:
+        """One line: the kind of matrix, N, dtype, device, its properties and its blocks,
+        e.g. ``HessianOperator(N=1210, float64, cpu, symmetric, blocks=[0.weight 16×64, …])``."""
+        properties = [f"N={self.shape[0]}", dtype_name(self.dtype), str(self.device)]
+        properties += [flag for flag, on in (("symmetric", self.symmetric), ("psd", self.psd))
+                       if on]
+        properties += [f"{key}={value}" for key, value in self._repr_fields().items()]
+        blocks = layout_text(self.layout.names, self.layout.shapes)
+        return f"{type(self).__name__}({', '.join(properties)}, blocks={blocks})"
+
+    def _repr_fields(self) -> dict[str, object]:
+        """What else ``repr`` shows (a subclass adds its own settings: damping, batches)."""
+        return {}
 
     @abstractmethod
     def _matmat(self, V: Tensor) -> Tensor:
@@ -224,10 +240,15 @@ class ProblemOperator(CurvatureOperator):
         self.cache = cache
         self._per_batch: dict[int, object] = {}
 
+    def _repr_fields(self) -> dict[str, object]:
+        return {"samples": self.problem.num_data, "batches": self.problem.num_batches,
+                "cache": self.cache}
+
     def block(self, names: Sequence[str]) -> CurvatureOperator:
         """The same matrix of the problem restricted to the parameters ``names``: the
         principal submatrix, with only those parameters differentiated (cheaper than the
         generic restriction). The others stay at the values this operator was built at."""
+        names = [parameter_name(name) for name in names]  # as before torch.compile
         unknown = sorted(set(names) - set(self.layout.names))
         if unknown:
             raise InvalidArgumentError(

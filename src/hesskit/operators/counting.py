@@ -31,6 +31,9 @@ class CountingOperator(CurvatureOperator):
     def psd(self) -> bool:  # type: ignore[override]
         return self.operator.psd
 
+    def _repr_fields(self) -> dict[str, object]:
+        return {"of": type(self.operator).__name__, "products": self.products}
+
     def reset(self) -> None:
         """Set the counters back to zero."""
         self.products = 0

@@ -31,18 +31,25 @@ METRICS = (
 
 def plot_rmsprop_analysis(analysis: RMSPropAnalysis, path: Path) -> Path:
     """Write the figure to ``path`` (PNG) and return ``path``."""
-    fig = plt.figure(figsize=(13, 8))
+    fig = plt.figure(figsize=(12, 8))
     grid = fig.add_gridspec(2, 3)
     for column, (metric, title) in enumerate(METRICS):
         ax = fig.add_subplot(grid[0, column])
+        drawn: dict[str, list[float]] = {}
         for index, kind in enumerate(DIAGONALS):
             steps, values = analysis.series(ALL, kind, metric)
-            ax.plot(steps, values, marker="o", markersize=3, color=f"C{index}", label=kind)
+            same = [other for other, seen in drawn.items() if np.allclose(seen, values)]
+            label = f"{kind} (same as {same[0]})" if same else kind
+            # a curve equal to an earlier one is dashed and wider, so neither hides the other
+            style = {"linestyle": "--", "linewidth": 2.5, "alpha": 0.7} if same else {}
+            ax.plot(steps, values, marker="o", markersize=3, color=f"C{index}", label=label,
+                    **style)
+            drawn[kind] = list(values)
         ax.set_xlabel("step")
         ax.set_title(f"{title} (all parameters)", fontsize=10)
         if metric == "scale":
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)
     _scatter(fig.add_subplot(grid[1, :2]), analysis)
     _per_layer(fig.add_subplot(grid[1, 2]), analysis)
     fig.suptitle(f"{analysis.optimizer}: √v against curvature diagonals", fontsize=12)
@@ -69,7 +76,7 @@ def _scatter(ax: plt.Axes, analysis: RMSPropAnalysis) -> None:
     note = f"; {dropped} entries with a zero value not shown" if dropped else ""
     ax.set_title(f"step {analysis.final_step}: √v against diag G (log-log){note}", fontsize=10)
     if positive.any():
-        ax.legend(fontsize=7, markerscale=3, ncol=max(1, math.ceil(len(set(layers)) / 6)))
+        ax.legend(fontsize=9, markerscale=3, ncol=max(1, math.ceil(len(set(layers)) / 6)))
 
 
 def _per_layer(ax: plt.Axes, analysis: RMSPropAnalysis) -> None:
@@ -80,4 +87,4 @@ def _per_layer(ax: plt.Axes, analysis: RMSPropAnalysis) -> None:
     ax.set_xlabel("step")
     ax.set_title("Spearman rank correlation with diag G, per layer", fontsize=10)
     if layers:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)

@@ -148,7 +148,18 @@ def spectra_figure(
         axes.legend(fontsize=8, loc="upper left")
         axes.grid(True, which="major", linewidth=0.3)
     panels[0].set_ylabel(f"eigenvalue (symlog, linear within ±{threshold:.1e})")
+    _spaced_symlog_ticks(panels[0], threshold)
     return figure
+
+
+def _spaced_symlog_ticks(axes, threshold: float) -> None:
+    """Keep 0 and the ticks at least two decades outside the linear band ±``threshold``:
+    the ticks at ±threshold print on top of 0's label (the band is one decade tall)."""
+    low, high = axes.get_ylim()
+    ticks = [t for t in axes.get_yticks() if low <= t <= high]
+    kept = [t for t in ticks if t == 0 or abs(t) >= 100 * threshold]
+    axes.set_yticks(kept)
+    axes.set_ylim(low, high)
 
 
 def plot_spectra(

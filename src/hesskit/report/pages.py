@@ -39,7 +39,8 @@ thead { background: #f0f0f0; }
 figure { margin: 1.5em 0; } figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; height: auto; } .note { color: #555; } code { background: #f5f5f5; }
 section { border-top: 1px solid #ddd; margin-top: 2em; } .lead { font-size: 1.05em; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.88em; }
+pre { background: #f7f7f7; padding: 0.6em; font-size: 0.88em; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
 nav ol { columns: 2; } .missing { color: #a33; } .scroll { overflow-x: auto; }
 dt { font-weight: bold; }
 table.text td, table.text th { text-align: left; } td { white-space: nowrap; }

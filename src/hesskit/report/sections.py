@@ -24,6 +24,7 @@ from hesskit.report.pages import (
     preformatted,
     table,
 )
+from hesskit.report.provenance import command_block
 
 FigureList = Sequence[tuple[Path | str, str]]
 """(PNG path, caption) pairs, in page order."""
@@ -35,9 +36,12 @@ HESSIAN_CAPTIONS = {
     "eigenvalues.png": "Eigenvalues of H, G and R, sorted (symmetric log scale).",
 }
 SPECTRUM_CAPTIONS = {
-    "eigenvalues.png": "The top eigenvalues found by Lanczos, with their residuals.",
-    "spectral_density.png": "Spectral density by stochastic Lanczos quadrature; the top "
-    "eigenvalues are marked.",
+    "eigenvalues.png": "The top eigenvalues found by Lanczos. Each error bar is the residual "
+    "‖Av − θv‖, which bounds the distance to a true eigenvalue; most are far smaller than "
+    "the marker, so the largest is written in the corner.",
+    "spectral_density.png": "Spectral density by stochastic Lanczos quadrature, smoothed by "
+    "a Gaussian whose width σ is in the legend; the top eigenvalues are marked, and past "
+    "the largest one the curve is only the smoothing's tail (dashed).",
 }
 ACTIVATION_COLUMNS = ("name", "parameters", "piecewise linear", "at the kink", "stationary points")
 
@@ -74,7 +78,8 @@ def figures_in(
             if path.name not in captions
         ]
         figures = [(path, caption) for path, caption in known if path.is_file()] + others
-    return [figure(Path(path), caption, key=Path(path).stem) for path, caption in figures]
+    return [figure(Path(path), caption, key=f"{Path(path).parent.name}-{Path(path).stem}")
+            for path, caption in figures]
 
 
 def listed_figures(data: dict | None, folder: Path) -> list[tuple[Path, str]] | None:
@@ -108,7 +113,7 @@ def activations_section(folder: Path) -> Section:
         "Transfer functions",
         "Each activation with its first and second "
         "derivative, and what its kink and stationary points mean for Newton.",
-        tuple(parts),
+        (*command_block(folder), *parts),
     )
 
 
@@ -137,7 +142,7 @@ def newton_section(folder: Path) -> Section:
     return Section(
         "Newton's diagnoses",
         "What Newton's method x ← x − σ′(x)/σ″(x) concluded on single transfer functions, and why.",
-        tuple(parts or [missing("no newton_*.json in " + str(folder))]),
+        (*command_block(folder), *(parts or [missing("no newton_*.json in " + str(folder))])),
     )
 
 
@@ -165,7 +170,7 @@ def neuron_section(folder: Path) -> Section:
         "One ReLU neuron",
         "A single ReLU neuron with a squared error: its "
         "curvature changes with w as samples switch on and off.",
-        tuple(parts or [missing("neuron.json and neuron.png missing")]),
+        (*command_block(folder), *(parts or [missing("neuron.json and neuron.png missing")])),
     )
 
 
@@ -255,7 +260,7 @@ def hessian_section(folder: Path, figures: FigureList | None = None) -> Section:
         "Structure of H = G + R",
         "The exact Hessian of a small network split into its Gauss-Newton part G and the "
         "rest R, with the reason for every exactly-zero entry.",
-        tuple(parts),
+        (*command_block(folder), *parts),
     )
 
 
@@ -288,7 +293,8 @@ def spectrum_section(folder: Path) -> Section:
         rows = [
             ("trace (Hutch++)", f"{trace['value']:.6g} ± {trace['stderr']:.2g}", trace["products"]),
             (
-                f"diagonal (Hutchinson, {diag['probes']} probes)",
+                "diagonal (exact)" if diag.get("method") == "exact"
+                else f"diagonal (Hutchinson, {diag['probes']} probes)",
                 f"min {diag['min']:.3g}, median {diag['median']:.3g}, max {diag['max']:.3g}",
                 diag["probes"],
             ),
@@ -300,7 +306,7 @@ def spectrum_section(folder: Path) -> Section:
     return Section(
         "Spectrum",
         "The top eigenvalues, trace and spectral density of the curvature matrix, matrix-free.",
-        tuple(parts),
+        (*command_block(folder), *parts),
     )
 
 
@@ -319,13 +325,15 @@ def diagonal_section(folder: Path) -> Section:
         {
             "rmsprop_vs_curvature.png": "RMSProp's √v against the "
             "exact curvature diagonals along training: rank correlation, "
-            "cosine and scale, and the last step entry by entry."
+            "cosine and scale, and the last step entry by entry. A curve equal to another "
+            "(|diag H| and diag G of a piecewise-linear network, whose R has a zero "
+            "diagonal) is dashed and says so in the legend."
         },
     )
     return Section(
         "RMSProp against the true diagonal",
         "Whether RMSProp's √v tracks the curvature diagonal it is said to approximate.",
-        tuple(parts),
+        (*command_block(folder), *parts),
     )
 
 
@@ -366,5 +374,5 @@ def bench_section(folder: Path, page_dir: Path) -> Section:
         "Optimizer benchmark",
         f"Hessian-free against first-order methods on "
         f"{report.problem}, each with the same wall-clock budget.",
-        tuple(parts),
+        (*command_block(folder), *parts),
     )

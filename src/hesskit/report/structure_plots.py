@@ -35,6 +35,8 @@ from matplotlib.patches import Patch
 from hesskit.errors import InvalidArgumentError
 
 DPI = 100
+PAGE_WIDTH_PX = 1150
+"""The width a page shows figures at (``report.pages.CSS``: the body's content width)."""
 MAX_PIXELS = 1200
 """Largest image side, in pixels, before entries are aggregated into tiles."""
 TARGET_PIXELS = 600
@@ -398,17 +400,23 @@ def block_zoom_figure(
     """
     block = np.asarray(block, dtype=float)
     r, c = block.shape
-    row_tile, col_tile = (tiling(k, max_pixels, target_pixels=500) for k in (r, c))
-    factor = (row_tile.factor, col_tile.factor)
     panels = 1 if codes is None else 2
+    left, gap, right = 1.1, 1.6, (2.6 if codes is not None else 1.3)
+    # the panels share a page's width (PAGE_WIDTH_PX) with the margins, so that the figure
+    # is shown at its own size and its text stays readable
+    margins_px = (left + (panels - 1) * gap + right) * DPI
+    panel_px = max(100, int((PAGE_WIDTH_PX - margins_px) // panels))
+    row_tile, col_tile = (tiling(k, min(max_pixels, panel_px), target_pixels=panel_px)
+                          for k in (r, c))
+    factor = (row_tile.factor, col_tile.factor)
     figure, panel_axes = image_axes(
         row_tile.pixels(r),
         col_tile.pixels(c),
         panels=panels,
-        left=1.1,
+        left=left,
         bottom=1.0,
-        gap=1.6,
-        right=3.0 if codes is not None else 1.3,
+        gap=gap,
+        right=right,
     )
     limits = log_limits or log_range([block])
     shown = draw_log_abs(panel_axes[0], block, factor, limits)

@@ -1,7 +1,8 @@
-"""The pages of the tour: the demo's single page and the pages of ``hessian`` and ``spectrum``.
+"""The pages of the tour: the demo's single page and the pages of the analysis commands.
 
-* :func:`write_hessian_page` and :func:`write_spectrum_page`: the page ``index.html`` of
-  ``hesskit hessian`` and ``hesskit spectrum`` in their ``--out`` folders;
+* :func:`write_hessian_page`, :func:`write_spectrum_page` and :func:`write_diagonal_page`:
+  the page ``index.html`` of ``hesskit hessian``, ``spectrum`` and ``diagonal`` in their
+  ``--out`` folders;
 * :func:`write_tour_page`: the demo's single page ``<out>/index.html``, every section in
   the order of the demo's steps.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hesskit.report.pages import PAGE_NAME, write_page
+from hesskit.report.provenance import record_pending
 from hesskit.report.sections import (
     FigureList,
     activations_section,
@@ -36,6 +38,7 @@ def write_hessian_page(folder: Path, figures: FigureList | None = None) -> Path:
             lists under ``"figures"`` (the demo's page uses the same), else every PNG there.
     """
     folder = Path(folder)
+    record_pending(folder)
     return write_page(
         folder / PAGE_NAME,
         "hesskit hessian: the structure of H = G + R",
@@ -46,7 +49,15 @@ def write_hessian_page(folder: Path, figures: FigureList | None = None) -> Path:
 def write_spectrum_page(folder: Path) -> Path:
     """``folder/index.html`` for ``hesskit spectrum``."""
     folder = Path(folder)
+    record_pending(folder)
     return write_page(folder / PAGE_NAME, "hesskit spectrum", [spectrum_section(folder)])
+
+
+def write_diagonal_page(folder: Path) -> Path:
+    """``folder/index.html`` for ``hesskit diagonal``."""
+    folder = Path(folder)
+    record_pending(folder)
+    return write_page(folder / PAGE_NAME, "hesskit diagonal", [diagonal_section(folder)])
 
 
 TOUR_FOLDERS = ("activations", "newton", "neuron", "hessian", "spectrum", "diagonal", "bench")

@@ -92,7 +92,7 @@ class StopRule(enum.Flag):
     MARTENS = enum.auto()
 
 
-@dataclass
+@dataclass(repr=False)
 class CGResult(SolverResult):
     """A conjugate-gradient solve.
 

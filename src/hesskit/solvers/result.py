@@ -41,7 +41,7 @@ class Status(enum.Enum):
         return self in (Status.CONVERGED, Status.PROGRESS_STALLED)
 
 
-@dataclass
+@dataclass(repr=False)
 class SolverResult:
     """The outcome of an iterative solve of A x = b.
 
@@ -60,3 +60,8 @@ class SolverResult:
     @property
     def success(self) -> bool:
         return self.status.success
+
+    def __repr__(self) -> str:
+        """``CGResult(CONVERGED, iterations=12, products=12, N=1210)``, not the solution."""
+        return (f"{type(self).__name__}({self.status.name}, iterations={self.iterations}, "
+                f"products={self.products}, N={self.x.numel()})")

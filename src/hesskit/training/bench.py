@@ -38,6 +38,7 @@ import torch
 from hesskit import __version__
 from hesskit.errors import InvalidArgumentError
 from hesskit.finite import check_training_data
+from hesskit.progress import duration_text
 from hesskit.report.schema import BenchmarkReport, LearningRateSelection, RunResult, Skipped
 from hesskit.training.loop import Budget, TrainConfig, train
 from hesskit.training.optimizers import REGISTRY, get_optimizer_spec
@@ -106,6 +107,37 @@ class BenchConfig:
         return Budget(seconds=value) if self.budget_kind == "seconds" else Budget(epochs=value)
 
 
+OVERHEAD_FACTOR = 1.4
+"""Wall time of ``hesskit bench`` per optimizer second on the digits autoencoder: the
+demo's benchmark (140 optimizer seconds) took 193 s on 2 busy cores; the rest is the
+evaluations (:data:`EVAL_POINTS` per run), building each run and writing its log."""
+
+
+def budget_plan(config: BenchConfig) -> str:
+    """What the budget covers, and the total it adds up to, in one line for the terminal:
+    the full runs (budget × seeds per method) plus the learning-rate tuning (each lr of a
+    grid gets ``tune_fraction`` of the budget), with a wall-time estimate for a seconds
+    budget (optimizer seconds × :data:`OVERHEAD_FACTOR`; skipped methods count too)."""
+    unit = "s" if config.budget_kind == "seconds" else "epochs"
+    runs = len(config.optimizers) * len(config.seeds)
+    tuned = {name: len(REGISTRY[name].lr_grid) for name in config.optimizers
+             if name in REGISTRY and len(REGISTRY[name].lr_grid) > 1}
+    share = config.tune_fraction * config.budget_value
+    total = runs * config.budget_value + sum(tuned.values()) * share
+    of = "of optimizer time" if config.budget_kind == "seconds" else "of data"
+    seeds = len(config.seeds)
+    text = (f"budget: {config.budget_value:g} {unit} {of} per run, {runs} runs "
+            f"({len(config.optimizers)} methods × {seeds} seed{'s' if seeds > 1 else ''})")
+    if tuned:
+        text += (f", plus lr tuning of {', '.join(tuned)} ({sum(tuned.values())} runs of "
+                 f"{share:g} {unit})")
+    text += f" = {total:g} {unit}"
+    if config.budget_kind == "seconds":
+        text += (f"; evaluations and set-up are not in the budget: expect about "
+                 f"{duration_text(OVERHEAD_FACTOR * total)} in all")
+    return text
+
+
 def select_learning_rate(scores: Mapping[float, float]) -> float:
     """The lr with the lowest score; NaN counts as +∞, ties go to the smaller lr.
 
@@ -149,6 +181,7 @@ def run_benchmark(
     """
     from hesskit.problems import make_problem
 
+    announce(budget_plan(config))
     first = make_problem(config.problem, seed=config.seeds[0], data_dir=config.data_dir)
     check_training_data(first)  # NaN in the data: named as data before any method runs
     num_params = sum(p.numel() for p in first.model.parameters())

@@ -438,6 +438,8 @@ REGISTRY: dict[str, OptimizerSpec] = {
         ),
     )
 }
+"""Every optimizer ``hesskit train``, ``bench`` and ``precondition`` know, by name: how to
+build it and what its training loop needs (full batch, curvature batch, closures)."""
 
 
 def get_optimizer_spec(name: str) -> OptimizerSpec:

@@ -55,7 +55,9 @@ def test_estimate_repr_says_estimate_or_exact_with_its_error():
 
 def test_eigenpairs_repr_shows_values_and_bounds_not_vectors(net_and_problem):
     _, problem = net_and_problem
-    pairs = hesskit.top_eigenpairs(hesskit.hessian_operator(problem), 2)
+    assert repr(hesskit.top_eigenpairs(hesskit.hessian_operator(problem), 2)).startswith(
+        "Eigenpairs(k=2 (vectors not kept), values=[")
+    pairs = hesskit.top_eigenpairs(hesskit.hessian_operator(problem), 2, return_vectors=True)
     text = repr(pairs)
     assert text.startswith("Eigenpairs(k=2 of N=26, values=[")
     assert f"{float(pairs.values[0]):.4g}" in text and "error ≤ [" in text

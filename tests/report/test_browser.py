@@ -86,7 +86,12 @@ def _check_page(driver, page: Path) -> list[dict]:
     driver.set_window_size(1280, 1000)
     driver.get_log("browser")  # drop what earlier pages left
     driver.get(page.resolve().as_uri())
-    assert driver.execute_script("return document.readyState") == "complete"
+    # a large page on a busy machine can still be parsing when get() returns: wait for it
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
     assert driver.title, "the page has no <title>"
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors

@@ -83,8 +83,11 @@ class Eigenpairs:
 
     def __repr__(self) -> str:
         """``Eigenpairs(k=2 of N=1210, values=[2.452, 1.825], error ≤ [7e-10, 2e-05],
-        converged, products=20)``: the values and their error bounds, not the vectors."""
+        converged, products=20)``: the values and their error bounds, not the vectors
+        (``k=2 (vectors not kept)`` when they were not asked for)."""
         state = "converged" if self.converged else "NOT converged"
-        return (f"Eigenpairs(k={self.values.numel()} of N={self.vectors.shape[0]}, "
+        size = (f" of N={self.vectors.shape[0]}" if self.vectors is not None
+                else " (vectors not kept)")
+        return (f"Eigenpairs(k={self.values.numel()}{size}, "
                 f"values={values_text(self.values)}, error ≤ {values_text(self.error_bounds)}, "
                 f"{state}, products={self.products})")

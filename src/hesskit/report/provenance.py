@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from hesskit.atomic_write import write_text_atomically
 from hesskit.report.pages import preformatted
 
 COMMAND_FILE = "command.txt"
@@ -43,7 +44,7 @@ def record_command(folder: Path, argv: Sequence[str], model: str | None = None) 
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     new = [f"$ hesskit {shlex.join(argv)}"] + ([f"  model: {model}"] if model else [])
     if new[0] not in lines:
-        path.write_text("\n".join([*lines, *new]) + "\n", encoding="utf-8")
+        write_text_atomically(path, "\n".join([*lines, *new]) + "\n")
     return path
 
 

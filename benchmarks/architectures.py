@@ -59,6 +59,11 @@ from hesskit.problem import Problem
 from products import _guarded, _reraise, _version, environment, interleaved_times
 
 THREADS = 2
+WARM_PRODUCTS = 4
+"""Products on the "reused" operators before timing: the GGN's J v is traced at the third
+product of a batch and re-checked on products 2^k (operators/gauss_newton.py), so the
+timed products are the steady state a CG or Lanczos run sees (its checks at 8, 16, ...
+cost one forward-mode J v each)."""
 RESULTS = Path(__file__).parent / "results" / "architectures.json"
 PEER_PREFIX = "curvlinops "
 GRADIENT, MATH_GRADIENT = "gradient", "gradient (MATH attention)"
@@ -173,7 +178,8 @@ def methods(model, X, y, is_transformer: bool) -> tuple[dict[str, Callable[[], o
     context, kernel = _hesskit_context(problem, is_transformer)
     with context():
         gauss_newton, hessian = gauss_newton_operator(problem), hessian_operator(problem)
-        gauss_newton.matvec(v), hessian.matvec(v)  # build the cached linearizations
+        for _ in range(WARM_PRODUCTS):  # build the linearizations; trace and check J v
+            gauss_newton.matvec(v), hessian.matvec(v)
 
     def gradient():
         return torch.autograd.grad(functional.cross_entropy(model(X), y), params)

@@ -37,7 +37,6 @@ from torch import Tensor
 from torch.func import grad
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.operators.base import apply_columns
 from hesskit.operators.diagonals import exact_diagonal
 from hesskit.operators.gauss_newton import LinearizedOutputOperator
 from hesskit.problem import Batch, Problem
@@ -82,8 +81,7 @@ class _OutputOuterProductOperator(LinearizedOutputOperator):
             weighted = r * dots.reshape(*dots.shape, *([1] * (z.ndim - 1)))
             return lin.jacobian_transpose_vector(scale * weighted.sum(0))
 
-        lin.prepare({name: t[0] for name, t in V.items()})
-        return apply_columns(product, V)
+        return lin.apply(product, V)
 
 
 class FisherOperator(_OutputOuterProductOperator):

@@ -43,13 +43,12 @@ class OutputLinearization:
     * ``"jvp"``: forward-mode AD (``torch.func.jvp``), which re-runs the forward pass with
       tangents: no tracing, so the first product is cheap (about 2.4 gradients with the vjp
       on the CNN and residual nets of ``benchmarks/architectures.py``), and in-place
-      operations in ``forward`` are handled exactly. At the first product one jvp and one
-      vjp on seeded probes check it: its primal outputs must equal z₀ bit for bit (the
+      operations in ``forward`` are handled exactly. At the first product one jvp along
+      its first direction checks it: its primal outputs must equal z₀ bit for bit (the
       determinism check of this path), and it falls back to the double-vjp (same values,
-      after ``Problem.check_deterministic``) where an operation has no forward-AD formula,
-      where forward and reverse mode are known to disagree (an embedding's padding row:
-      :func:`hesskit.engine.purity.forward_mode_mismatch`), or where the adjoint
-      identity ⟨u, J v⟩ = ⟨Jᵀ u, v⟩ fails on seeded probes.
+      after ``Problem.check_deterministic``) where an operation has no forward-AD formula
+      or where forward and reverse mode are known to disagree (an embedding's padding
+      row: :func:`hesskit.engine.purity.forward_mode_mismatch`).
     * ``"linearize"``: the tangent pass of ``torch.func.linearize`` (the primal values
       folded into a traced graph), cheapest to reuse on convolutions (torch 2.13's double
       backward of a convolution also computes a weight term J v never uses). Tracing
@@ -102,6 +101,7 @@ class OutputLinearization:
         self.products = 0
         self._tangent: Callable | None = None
         self._forward: Callable | None = None
+        self._pending: tuple[Params, Tensor] | None = None
         self.trace_refused: str | None = None
         """Why the traced map is not used, once that is known."""
 
@@ -112,52 +112,34 @@ class OutputLinearization:
         Call once per product call, outside ``vmap``."""
         self.products += 1
         if self.method == "jvp" and self.products == 1:
-            self._check_forward_mode()
+            self._check_forward_mode(v)
         if self.method == "jvp" and self._may_trace and self.products > self._trace_after:
             self._may_trace = False
             self._trace(v)
         elif self.method == "linearize" and self.products & (self.products - 1) == 0:
             self._verify_trace(v)
 
-    def _check_forward_mode(self) -> None:
+    def _check_forward_mode(self, v: Params) -> None:
         """Forward mode applies: no module where it disagrees with reverse mode, a
-        forward-AD formula for every operation, the same primal outputs as z₀, and the
-        adjoint identity ⟨u, J v⟩ = ⟨Jᵀ u, v⟩ to √ε on seeded probes; else the
-        double-vjp."""
+        forward-AD formula for every operation, and the primal outputs of a jvp along the
+        first direction equal to z₀ bit for bit (else the model is not one fixed
+        function); otherwise the double-vjp."""
         reason = forward_mode_mismatch(self._model)
         if reason is None:
             try:
-                reason = self._adjoint_mismatch()
+                outputs, tangent = jvp(self._output, (self._params,), (v,))
             except (NotImplementedError, RuntimeError) as error:
                 if isinstance(error, RuntimeError) and "forward" not in str(error).lower():
                     raise
                 reason = f"no forward-AD formula: {error}"
+            else:
+                if not torch.equal(outputs, self.outputs):
+                    raise _nondeterministic("a forward pass with tangents")
+                self._pending = (v, tangent)  # the first product's own J v
         if reason is not None:
             self.method, self._may_trace = "double_vjp", False
             self.trace_refused = f"forward-mode AD unavailable: {reason}"
             self._check_deterministic()
-
-    def _adjoint_mismatch(self) -> str | None:
-        """One jvp and one vjp on seeded probes: the jvp's primal outputs must be z₀ bit
-        for bit (else the model is not one fixed function), and ⟨u, J v⟩ = ⟨Jᵀ u, v⟩."""
-        generator = torch.Generator(device=self.outputs.device).manual_seed(0)
-
-        def probe(like: Tensor) -> Tensor:
-            return torch.randn(like.shape, generator=generator, dtype=like.dtype,
-                               device=like.device)
-
-        v = {name: probe(p) for name, p in self._params.items()}
-        u = probe(self.outputs)
-        outputs, tangent = jvp(self._output, (self._params,), (v,))
-        if not torch.equal(outputs, self.outputs):
-            raise _nondeterministic("a forward pass with tangents")
-        left = float((u * tangent).sum())
-        pulled = self.jacobian_transpose_vector(u)
-        right = float(sum((pulled[name] * v[name]).sum() for name in v))
-        tolerance = torch.finfo(self.outputs.dtype).eps ** 0.5
-        if abs(left - right) > tolerance * max(abs(left), abs(right), 1e-30):
-            return f"<u, J v> = {left:.6g} but <J^T u, v> = {right:.6g}"
-        return None
 
     def _trace(self, v: Params) -> None:
         mutation = in_place_operation(lambda: self._output(self._params))
@@ -181,6 +163,9 @@ class OutputLinearization:
 
     def jacobian_vector(self, v: Params) -> Tensor:
         """J v for one parameter-shaped direction v; shaped like the outputs."""
+        if self._pending is not None and v is self._pending[0]:  # checked in prepare
+            tangent, self._pending = self._pending[1], None
+            return tangent
         if self.method == "linearize":
             return self._tangent(v)
         if self.method == "jvp":
@@ -188,6 +173,18 @@ class OutputLinearization:
         if self._forward is None:
             _, self._forward = vjp(self._transposed, torch.zeros_like(self.outputs))
         return self._forward((v,))[0]
+
+    def apply(self, product: Callable[[Params], Params], V: Params) -> Params:
+        """``product`` (built on :meth:`jacobian_vector`) on the K columns of ``V``
+        (``[K, *shape]``), after :meth:`prepare` with the first column: one column is
+        passed straight through, so the J v that ``prepare`` computed to check forward
+        mode is the product's own (no second jvp); several are vmapped."""
+        first = {name: t[0] for name, t in V.items()}
+        self.prepare(first)
+        if next(iter(V.values())).shape[0] == 1:
+            return {name: t.unsqueeze(0) for name, t in product(first).items()}
+        self._pending = None
+        return apply_columns(product, V)
 
     def jacobian_transpose_vector(self, u: Tensor) -> Params:
         """Jᵀ u for one output-shaped u; parameter-shaped."""
@@ -266,8 +263,7 @@ class GaussNewtonOperator(LinearizedOutputOperator):
             u = loss.hessian_vector(z, y, lin.jacobian_vector(v))
             return lin.jacobian_transpose_vector(u)
 
-        lin.prepare({name: t[0] for name, t in V.items()})
-        return apply_columns(product, V)
+        return lin.apply(product, V)
 
     def _restricted(self, problem: Problem) -> GaussNewtonOperator:
         return GaussNewtonOperator(problem, cache=self.cache, jacobian=self.jacobian)

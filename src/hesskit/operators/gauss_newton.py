@@ -41,8 +41,8 @@ class OutputLinearization:
     * ``"double_vjp"``: the vjp of the vjp function. No forward pass is re-run and nothing
       is traced. The default for models without convolutions.
     * ``"jvp"``: forward-mode AD (``torch.func.jvp``), which re-runs the forward pass with
-      tangents: no tracing, so the first product is cheap (about 2.4 gradients with the vjp
-      on the CNN and residual nets of ``benchmarks/architectures.py``), and in-place
+      tangents: no tracing, so the first product is cheap (2.2-3.0 gradients with the vjp
+      on the models of ``benchmarks/architectures.py``), and in-place
       operations in ``forward`` are handled exactly. At the first product one jvp along
       its first direction checks it: its primal outputs must equal z₀ bit for bit (the
       determinism check of this path), and it falls back to the double-vjp (same values,
@@ -61,7 +61,7 @@ class OutputLinearization:
       the traced tangent is the forward-mode computation with its primal part folded,
       switching changes no bit of any product. Measured with
       ``benchmarks/architectures.py``: reused GGN products 1.6 → 1.0 gradients on the CNN,
-      1.9 → 1.3 on the residual net.
+      1.9 → 1.5 on the residual net.
 
     ``"auto"`` is forward-mode AD then the traced map for models with convolutions, the
     double-vjp otherwise.

@@ -313,12 +313,7 @@ class Problem:
             tracked = {k: v.detach().requires_grad_(True) for k, v in params.items()}
             again = self.output(tracked, inputs)
         if not (isinstance(again, Tensor) and torch.equal(again.detach(), outputs.detach())):
-            raise InvalidArgumentError(
-                "two forward passes of the model at the same parameters gave different "
-                "outputs, so it is not one fixed function (a random or stateful operation "
-                "in forward that hesskit does not switch off); make forward deterministic "
-                "while hesskit evaluates it"
-            )
+            raise nondeterministic_error("a second forward pass")
 
     def batch_loss(self, params: Mapping[str, Tensor], inputs: Tree, targets: Tree) -> Tensor:
         """ℓ(f(θ, X_b), y_b): one batch's loss with its own reduction (not weighted)."""
@@ -379,6 +374,16 @@ class Problem:
             total += batch.weight * self.layout.flatten(grads).to(accumulate)
         total = all_reduce_sum(total) if self.distributed else total
         return total.to(self.dtype)
+
+
+def nondeterministic_error(what: str) -> InvalidArgumentError:
+    """The one error for a model that is not one fixed function: ``what`` (another forward
+    pass at the same parameters) gave other outputs than the first."""
+    return InvalidArgumentError(
+        f"{what} of the model at the same parameters gave other outputs than the first, so "
+        "it is not one fixed function (a random or stateful operation in forward that "
+        "hesskit does not switch off); make forward deterministic while hesskit evaluates it"
+    )
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

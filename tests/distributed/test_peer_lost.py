@@ -20,20 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from user_models import TANH_MLP
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-MODEL = '''
-import torch
-from torch import nn
-
-
-def make():
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 3, generator=generator, dtype=torch.float64)
-    y = torch.randn(16, 2, generator=generator, dtype=torch.float64)
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(), nn.MSELoss(), (x, y)
-'''
+MODEL = TANH_MLP
 
 TIMEOUT_S = 3
 BOUND_S = 60

@@ -23,19 +23,9 @@ from hesskit.cli.main import main
 from hesskit.cli.options import OPTIMIZER_NAMES
 from hesskit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from hesskit.training.checkpoint_checks import PARAMETER_STATE
+from user_models import TANH_MLP
 
-MODEL = '''
-import torch
-from torch import nn
-
-
-def make():
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 3, generator=generator, dtype=torch.float64)
-    y = torch.randn(16, 2, generator=generator, dtype=torch.float64)
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(), nn.MSELoss(), (x, y)
-'''
+MODEL = TANH_MLP
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from hesskit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from hesskit.memory import check_dense_fits
 from hesskit.operators.base import ProblemOperator, apply_columns
 from hesskit.operators.diagonals import exact_diagonal
-from hesskit.problem import Batch, Problem
+from hesskit.problem import Batch, Problem, nondeterministic_error
 
 Params = dict[str, Tensor]
 
@@ -134,7 +134,7 @@ class OutputLinearization:
                 reason = f"no forward-AD formula: {error}"
             else:
                 if not torch.equal(outputs, self.outputs):
-                    raise _nondeterministic("a forward pass with tangents")
+                    raise nondeterministic_error("a forward pass with tangents")
                 self._pending = (v, tangent)  # the first product's own J v
         if reason is not None:
             self.method, self._may_trace = "double_vjp", False
@@ -189,14 +189,6 @@ class OutputLinearization:
     def jacobian_transpose_vector(self, u: Tensor) -> Params:
         """Jᵀ u for one output-shaped u; parameter-shaped."""
         return self._transposed(u)[0]
-
-
-def _nondeterministic(what: str) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        f"{what} gave other outputs than the first forward pass at the same parameters: "
-        "the model is not one fixed function (a random or stateful operation in forward "
-        "that hesskit does not know); make forward deterministic while hesskit evaluates it"
-    )
 
 
 def _has_convolution(model: nn.Module) -> bool:

@@ -79,7 +79,8 @@ def test_same_seed_gives_the_same_bits_after_restarts():
 def test_the_budget_sets_the_basis_and_a_tiny_budget_is_refused_in_one_line():
     A = with_spectrum(SPECTRUM, seed=5)  # N = 300: one vector is 2,400 bytes in float64
     vector = 300 * 8
-    result = top_eigenpairs(CountingMatrix(A), 1, tol=1e-6, memory_budget=7 * vector)
+    result = top_eigenpairs(CountingMatrix(A), 1, tol=1e-6, memory_budget=7 * vector,
+                            reorthogonalize=True)
     assert result.converged  # 7 vectors: a basis of 5 plus the 2 work vectors
     assert lanczos_vectors(1, 5, return_vectors=False) == 7
     with pytest.raises(TooLargeError, match=(
@@ -87,7 +88,7 @@ def test_the_budget_sets_the_basis_and_a_tiny_budget_is_refused_in_one_line():
         r"of N float64 numbers, 12.0 KB, but the memory budget is 9.6 KB; pass a memory_budget "
         r"of at least 12.0 KB \(k \+ 4 N-vectors\), or ask for fewer eigenpairs$"
     )):
-        top_eigenpairs(MatrixOperator(A), 1, memory_budget=4 * vector)
+        top_eigenpairs(MatrixOperator(A), 1, memory_budget=4 * vector, reorthogonalize=True)
     with pytest.raises(TooLargeError, match=r"max_vectors = 30\).* pass max_vectors=8 \(the most"):
         top_eigenpairs(MatrixOperator(A), 1, max_vectors=30, memory_budget=10 * vector)
 

@@ -27,6 +27,16 @@ Krylov space is exhausted.
 
 Memory: ``max_vectors`` + 2 N-vectors (+ k for the returned eigenvectors), checked against
 the budget before the first product (:func:`lanczos_vectors`).
+
+Without eigenvectors, where the budget cannot hold the basis of a whole unrestarted run
+(GPT-2 small: 0.5 GB per N-vector), the default is the three-term recurrence without
+reorthogonalisation (``reorthogonalize=False``; ``recurrence.ThreeTermRecurrence``, 5
+N-vectors whatever the number of steps): it needs as few products as full
+reorthogonalisation for the extreme eigenvalues (the restarted basis needs more), and the
+ghost copies that the loss of orthogonality creates are merged (``ghost_filter.py``), the
+bounds taking rounding into account (Paige 1980). It cannot continue past an exhausted
+Krylov space, so it finds no multiplicities, and eigenvalues of A closer than the
+tolerance count once.
 """
 
 from __future__ import annotations
@@ -37,7 +47,9 @@ import numpy as np
 import torch
 
 from hesskit.errors import InvalidArgumentError
+from hesskit.estimators.ghost_filter import distinct_ritz_values
 from hesskit.estimators.probes import check_count, gaussian, make_generator
+from hesskit.estimators.recurrence import THREE_TERM_VECTORS, ThreeTermRecurrence
 from hesskit.estimators.result import Eigenpairs
 from hesskit.estimators.thick_restart import WORK_VECTORS, ThickRestartLanczos
 from hesskit.memory import check_vectors_fit, format_bytes, vector_bytes, vectors_that_fit
@@ -49,6 +61,12 @@ MIN_STEPS = 20
 """Lanczos steps before the stopping test is trusted (at least 2k + 1): SciPy's default
 ``ncv``. Fewer steps can leave an outlying eigenvalue without any Ritz value, and then a
 well-converged Ritz value of the next one would be reported in its place."""
+
+
+CHECKS_PER_RUN = 100
+"""The three-term path tests for convergence after every step up to step 2·CHECKS_PER_RUN,
+then every ⌊m / CHECKS_PER_RUN⌋ steps (at most 1 % more products than needed), since each
+test merges ghosts in O(m²) operations."""
 
 
 def lanczos_vectors(k: int, max_vectors: int, return_vectors: bool) -> int:
@@ -66,6 +84,7 @@ def top_eigenpairs(
     max_products: int | None = None,
     max_vectors: int | None = None,
     return_vectors: bool = False,
+    reorthogonalize: bool | None = None,
     memory_budget: int | str | None = None,
     generator: torch.Generator | None = None,
     seed: int = 0,
@@ -89,6 +108,11 @@ def top_eigenpairs(
             Default: as many as the run can use (products + 1) within the memory budget.
         return_vectors: also return the k Ritz vectors (k more N-vectors); otherwise
             ``vectors`` is None.
+        reorthogonalize: ``True``: a reorthogonalised basis of ``max_vectors`` (thick
+            restarts when full); ``False``: the three-term recurrence, 5 N-vectors, no
+            eigenvectors, ghost copies merged (module docstring). ``None`` (default):
+            ``True`` when eigenvectors are asked for, ``max_vectors`` is given or the
+            budget holds the basis of the whole run; ``False`` otherwise.
         memory_budget: bytes or a size like ``"2GB"``; default
             :func:`hesskit.memory.default_memory_budget`.
         generator: source of the Gaussian start vector; default seeded with ``seed``.
@@ -124,14 +148,20 @@ def top_eigenpairs(
     if max_products is not None:
         check_count("max_products", max_products, k)
     budget = max(100, 30 * k) if max_products is None else max_products
+    sign = 1.0 if which == "largest" else -1.0
+    generator = make_generator(generator, seed)
+    if not _keeps_basis(op, k, reorthogonalize, max_vectors, return_vectors, budget,
+                        memory_budget):
+        start = gaussian((n, 1), generator, op.dtype, op.device)
+        with Progress(f"Lanczos ({which} {k}, three-term)", budget, show=progress) as bar:
+            min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
+            return _three_term_pairs(op, start, k, sign, tol, budget, min_steps, bar)
     max_vectors = _basis_size(op, k, max_vectors, min(n, budget), return_vectors, memory_budget)
     if max_vectors >= n + 1:  # never restarts: the Krylov space is exhausted after N steps
         budget = min(n, budget)
-    keep = k + (max_vectors - 1 - k) // 2
-    generator = make_generator(generator, seed)
-    sign = 1.0 if which == "largest" else -1.0
-    lanczos = ThickRestartLanczos(op, gaussian((n,), generator, op.dtype, op.device), max_vectors)
     min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
+    keep = k + (max_vectors - 1 - k) // 2
+    lanczos = ThickRestartLanczos(op, gaussian((n,), generator, op.dtype, op.device), max_vectors)
     best_at_breakdown: np.ndarray | None = None
     with Progress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
         while True:
@@ -143,7 +173,7 @@ def top_eigenpairs(
             bar.advance(1)
             T = lanczos.projected()
             values, vectors_t, residuals, bounds = _wanted_ritz_pairs(T, lanczos.beta, k, sign)
-            accurate = len(values) >= k and _meets(values, bounds, tol, T, op)
+            accurate = len(values) >= k and _meets(values, bounds, tol, np.diag(T), op)
             converged = accurate and lanczos.products >= min_steps
             if lanczos.products >= budget:
                 break
@@ -162,6 +192,84 @@ def top_eigenpairs(
         values=torch.as_tensor(values, dtype=op.dtype),
         vectors=vectors,
         products=lanczos.products,
+        residuals=torch.as_tensor(residuals, dtype=op.dtype),
+        converged=bool(converged),
+        error_bounds=torch.as_tensor(bounds, dtype=op.dtype),
+    )
+
+
+def _keeps_basis(
+    op: CurvatureOperator,
+    k: int,
+    reorthogonalize: bool | None,
+    max_vectors: int | None,
+    return_vectors: bool,
+    steps: int,
+    memory_budget: int | str | None,
+) -> bool:
+    """Whether to run with a reorthogonalised basis (see ``reorthogonalize``); the
+    three-term recurrence's 5 N-vectors are checked against the budget when not."""
+    n = op.shape[0]
+    if reorthogonalize is None:
+        whole_run = lanczos_vectors(k, min(n, steps) + 1, return_vectors)
+        reorthogonalize = (
+            return_vectors or max_vectors is not None
+            or whole_run <= vectors_that_fit(n, op.dtype, memory_budget)
+        )
+    if reorthogonalize:
+        return True
+    if return_vectors or max_vectors is not None:
+        given = "return_vectors=True" if return_vectors else "max_vectors"
+        raise InvalidArgumentError(
+            f"{given} needs a basis: pass reorthogonalize=True (or None), not False"
+        )
+    check_vectors_fit(
+        n, op.dtype, THREE_TERM_VECTORS, what="top_eigenpairs (three-term recurrence)",
+        instead=f"pass a memory_budget of at least "
+        f"{format_bytes(THREE_TERM_VECTORS * vector_bytes(n, op.dtype))}",
+        memory_budget=memory_budget,
+    )
+    return False
+
+
+def _three_term_pairs(
+    op: CurvatureOperator,
+    start: torch.Tensor,
+    k: int,
+    sign: float,
+    tol: float,
+    budget: int,
+    min_steps: int,
+    bar: Progress,
+) -> Eigenpairs:
+    """The k wanted distinct Ritz values of the three-term recurrence from ``start``
+    (``[N, 1]``), stopped by the test of :func:`top_eigenpairs`."""
+    recurrence = ThreeTermRecurrence(op, start)
+    eps = torch.finfo(op.dtype).eps
+    while True:
+        recurrence.step()
+        bar.advance(1)
+        m = recurrence.steps
+        if m % max(1, m // CHECKS_PER_RUN) and not bool(recurrence.done[0]) and m < budget:
+            continue
+        alphas, betas = recurrence.tridiagonal()
+        beta_last = 0.0 if bool(recurrence.done[0]) else float(recurrence.betas[-1][0])
+        theta, residuals, copies = distinct_ritz_values(alphas, betas, beta_last, eps)
+        order = np.argsort(-sign * theta, kind="stable")[:k]
+        bounds = np.array([_error_bound(theta, residuals, i) for i in order])
+        values, residuals = theta[order], residuals[order]
+        settled = np.maximum(bounds, copies[order])  # merged copies as accurate as tol too
+        accurate = len(values) >= k and _meets(values, settled, tol, alphas, op)
+        converged = accurate and recurrence.steps >= min_steps
+        if bool(recurrence.done[0]):  # the Krylov space is exhausted: nothing more to see
+            converged = accurate
+            break
+        if converged or recurrence.steps >= budget:
+            break
+    return Eigenpairs(
+        values=torch.as_tensor(values, dtype=op.dtype),
+        vectors=None,
+        products=recurrence.steps,
         residuals=torch.as_tensor(residuals, dtype=op.dtype),
         converged=bool(converged),
         error_bounds=torch.as_tensor(bounds, dtype=op.dtype),
@@ -237,9 +345,13 @@ def _unchanged(
 
 
 def _meets(
-    values: np.ndarray, bounds: np.ndarray, tol: float, T: np.ndarray, op: CurvatureOperator
+    values: np.ndarray,
+    bounds: np.ndarray,
+    tol: float,
+    diagonal: np.ndarray,
+    op: CurvatureOperator,
 ) -> bool:
-    scale = max(float(np.max(np.abs(values))), float(np.max(np.abs(np.diag(T)))))
+    scale = max(float(np.max(np.abs(values))), float(np.max(np.abs(diagonal))))
     floor = torch.finfo(op.dtype).eps ** (2 / 3) * scale
     return bool(np.all(bounds <= tol * np.maximum(np.abs(values), floor)))
 

@@ -1,11 +1,19 @@
-"""P Lanczos recurrences at once with a stored, reorthogonalised basis (for SLQ).
+"""P Lanczos recurrences at once: with a stored, reorthogonalised basis, or three-term.
 
-Stochastic Lanczos quadrature with ``reorthogonalize=True`` (``spectral_density.py``) runs
-P independent recurrences A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ, one ``matmat`` of P columns
-per step, each reorthogonalised against its whole basis (classical Gram-Schmidt, twice:
-"twice is enough", Giraud et al. 2005). Memory: P · (m + 1) · N numbers, grown by
-doubling (so up to 1.5× that during a copy: :func:`basis_vectors`). For the top
-eigenpairs at scale, see the bounded basis of ``thick_restart.py``.
+Both run P independent recurrences A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ, one ``matmat`` of P
+columns per step, and record T_m (α, β):
+
+* :class:`LanczosRecurrence` reorthogonalises each new vector against its whole basis
+  (classical Gram-Schmidt, twice: "twice is enough", Giraud et al. 2005). Memory:
+  P · (m + 1) · N numbers, grown by doubling (so up to 1.5× that during a copy:
+  :func:`basis_vectors`). Used by SLQ with ``reorthogonalize=True``.
+* :class:`ThreeTermRecurrence` keeps q_{j−1}, q_j and A q_j only (:data:`THREE_TERM_VECTORS`
+  · P N-vectors whatever m): the recurrence as Lanczos wrote it, which loses orthogonality
+  once a Ritz value converges (Paige 1976). Used by SLQ with ``reorthogonalize=False`` and
+  by ``top_eigenpairs`` with ``reorthogonalize=False`` (spurious and ghost Ritz values
+  removed there: ``ghost_filter.py``).
+
+For eigenvectors at scale, see the bounded basis of ``thick_restart.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from torch import Tensor
 
 from hesskit.errors import InvalidArgumentError, NonFiniteError
 from hesskit.operators.base import CurvatureOperator
+
+THREE_TERM_VECTORS = 5
+"""N-vectors per recurrence :class:`ThreeTermRecurrence` holds at its peak: q_{j−1}, q_j,
+A q_j and the operator's copies of its argument and result."""
 
 INITIAL_ROWS = 8
 """Rows of the basis allocated first; it doubles when full."""
@@ -140,3 +152,64 @@ def orthogonalize(w: Tensor, basis: Tensor) -> Tensor:
         coefficients = torch.bmm(basis, w[:, :, None])
         w = w - torch.bmm(basis.transpose(1, 2), coefficients)[:, :, 0]
     return w
+
+
+class ThreeTermRecurrence:
+    """P plain Lanczos recurrences, keeping only q_{j−1}, q_j and A q_j per recurrence:
+
+        w = A q_j − α_j q_j − β_{j−1} q_{j−1},  α_j = q_jᵀ A q_j,  β_j = ‖w‖,  q_{j+1} = w / β_j.
+
+    A recurrence stops (``done``; its T has ``lengths[p]`` rows) at β_j ≤ ε^{2/3} ·
+    max(|α|, β), as :class:`LanczosRecurrence` does; the others go on.
+    """
+
+    def __init__(self, op: CurvatureOperator, start: Tensor) -> None:
+        norms = torch.linalg.vector_norm(start, dim=0)
+        if not bool((norms > 0).all()):
+            raise InvalidArgumentError("a Lanczos start vector is zero; use a non-zero vector")
+        self.op = op
+        probes = start.shape[1]
+        self._q = (start / norms).to(op.dtype)
+        self._q_previous = torch.zeros_like(self._q)
+        self._beta_previous = torch.zeros(probes, dtype=torch.float64, device=self._q.device)
+        self._scale = torch.zeros(probes, dtype=torch.float64)
+        self.alphas: list[Tensor] = []  # α_j, float64 [P] on the CPU
+        self.betas: list[Tensor] = []  # β_j, float64 [P] on the CPU
+        self.lengths = np.full(probes, -1)
+        self.done = torch.zeros(probes, dtype=torch.bool)
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas)
+
+    def step(self) -> None:
+        """One product per recurrence (a recurrence that is ``done`` multiplies zeros)."""
+        w = self.op.matmat(self._q)
+        if not bool(torch.isfinite(w).all()):
+            raise NonFiniteError(
+                "the operator returned a non-finite product; check the model's loss and parameters"
+            )
+        alpha = column_dots(self._q, w)
+        w.addcmul_(self._q, alpha.to(w.dtype), value=-1)  # in place: no N × P temporary
+        w.addcmul_(self._q_previous, self._beta_previous.to(w.dtype), value=-1)
+        beta = torch.linalg.vector_norm(w, dim=0).to(torch.float64)
+        self.alphas.append(alpha.cpu())
+        self.betas.append(beta.cpu())
+        self._scale = torch.maximum(self._scale, torch.maximum(alpha.abs(), beta).cpu())
+        threshold = torch.finfo(self.op.dtype).eps ** (2 / 3) * self._scale
+        stop = (beta.cpu() <= threshold) & ~self.done
+        self.lengths[stop.numpy()] = self.steps
+        self.done |= stop
+        keep = ~self.done.to(w.device)
+        w.div_(torch.where(keep, beta, torch.ones_like(beta)).to(w.dtype))
+        w.masked_fill_(~keep, 0)
+        self._q_previous, self._q = self._q, w
+        self._beta_previous = beta
+
+    def tridiagonal(self, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(α_1..α_m, β_1..β_{m−1}) of recurrence ``index``'s T_m, and β_m is
+        ``float(self.betas[-1][index])``."""
+        length = self.steps if self.lengths[index] < 0 else int(self.lengths[index])
+        alphas = np.array([float(a[index]) for a in self.alphas[:length]])
+        betas = np.array([float(b[index]) for b in self.betas[: length - 1]])
+        return alphas, betas

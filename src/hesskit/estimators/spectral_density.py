@@ -49,15 +49,19 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from hesskit.describe import number
-from hesskit.errors import InvalidArgumentError, NonFiniteError
+from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import check_count, make_generator, rademacher
-from hesskit.estimators.recurrence import LanczosRecurrence, basis_vectors, column_dots
+from hesskit.estimators.recurrence import (
+    THREE_TERM_VECTORS,
+    LanczosRecurrence,
+    ThreeTermRecurrence,
+    basis_vectors,
+)
 from hesskit.memory import check_vectors_fit, vector_bytes, vectors_that_fit
 from hesskit.memory import format_bytes as _format_bytes
 from hesskit.operators.base import CurvatureOperator
 from hesskit.progress import Progress
 
-THREE_TERM_VECTORS = 5
 """N-vectors per probe of the recurrence without a basis: the start block, q_{j−1}, q_j,
 A q_j and the next q while it is formed."""
 
@@ -232,48 +236,17 @@ def _with_basis(
 def _three_term(
     op: CurvatureOperator, start: Tensor, steps: int, bar: Progress
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """As :func:`_with_basis`, keeping only q_{j−1}, q_j and A q_j per probe:
-
-    w = A q_j − α_j q_j − β_{j−1} q_{j−1},  α_j = q_jᵀ A q_j,  β_j = ‖w‖,  q_{j+1} = w / β_j.
-
-    A probe stops (its rule has j nodes) at β_j ≤ ε^{2/3} · max(|α|, β), as with the basis.
-    """
-    probes = start.shape[1]
-    norms = torch.linalg.vector_norm(start, dim=0)
-    if not bool((norms > 0).all()):
-        raise InvalidArgumentError("a Lanczos start vector is zero; use a non-zero vector")
-    q = (start / norms).to(op.dtype)
-    q_previous = torch.zeros_like(q)
-    beta_previous = torch.zeros(probes, dtype=torch.float64, device=q.device)
-    scale = torch.zeros(probes, dtype=torch.float64)
-    lengths = np.full(probes, steps)
-    done = torch.zeros(probes, dtype=torch.bool)
-    alphas, betas = [], []
-    for step in range(steps):
-        w = op.matmat(q)
-        bar.advance(probes)
-        if not bool(torch.isfinite(w).all()):
-            raise NonFiniteError(
-                "the operator returned a non-finite product; check the model's loss and parameters"
-            )
-        alpha = column_dots(q, w)
-        w.addcmul_(q, alpha.to(w.dtype), value=-1)  # in place: no N × P temporary
-        w.addcmul_(q_previous, beta_previous.to(w.dtype), value=-1)
-        beta = torch.linalg.vector_norm(w, dim=0).to(torch.float64)
-        alphas.append(alpha.cpu())
-        betas.append(beta.cpu())
-        scale = torch.maximum(scale, torch.maximum(alpha.abs(), beta).cpu())
-        stop = (beta.cpu() <= torch.finfo(op.dtype).eps ** (2 / 3) * scale) & ~done
-        lengths[stop.numpy()] = step + 1
-        done |= stop
-        if bool(done.all()) or step + 1 == steps:
+    """As :func:`_with_basis`, by :class:`ThreeTermRecurrence` (no basis kept)."""
+    recurrence = ThreeTermRecurrence(op, start)
+    for _ in range(steps):
+        recurrence.step()
+        bar.advance(start.shape[1])
+        if bool(recurrence.done.all()):
             break
-        keep = ~done.to(w.device)
-        w.div_(torch.where(keep, beta, torch.ones_like(beta)).to(w.dtype))
-        w.masked_fill_(~keep, 0)
-        q_previous, q = q, w
-        beta_previous = beta
-    return torch.stack(alphas).numpy(), torch.stack(betas).numpy(), lengths, len(alphas)
+    lengths = np.where(recurrence.lengths < 0, recurrence.steps, recurrence.lengths)
+    alphas = torch.stack(recurrence.alphas).numpy()
+    betas = torch.stack(recurrence.betas).numpy()
+    return alphas, betas, lengths, recurrence.steps
 
 
 def _node_range(quadrature: SpectralQuadrature) -> tuple[float, float]:

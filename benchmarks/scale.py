@@ -23,7 +23,7 @@ memory budget cannot hold a whole run's basis); ``top1_restarted``: the same wit
 thick-restart basis of ``--basis`` vectors; ``trace``: Hutchinson with ``--trace-probes`` products, one
 at a time; ``density``: ``spectral_density`` 1 probe × 90 steps without a stored basis
 (Ghorbani et al. 2019); ``blocks``: the top eigenvalue of each transformer block's
-Hessian (``op.block``: the block's parameters only); ``pyhessian_power``: PyHessian's
+Hessian (``op.block``: the block's parameters only; ``--layers`` picks blocks), three-term; ``pyhessian_power``: PyHessian's
 power iteration (3 N-vectors, its defaults: 100 iterations, tol 1e-3 on the relative
 change); ``eigsh``: SciPy's ``eigsh(k=1, which="LA", tol=1e-2)`` on ``op.to_scipy()``.
 
@@ -211,13 +211,15 @@ def run_case(size: str, case: str, args: argparse.Namespace) -> dict:
                           nodes=rule.nodes[0].tolist(), weights=rule.weights[0].tolist())
         elif case == "blocks":
             record["blocks"] = []
-            for layer in range(SIZES[size][0]):
+            layers = range(SIZES[size][0]) if args.layers == "all" else [
+                int(x) for x in args.layers.split(",")]
+            for layer in layers:
                 prefix = f"lm.transformer.h.{layer}."
                 names = [name for name in problem.layout.names if name.startswith(prefix)]
                 block = CountingOperator(op.block(names))
                 pairs, seconds, peak = measured(lambda block=block: top_eigenpairs(
                     block, 1, tol=1e-2, max_products=args.max_products,
-                    max_vectors=args.basis))
+                    reorthogonalize=False))
                 record["blocks"].append({"layer": layer, "value": float(pairs.values[0]),
                                          "products": pairs.products, "seconds": seconds,
                                          "peak_bytes": peak, "converged": pairs.converged})
@@ -251,7 +253,7 @@ def run_in_child(size: str, case: str, args: argparse.Namespace) -> dict:
            "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, __file__, "--child", "--sizes", size, "--cases", case,
                "--basis", str(args.basis), "--max-products", str(args.max_products),
-               "--trace-probes", str(args.trace_probes)]
+               "--trace-probes", str(args.trace_probes), "--layers", args.layers]
     child = subprocess.run(command, env=env, capture_output=True, text=True)
     if child.returncode != 0:
         return {"size": size, "case": case, "error": (child.stderr or "")[-2000:],
@@ -286,9 +288,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="4x256")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--basis", type=int, default=4,
-                        help="max_vectors of top1_restarted and of blocks (default 4)")
+                        help="max_vectors of top1_restarted (default 4)")
     parser.add_argument("--max-products", type=int, default=300)
     parser.add_argument("--trace-probes", type=int, default=10)
+    parser.add_argument("--layers", default="all",
+                        help="transformer blocks of the blocks case: all, or indices 0,5,11")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes, cases = args.sizes.split(","), args.cases.split(",")

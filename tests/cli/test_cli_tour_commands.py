@@ -104,3 +104,28 @@ def test_demo_steps_parse_and_fill_every_folder_the_tour_page_reads(tmp_path):
     assert written == set(TOUR_FOLDERS)
     commands = [argv[0] for _, argv in steps(tmp_path, 1.0)]
     assert commands.count("newton") == 3 and "diagonal" in commands
+
+
+def test_spectrum_under_a_small_memory_budget_runs_lanczos_without_a_basis(tmp_path, monkeypatch,
+                                                                           capsys):
+    # N = 235 float64 numbers, 1,880 bytes a vector: 60 KB holds Hutch++'s 24 vectors and the
+    # three-term recurrences (5 a probe), not a whole Lanczos basis (about 100 vectors)
+    monkeypatch.setattr(progress, "live_display_visible", lambda stderr=False: False)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    command = ["spectrum", "--layers", "64,3,10", "--samples", "24", "--top", "2",
+               "--probes", "6", "--density-steps", "16"]
+    assert main([*command, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main([*command, "--memory-budget", "60KB", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "Lanczos (largest 2, three-term)" in err
+    full = json.loads((tmp_path / "a" / "spectrum.json").read_text())
+    small = json.loads((tmp_path / "b" / "spectrum.json").read_text())
+    assert small["eigenvalues"]["converged"]
+    assert small["eigenvalues"]["values"] == pytest.approx(full["eigenvalues"]["values"],
+                                                           rel=1e-3)
+    assert small["trace"] == full["trace"]  # Hutch++ fits either way
+    assert main([*command, "--memory-budget", "2KB", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "memory budget" in err and len(err.splitlines()) == 1

@@ -84,6 +84,18 @@ def test_a_quadrature_that_does_not_fit_is_refused_with_the_setting_that_does():
         r"parameters holds \d+ vectors of N float64 numbers, .* but the memory budget is "
         r"200.0 KB; pass reorthogonalize=False \(it holds 20 vectors, 160.0 KB\)"
     )):
-        spectral_density(op, probes=4, steps=90, memory_budget=25 * 8000)
+        spectral_density(op, probes=4, steps=90, reorthogonalize=True, memory_budget=25 * 8000)
     with pytest.raises(TooLargeError, match=r"use probes=2 with reorthogonalize=False"):
         spectral_density(op, probes=4, steps=90, reorthogonalize=False, memory_budget=80_000)
+
+
+def test_the_default_keeps_a_basis_only_where_the_budget_holds_it(network_hessian):
+    op = MatrixOperator(network_hessian)
+    n = op.shape[0]
+    small = 6 * n * 8  # float64: the three-term recurrence of one probe, not a basis
+    default = spectral_density(op, probes=1, steps=20, memory_budget=small)
+    plain = spectral_density(op, probes=1, steps=20, reorthogonalize=False)
+    kept = spectral_density(op, probes=1, steps=20)
+    explicit = spectral_density(op, probes=1, steps=20, reorthogonalize=True)
+    assert torch.equal(default.nodes, plain.nodes) and torch.equal(default.weights, plain.weights)
+    assert torch.equal(kept.nodes, explicit.nodes) and not torch.equal(kept.nodes, plain.nodes)

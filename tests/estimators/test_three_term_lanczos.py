@@ -89,5 +89,6 @@ def test_settings_that_need_a_basis_or_do_not_fit_are_refused_in_one_line():
         top_eigenpairs(A, 1, reorthogonalize=False, return_vectors=True)
     with pytest.raises(InvalidArgumentError, match=r"^max_vectors needs a basis"):
         top_eigenpairs(A, 1, reorthogonalize=False, max_vectors=5)
-    with pytest.raises(TooLargeError, match=r"three-term.*pass a memory_budget of at least 12.0 KB$"):
+    with pytest.raises(TooLargeError,
+                       match=r"three-term.*pass a memory_budget of at least 12.0 KB$"):
         top_eigenpairs(A, 1, reorthogonalize=False, memory_budget=4 * 300 * 8)

@@ -11,19 +11,8 @@ from rich.table import Table
 
 from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.model_spec import add_model_options, problem_from_args
-from hesskit.cli.options import output_dir
+from hesskit.cli.options import memory_size, output_dir
 from hesskit.errors import InvalidArgumentError
-
-
-def memory_size(text: str) -> int:
-    from hesskit.dense.cost import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except InvalidArgumentError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    except (OverflowError, ValueError):  # "1e400GB" is infinite
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite memory size") from None
 
 
 def parameter_pair(text: str) -> tuple[str, str]:

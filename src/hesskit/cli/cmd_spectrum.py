@@ -20,7 +20,7 @@ import torch
 
 from hesskit.atomic_write import write_text_atomically
 from hesskit.cli.model_spec import add_model_options, problem_from_args
-from hesskit.cli.options import float_below, int_between, output_dir
+from hesskit.cli.options import float_below, int_between, memory_size, output_dir
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import (
     default_width,
@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="probes of the spectral density (default 4)")
     parser.add_argument("--density-steps", type=int_between(1, MAX_DENSITY_STEPS), default=64,
                         help="Lanczos steps per density probe (default 64)")
+    parser.add_argument("--memory-budget", type=memory_size, default=None,
+                        help="memory the estimators' vectors may use, e.g. 3GB (default: half "
+                             "the available); past it Lanczos and the density keep no basis")
     parser.add_argument("--out", default="hesskit-out/spectrum",
                         help="output folder (default hesskit-out/spectrum)")
     parser.set_defaults(run=run)
@@ -78,18 +81,19 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{name} of {n} parameters on {problem.num_data} samples (seed {args.seed})")
     top = args.top
-    eig = top_eigenpairs(op, top, tol=args.tol, seed=args.seed)
+    budget = args.memory_budget
+    eig = top_eigenpairs(op, top, tol=args.tol, seed=args.seed, memory_budget=budget)
     state = "converged" if eig.converged else "NOT converged (raise the budget or --tol)"
     print(f"top {top} eigenvalues (Lanczos, tol {args.tol:g}, {eig.products} products, {state}):")
     pairs = zip(eig.values.tolist(), eig.residuals.tolist(), strict=True)
     for i, (value, residual) in enumerate(pairs):
         print(f"  {i + 1:2d}  {value: .6e}   residual {residual:.1e}")
-    trace = hutchpp_trace(op, max(args.probes, 6), seed=args.seed)
+    trace = hutchpp_trace(op, max(args.probes, 6), seed=args.seed, memory_budget=budget)
     print(f"trace: {trace.value:.6g} ± {trace.stderr:.2g} (Hutch++, {trace.products} products)")
     exact = _exact_diagonal(problem, args.matrix)
     if exact is None:  # no exact method: Hutchinson's estimate with its error
         probes = max(args.probes, 2)
-        diag = hutchinson_diagonal(op, probes, seed=args.seed)
+        diag = hutchinson_diagonal(op, probes, seed=args.seed, memory_budget=budget)
         print(f"diagonal (Hutchinson, {probes} probes): {_summary(diag.value)}, "
               f"relative stderr {diag.relative_stderr():.2g}")
         diagonal = {"method": "hutchinson", "probes": probes, **_summary_dict(diag.value),
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         diagonal = {"method": "exact", "probes": 0, **_summary_dict(exact),
                     "relative_stderr": 0.0}
     quadrature = spectral_density(op, probes=args.density_probes, steps=args.density_steps,
-                                      seed=args.seed)
+                                  seed=args.seed, memory_budget=budget)
     width = default_width(quadrature)
     grid, density = density_on_grid(quadrature, width=width)
     print(f"spectral density: {args.density_probes} probes × {quadrature.nodes.shape[1]} "

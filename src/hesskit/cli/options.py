@@ -17,6 +17,18 @@ from pathlib import Path
 from hesskit.errors import InvalidArgumentError
 
 
+def memory_size(text: str) -> int:
+    """A memory size such as ``2GB`` or ``512MiB`` in bytes, for ``--memory-budget``."""
+    from hesskit.memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except InvalidArgumentError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    except (OverflowError, ValueError):  # "1e400GB" is infinite
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite memory size") from None
+
+
 def finite_float(text: str) -> float:
     """A float that is neither NaN nor infinite."""
     try:

@@ -15,10 +15,12 @@ Cost: P · m products, run as m ``matmat`` calls of P columns. The nodes and wei
 only T_m (eigenpairs of a tridiagonal matrix: ``scipy.linalg.eigh_tridiagonal``), so the
 basis is optional:
 
-* ``reorthogonalize=True`` (default): each recurrence keeps its basis and reorthogonalises
-  against it (``recurrence.py``); T_m is then the exact Lanczos matrix to rounding and the
-  rule is exactly Gauss. Memory about 1.5 · P · (m + 1) · N numbers at its peak.
-* ``reorthogonalize=False``: the plain three-term recurrence, as Ghorbani, Krishnan & Xiao
+* ``reorthogonalize=True`` (the default where the memory budget holds it): each recurrence
+  keeps its basis and reorthogonalises against it (``recurrence.py``); T_m is then the
+  exact Lanczos matrix to rounding and the rule is exactly Gauss. Memory about
+  1.5 · P · (m + 1) · N numbers at its peak.
+* ``reorthogonalize=False`` (the default where it does not): the plain three-term
+  recurrence, as Ghorbani, Krishnan & Xiao
   ("An investigation into neural net optimization via Hessian eigenvalue density", ICML
   2019, §2.2, 90 steps at ImageNet scale) run it: q_{j−1}, q_j and A q_j only,
   :data:`THREE_TERM_VECTORS` · P N-vectors whatever m.
@@ -102,7 +104,7 @@ def spectral_density(
     *,
     probes: int = 4,
     steps: int = 64,
-    reorthogonalize: bool = True,
+    reorthogonalize: bool | None = None,
     memory_budget: int | str | None = None,
     generator: torch.Generator | None = None,
     seed: int = 0,
@@ -118,6 +120,7 @@ def spectral_density(
         reorthogonalize: keep each probe's basis and reorthogonalise against it (exact
             Gauss rules; 1.5 · P · (m + 1) N-vectors), or run the three-term recurrence
             alone (5 P N-vectors; ghost nodes, moments kept: see the module docstring).
+            ``None`` (default): with the basis when the budget holds it, else without.
         memory_budget: bytes or a size like ``"2GB"``; default
             :func:`hesskit.memory.default_memory_budget`.
         generator: source of the probes; default a CPU generator seeded with ``seed``.
@@ -134,6 +137,9 @@ def spectral_density(
     check_count("probes", probes, 1)
     check_count("steps", steps, 1)
     steps = min(steps, op.shape[0])
+    if reorthogonalize is None:
+        reorthogonalize = quadrature_vectors(probes, steps, True) <= vectors_that_fit(
+            op.shape[0], op.dtype, memory_budget)
     check_quadrature_fits(op, probes, steps, reorthogonalize, memory_budget)
     generator = make_generator(generator, seed)
     start = rademacher((op.shape[0], probes), generator, op.dtype, op.device)

@@ -152,10 +152,10 @@ def top_eigenpairs(
     generator = make_generator(generator, seed)
     if not _keeps_basis(op, k, reorthogonalize, max_vectors, return_vectors, budget,
                         memory_budget):
-        start = gaussian((n, 1), generator, op.dtype, op.device)
         with Progress(f"Lanczos ({which} {k}, three-term)", budget, show=progress) as bar:
             min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
-            return _three_term_pairs(op, start, k, sign, tol, budget, min_steps, bar)
+            return _three_term_pairs(op, gaussian((n, 1), generator, op.dtype, op.device), k,
+                                     sign, tol, budget, min_steps, bar)
     max_vectors = _basis_size(op, k, max_vectors, min(n, budget), return_vectors, memory_budget)
     if max_vectors >= n + 1:  # never restarts: the Krylov space is exhausted after N steps
         budget = min(n, budget)
@@ -245,6 +245,7 @@ def _three_term_pairs(
     """The k wanted distinct Ritz values of the three-term recurrence from ``start``
     (``[N, 1]``), stopped by the test of :func:`top_eigenpairs`."""
     recurrence = ThreeTermRecurrence(op, start)
+    del start  # the recurrence holds its normalised copy: one N-vector less
     eps = torch.finfo(op.dtype).eps
     while True:
         recurrence.step()

@@ -164,13 +164,15 @@ class ThreeTermRecurrence:
     """
 
     def __init__(self, op: CurvatureOperator, start: Tensor) -> None:
+        """``start``: ``[N, P]``, one start vector per recurrence (normalised into a copy;
+        a caller that drops its own reference saves an N-vector per recurrence)."""
         norms = torch.linalg.vector_norm(start, dim=0)
         if not bool((norms > 0).all()):
             raise InvalidArgumentError("a Lanczos start vector is zero; use a non-zero vector")
         self.op = op
         probes = start.shape[1]
         self._q = (start / norms).to(op.dtype)
-        self._q_previous = torch.zeros_like(self._q)
+        self._q_previous: Tensor | None = None  # q_0 = 0: no N-vector of zeros held
         self._beta_previous = torch.zeros(probes, dtype=torch.float64, device=self._q.device)
         self._scale = torch.zeros(probes, dtype=torch.float64)
         self.alphas: list[Tensor] = []  # α_j, float64 [P] on the CPU
@@ -191,7 +193,8 @@ class ThreeTermRecurrence:
             )
         alpha = column_dots(self._q, w)
         w.addcmul_(self._q, alpha.to(w.dtype), value=-1)  # in place: no N × P temporary
-        w.addcmul_(self._q_previous, self._beta_previous.to(w.dtype), value=-1)
+        if self._q_previous is not None:
+            w.addcmul_(self._q_previous, self._beta_previous.to(w.dtype), value=-1)
         beta = torch.linalg.vector_norm(w, dim=0).to(torch.float64)
         self.alphas.append(alpha.cpu())
         self.betas.append(beta.cpu())

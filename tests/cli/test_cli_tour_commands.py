@@ -129,3 +129,20 @@ def test_spectrum_under_a_small_memory_budget_runs_lanczos_without_a_basis(tmp_p
     assert main([*command, "--memory-budget", "2KB", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert "memory budget" in err and len(err.splitlines()) == 1
+
+
+def test_spectrum_per_block_matches_the_library_and_draws_the_blocks(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["spectrum", "--layers", "64,3,10", "--samples", "16", "--top", "1",
+                 "--probes", "6", "--density-steps", "8", "--per-block", "--dtype", "float64",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "spectrum.json").read_text())
+    blocks = record["blocks"]
+    assert len(blocks) == 2 and all(b["converged"] for b in blocks.values())
+    assert sum(b["num_params"] for b in blocks.values()) == record["num_params"]
+    # the whole matrix's top eigenvalue bounds every block's (Cauchy interlacing)
+    top = record["eigenvalues"]["values"][0]
+    assert all(b["values"][0] <= top * (1 + 1e-9) for b in blocks.values())
+    assert (out / "block_spectra.png").is_file()
+    assert "block heterogeneity" in (out / "index.html").read_text()  # its caption
+    assert "per block" in capsys.readouterr().out

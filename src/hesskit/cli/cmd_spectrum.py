@@ -23,10 +23,12 @@ from hesskit.cli.model_spec import add_model_options, problem_from_args
 from hesskit.cli.options import float_below, int_between, memory_size, output_dir
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators import (
+    block_spectra,
     default_width,
     density_on_grid,
     hutchinson_diagonal,
     hutchpp_trace,
+    module_blocks,
     spectral_density,
     top_eigenpairs,
 )
@@ -60,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="probes of the spectral density (default 4)")
     parser.add_argument("--density-steps", type=int_between(1, MAX_DENSITY_STEPS), default=64,
                         help="Lanczos steps per density probe (default 64)")
+    parser.add_argument("--per-block", action="store_true",
+                        help="also the top eigenvalues and density of each parameter block "
+                             "(writes block_spectra.png)")
+    parser.add_argument("--block-depth", type=int_between(1, 100), default=None,
+                        help="blocks by the first DEPTH parts of the module path (e.g. 3 for "
+                             "transformer.h.<i>); default every module its own block")
     parser.add_argument("--memory-budget", type=memory_size, default=None,
                         help="memory the estimators' vectors may use, e.g. 3GB (default: half "
                              "the available); past it Lanczos and the density keep no basis")
@@ -123,8 +131,43 @@ def run(args: argparse.Namespace) -> int:
                     "nodes": quadrature.nodes.tolist(), "weights": quadrature.weights.tolist(),
                     "products": quadrature.products},
     }
+    if args.per_block:
+        record["blocks"] = _per_block(op, args, folder, name)
     _write(folder, record, name, grid, density, eig)
     return 0
+
+
+def _per_block(op, args: argparse.Namespace, folder: Path, name: str) -> dict:
+    """Each block's top eigenvalues and density: printed, plotted, and returned for the JSON."""
+    from hesskit.report.spectrum_plots import plot_block_spectra
+
+    spectra = block_spectra(op, module_blocks(op.layout.names, args.block_depth),
+                            k=args.top, tol=args.tol, density_probes=1,
+                            density_steps=args.density_steps, memory_budget=args.memory_budget,
+                            seed=args.seed)
+    print(f"per block (top {args.top} eigenvalues, density 1 probe × {args.density_steps} "
+          "steps):")
+    record, curves = {}, {}
+    nodes = torch.cat([s.density.nodes[s.density.weights > 0] for s in spectra.values()])
+    low, high = float(nodes.min()), float(nodes.max())
+    width = 0.01 * (high - low if high > low else max(1.0, abs(high)))  # one σ for all
+    grid = torch.linspace(low - 5 * width, high + 5 * width, 1000, dtype=torch.float64)
+    for block, spectrum in spectra.items():
+        values = spectrum.eigenpairs.values.tolist()
+        state = "" if spectrum.eigenpairs.converged else "  NOT converged"
+        print(f"  {block:<32} {spectrum.num_params:>10,} parameters  "
+              f"top {values[0]: .4e}{state}")
+        _, density = density_on_grid(spectrum.density, width=width, grid=grid)
+        curves[block] = (grid.tolist(), density.tolist())
+        record[block] = {"names": list(spectrum.names), "num_params": spectrum.num_params,
+                         "values": values, "converged": spectrum.eigenpairs.converged,
+                         "products": spectrum.eigenpairs.products + spectrum.density.products,
+                         "nodes": spectrum.density.nodes.tolist(),
+                         "weights": spectrum.density.weights.tolist()}
+    path = plot_block_spectra(curves, {b: r["values"][0] for b, r in record.items()},
+                              folder / "block_spectra.png", title=f"{name} per block")
+    print(f"wrote {path}")
+    return record
 
 
 def _write(folder: Path, record: dict, name: str, grid, density, eig) -> None:

@@ -42,6 +42,9 @@ SPECTRUM_CAPTIONS = {
     "spectral_density.png": "Spectral density by stochastic Lanczos quadrature, smoothed by "
     "a Gaussian whose width σ is in the legend; the top eigenvalues are marked, and past "
     "the largest one the curve is only the smoothing's tail (dashed).",
+    "block_spectra.png": "Each parameter block's own curvature (--per-block): the density of "
+    "its diagonal block of the matrix (one SLQ probe) and its top eigenvalue. How far the "
+    "blocks differ is the block heterogeneity of Zhang et al. (2024).",
 }
 ACTIVATION_COLUMNS = ("name", "parameters", "piecewise linear", "at the kink", "stationary points")
 

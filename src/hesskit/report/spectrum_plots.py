@@ -93,3 +93,36 @@ def plot_eigenvalues(
     save_figure_atomically(fig, path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def plot_block_spectra(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    top: dict[str, float],
+    path: Path,
+    *,
+    title: str = "per-block spectra",
+) -> Path:
+    """Each block's smoothed spectral density (left, log y) and its top eigenvalue (right,
+    a bar per block, log x when all are positive): how much the blocks differ."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(3, 2))
+    for i, (block, (grid, density)) in enumerate(curves.items()):
+        density = np.asarray(density, dtype=float)
+        floor = max(float(density.max()), 1e-300) * 1e-12
+        left.semilogy(grid, np.maximum(density, floor), color=f"C{i % 10}", label=block)
+    left.set_xlabel("eigenvalue")
+    left.set_ylabel("density (SLQ, smoothed)")
+    if len(curves) <= 12:
+        left.legend(fontsize=7)
+    names = list(top)
+    values = np.array([top[name] for name in names])
+    right.barh(range(len(names)), values, color=[f"C{i % 10}" for i in range(len(names))])
+    right.set_yticks(range(len(names)), names, fontsize=7)
+    right.invert_yaxis()
+    if np.all(values > 0):
+        right.set_xscale("log")
+    right.set_xlabel("top eigenvalue of the block")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure_atomically(fig, path, dpi=DPI)
+    plt.close(fig)
+    return path

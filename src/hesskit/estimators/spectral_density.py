@@ -142,10 +142,9 @@ def spectral_density(
             op.shape[0], op.dtype, memory_budget)
     check_quadrature_fits(op, probes, steps, reorthogonalize, memory_budget)
     generator = make_generator(generator, seed)
-    start = rademacher((op.shape[0], probes), generator, op.dtype, op.device)
-    return lanczos_quadrature(
-        op, start, steps, reorthogonalize=reorthogonalize, memory_budget=memory_budget,
-        progress=progress,
+    return lanczos_quadrature(  # the probes passed on, not held here: one N-vector each
+        op, rademacher((op.shape[0], probes), generator, op.dtype, op.device), steps,
+        reorthogonalize=reorthogonalize, memory_budget=memory_budget, progress=progress,
     )
 
 
@@ -205,9 +204,13 @@ def lanczos_quadrature(
     """
     probes = start.shape[1]
     check_quadrature_fits(op, probes, steps, reorthogonalize, memory_budget)
-    run = _with_basis if reorthogonalize else _three_term
+    if reorthogonalize:
+        recurrence, run = LanczosRecurrence(op, start), _with_basis
+    else:
+        recurrence, run = ThreeTermRecurrence(op, start), _three_term
+    del start  # the recurrence holds its normalised copy (the caller may hold the original)
     with Progress("spectral density", probes * steps, show=progress) as bar:
-        alphas, betas, lengths, done_steps = run(op, start, steps, bar)
+        alphas, betas, lengths, done_steps = run(recurrence, probes, steps, bar)
     nodes = torch.zeros(probes, steps, dtype=torch.float64)
     weights = torch.zeros_like(nodes)
     for p in range(probes):
@@ -219,11 +222,9 @@ def lanczos_quadrature(
 
 
 def _with_basis(
-    op: CurvatureOperator, start: Tensor, steps: int, bar: Progress
+    recurrence: LanczosRecurrence, probes: int, steps: int, bar: Progress
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """α, β ``[m, P]``, the length of each probe's rule, and the steps run (stored basis)."""
-    probes = start.shape[1]
-    recurrence = LanczosRecurrence(op, start)
     lengths = np.full(probes, steps)
     done = torch.zeros(probes, dtype=torch.bool)
     for step in range(steps):
@@ -240,13 +241,12 @@ def _with_basis(
 
 
 def _three_term(
-    op: CurvatureOperator, start: Tensor, steps: int, bar: Progress
+    recurrence: ThreeTermRecurrence, probes: int, steps: int, bar: Progress
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """As :func:`_with_basis`, by :class:`ThreeTermRecurrence` (no basis kept)."""
-    recurrence = ThreeTermRecurrence(op, start)
     for _ in range(steps):
         recurrence.step()
-        bar.advance(start.shape[1])
+        bar.advance(probes)
         if bool(recurrence.done.all()):
             break
     lengths = np.where(recurrence.lengths < 0, recurrence.steps, recurrence.lengths)

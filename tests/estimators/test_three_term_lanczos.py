@@ -92,3 +92,24 @@ def test_settings_that_need_a_basis_or_do_not_fit_are_refused_in_one_line():
     with pytest.raises(TooLargeError,
                        match=r"three-term.*pass a memory_budget of at least 12.0 KB$"):
         top_eigenpairs(A, 1, reorthogonalize=False, memory_budget=4 * 300 * 8)
+
+
+@pytest.mark.parametrize("reorthogonalize", [True, False])
+def test_a_warm_start_near_the_top_eigenvector_converges_in_a_few_products(reorthogonalize):
+    A = with_spectrum(SPECTRUM, seed=5)
+    _, U = np.linalg.eigh(A.numpy())
+    noise = np.random.default_rng(0).standard_normal(300)
+    near = torch.from_numpy(U[:, -1] + 1e-6 * noise)  # the top eigenvector, perturbed
+    warm = top_eigenpairs(MatrixOperator(A), 1, tol=1e-8, start=near, min_products=3,
+                          reorthogonalize=reorthogonalize)
+    cold = top_eigenpairs(MatrixOperator(A), 1, tol=1e-8, reorthogonalize=reorthogonalize)
+    assert warm.converged and warm.products <= 8 < 20 <= cold.products
+    np.testing.assert_allclose(warm.values.numpy(), [40.0], rtol=1e-8)
+
+
+def test_a_bad_start_is_refused_in_one_line():
+    A = MatrixOperator(with_spectrum(SPECTRUM, seed=5))
+    with pytest.raises(InvalidArgumentError, match=r"^start must be a tensor of shape \[300\]"):
+        top_eigenpairs(A, 1, start=torch.ones(299, dtype=torch.float64))
+    with pytest.raises(InvalidArgumentError, match="finite and non-zero"):
+        top_eigenpairs(A, 1, start=torch.zeros(300, dtype=torch.float64))

@@ -82,10 +82,12 @@ def top_eigenpairs(
     which: str = "largest",
     tol: float = 1e-3,
     max_products: int | None = None,
+    min_products: int | None = None,
     max_vectors: int | None = None,
     return_vectors: bool = False,
     reorthogonalize: bool | None = None,
     memory_budget: int | str | None = None,
+    start: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -101,6 +103,9 @@ def top_eigenpairs(
             min(r_i, r_i²/gap_i) ≤ tol · max(|θ_i|, floor) (see the module docstring).
         max_products: product budget (default max(100, 30 k), at most N when no restart
             is needed); the result has ``converged=False`` if it runs out first.
+        min_products: products before the stopping test is trusted; default
+            max(2k + 1, ``MIN_STEPS``). A smaller value suits a warm ``start`` already near
+            the wanted eigenvectors (a new outlier may then be missed for a while).
         max_vectors: N-vectors in the Lanczos basis, at least min(k + 2, N + 1); a thick
             restart keeps k + ⌊(max_vectors − 1 − k)/2⌋ Ritz vectors when it is full (our
             choice: half the room beyond the k wanted, so a cycle adds about as many new
@@ -115,7 +120,10 @@ def top_eigenpairs(
             budget holds the basis of the whole run; ``False`` otherwise.
         memory_budget: bytes or a size like ``"2GB"``; default
             :func:`hesskit.memory.default_memory_budget`.
-        generator: source of the Gaussian start vector; default seeded with ``seed``.
+        start: the start vector ``[N]`` (a warm start, e.g. the previous top eigenvector
+            of a slowly changing A); default a Gaussian vector from ``generator``.
+        generator: source of the Gaussian start vector (and of the new directions after
+            an exhausted Krylov space); default seeded with ``seed``.
         seed: seed used when ``generator`` is None.
         progress: show a progress bar (None: only if it runs longer than 2 s).
 
@@ -148,20 +156,28 @@ def top_eigenpairs(
     if max_products is not None:
         check_count("max_products", max_products, k)
     budget = max(100, 30 * k) if max_products is None else max_products
+    least = max(2 * k + 1, MIN_STEPS) if min_products is None else check_count(
+        "min_products", min_products, 1)
     sign = 1.0 if which == "largest" else -1.0
     generator = make_generator(generator, seed)
+    if start is not None:
+        start = _checked_start(start, op)
     if not _keeps_basis(op, k, reorthogonalize, max_vectors, return_vectors, budget,
                         memory_budget):
         with Progress(f"Lanczos ({which} {k}, three-term)", budget, show=progress) as bar:
-            min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
-            return _three_term_pairs(op, gaussian((n, 1), generator, op.dtype, op.device), k,
-                                     sign, tol, budget, min_steps, bar)
+            min_steps = min(budget, least)
+            first = gaussian((n,), generator, op.dtype, op.device) if start is None else start
+            del start
+            return _three_term_pairs(op, first[:, None], k, sign, tol, budget, min_steps, bar)
     max_vectors = _basis_size(op, k, max_vectors, min(n, budget), return_vectors, memory_budget)
     if max_vectors >= n + 1:  # never restarts: the Krylov space is exhausted after N steps
         budget = min(n, budget)
-    min_steps = min(budget, max(2 * k + 1, MIN_STEPS))
+    min_steps = min(budget, least)
     keep = k + (max_vectors - 1 - k) // 2
-    lanczos = ThickRestartLanczos(op, gaussian((n,), generator, op.dtype, op.device), max_vectors)
+    if start is None:
+        start = gaussian((n,), generator, op.dtype, op.device)
+    lanczos = ThickRestartLanczos(op, start, max_vectors)
+    del start
     best_at_breakdown: np.ndarray | None = None
     with Progress(f"Lanczos ({which} {k})", budget, show=progress) as bar:
         while True:
@@ -196,6 +212,17 @@ def top_eigenpairs(
         converged=bool(converged),
         error_bounds=torch.as_tensor(bounds, dtype=op.dtype),
     )
+
+
+def _checked_start(start: torch.Tensor, op: CurvatureOperator) -> torch.Tensor:
+    """``start`` as a finite, non-zero ``[N]`` vector of the operator's dtype and device."""
+    if not isinstance(start, torch.Tensor) or start.shape != (op.shape[0],):
+        shape = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+        raise InvalidArgumentError(f"start must be a tensor of shape [{op.shape[0]}], got {shape}")
+    start = start.detach().to(dtype=op.dtype, device=op.device)
+    if not bool(torch.isfinite(start).all()) or not bool((start != 0).any()):
+        raise InvalidArgumentError("start must be finite and non-zero")
+    return start
 
 
 def _keeps_basis(

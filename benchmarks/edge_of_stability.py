@@ -1,0 +1,183 @@
+"""The Edge of Stability (Cohen et al., ICLR 2021) on 5,000 MNIST images, measured with
+``hesskit.monitor.CurvatureMonitor``.
+
+Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks Typically
+Occurs at the Edge of Stability": under full-batch gradient descent with step size η the
+sharpness λ_max(H) rises (progressive sharpening) until it reaches 2/η, then hovers at or
+just above 2/η while the loss keeps falling, non-monotonically. Their Figure 1 uses a
+5,000-example subset of CIFAR-10 and the square loss; CIFAR-10 is not available offline
+here, so this uses the first 5,000 MNIST training images (``../shared/data/mnist``, pixels
+in [0, 1], centred by the subset's mean image) with the same kind of network: fully
+connected, two hidden layers of 200 units, tanh (their main figure) or ReLU, PyTorch's
+default initialisation, and the square loss ½‖f(x) − e_y‖² averaged over examples
+(their loss; ``nn.MSELoss`` would divide by the 10 classes as well).
+
+For each activation and step size: full-batch gradient descent for ``--steps`` steps, the
+sharpness on the whole subset every ``--every`` steps (Lanczos, warm-started, tol 1e-3,
+a cold start every 10 measurements), the loss at every step. Written: JSON with the
+trajectories and an environment record, a figure (loss and sharpness against step, 2/η
+dashed), and a summary per run: sharpness at the start, the first step it reaches 2/η,
+the median ratio sharpness / (2/η) over the last half of the steps after that, and how
+often the loss rose. The overhead of tracking is measured too: the same run's training
+steps alone against the steps plus the measurements.
+
+Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/edge_of_stability.py
+      [--steps 3000 --every 10 --lrs 0.02,0.04,0.08 --activations tanh,relu]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RESULTS = Path(__file__).parent / "results" / "edge_of_stability"
+THREADS = 2
+SAMPLES = 5000
+WIDTH = 200
+DTYPE = torch.float32
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def square_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """½‖f(x) − e_y‖² averaged over the examples (Cohen et al.'s square loss)."""
+    return 0.5 * ((outputs - targets) ** 2).sum(dim=1).mean()
+
+
+def mnist_subset(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from hesskit.data.mnist import load_mnist
+
+    data = load_mnist(data_dir)
+    X = data.train_x[:SAMPLES].to(DTYPE)
+    X = X - X.mean(dim=0)
+    Y = nn.functional.one_hot(data.train_y[:SAMPLES], 10).to(DTYPE)
+    return X, Y
+
+
+def network(activation: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, WIDTH), ACTIVATIONS[activation](),
+                         nn.Linear(WIDTH, WIDTH), ACTIVATIONS[activation](),
+                         nn.Linear(WIDTH, 10)).to(DTYPE)
+
+
+def run(activation: str, lr: float, X: torch.Tensor, Y: torch.Tensor,
+        args: argparse.Namespace) -> dict:
+    from hesskit.monitor import CurvatureMonitor
+
+    model = network(activation, args.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    monitor = CurvatureMonitor(model, square_loss, (X, Y), every=args.every, tol=1e-3)
+    losses, train_seconds = [], 0.0
+    began = time.perf_counter()
+    for _ in range(args.steps):
+        monitor.step(optimizer)
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = square_loss(model(X), Y)
+        loss.backward()
+        optimizer.step()
+        train_seconds += time.perf_counter() - start
+        losses.append(float(loss.detach()))
+        if not torch.isfinite(loss):
+            break
+    total = time.perf_counter() - began
+    steps = [r["step"] for r in monitor.records]
+    sharpness = [r["eigenvalues"][0] for r in monitor.records]
+    threshold = 2 / lr
+    reached = next((s for s, v in zip(steps, sharpness, strict=True) if v >= threshold), None)
+    record = {"activation": activation, "lr": lr, "threshold": threshold, "losses": losses,
+              "steps": steps, "sharpness": sharpness,
+              "products": [r["products"] for r in monitor.records],
+              "train_seconds": train_seconds, "measure_seconds": total - train_seconds,
+              "overhead": (total - train_seconds) / train_seconds,
+              "sharpness_at_start": sharpness[0], "first_step_at_threshold": reached}
+    if reached is not None:
+        after = [v for s, v in zip(steps, sharpness, strict=True) if s >= reached]
+        tail = after[len(after) // 2:]
+        record["ratio_last_stretch"] = statistics.median(v / threshold for v in tail)
+        record["ratio_last_stretch_range"] = [min(tail) / threshold, max(tail) / threshold]
+    rises = sum(b > a for a, b in zip(losses, losses[1:], strict=False))
+    record["loss_rises"] = rises
+    record["loss_first_last"] = [losses[0], losses[-1]]
+    return record
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    activations = sorted({r["activation"] for r in records})
+    fig, axes = plt.subplots(2, len(activations), figsize=(6 * len(activations), 7),
+                             squeeze=False)
+    for column, activation in enumerate(activations):
+        top, bottom = axes[0, column], axes[1, column]
+        for i, r in enumerate(x for x in records if x["activation"] == activation):
+            color = f"C{i}"
+            top.plot(r["losses"], color=color, label=f"η = {r['lr']:g}")
+            bottom.plot(r["steps"], r["sharpness"], color=color, label=f"η = {r['lr']:g}")
+            bottom.axhline(r["threshold"], color=color, linestyle="--", linewidth=0.8)
+        top.set_title(f"{activation} network, 5k MNIST, full-batch GD")
+        top.set_ylabel("train loss (square)")
+        top.set_yscale("log")
+        bottom.set_ylabel("sharpness λ_max(H); dashed: 2/η")
+        bottom.set_xlabel("step")
+        top.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--lrs", default="0.02,0.04,0.08")
+    parser.add_argument("--activations", default="tanh,relu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=str(Path(__file__).parents[2] / "shared" / "data"))
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    X, Y = mnist_subset(Path(args.data_dir))
+    records = []
+    for activation in args.activations.split(","):
+        for lr in (float(x) for x in args.lrs.split(",")):
+            record = run(activation, lr, X, Y, args)
+            records.append(record)
+            print(f"{activation:>5} η = {lr:<6g} sharpness {record['sharpness_at_start']:.3g} "
+                  f"→ reaches 2/η = {record['threshold']:.3g} at step "
+                  f"{record['first_step_at_threshold']}; last-stretch ratio "
+                  f"{record.get('ratio_last_stretch', float('nan')):.3f}; loss "
+                  f"{record['loss_first_last'][0]:.3g} → {record['loss_first_last'][1]:.3g} "
+                  f"({record['loss_rises']} rises); tracking overhead "
+                  f"{100 * record['overhead']:.0f} %", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    environment = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "torch_threads": THREADS,
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "load_average": os.getloadavg(), "steps": args.steps, "every": args.every,
+        "seed": args.seed, "samples": SAMPLES, "width": WIDTH, "dtype": str(DTYPE),
+    }
+    (RESULTS / "edge_of_stability.json").write_text(
+        json.dumps({"environment": environment, "runs": records}) + "\n")
+    plot(records, RESULTS / "edge_of_stability.png")
+    print(f"wrote {RESULTS}/edge_of_stability.json and .png")
+
+
+if __name__ == "__main__":
+    main()

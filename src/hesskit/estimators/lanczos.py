@@ -51,6 +51,13 @@ from hesskit.estimators.ghost_filter import distinct_ritz_values
 from hesskit.estimators.probes import check_count, gaussian, make_generator
 from hesskit.estimators.recurrence import THREE_TERM_VECTORS, ThreeTermRecurrence
 from hesskit.estimators.result import Eigenpairs
+from hesskit.estimators.ritz import (
+    eigenpairs_result,
+    error_bound,
+    meets_tolerance,
+    unchanged_at_breakdown,
+    wanted_ritz_pairs,
+)
 from hesskit.estimators.thick_restart import WORK_VECTORS, ThickRestartLanczos
 from hesskit.memory import check_vectors_fit, format_bytes, vector_bytes, vectors_that_fit
 from hesskit.operators.base import CurvatureOperator
@@ -188,13 +195,13 @@ def top_eigenpairs(
             lanczos.step()
             bar.advance(1)
             T = lanczos.projected()
-            values, vectors_t, residuals, bounds = _wanted_ritz_pairs(T, lanczos.beta, k, sign)
-            accurate = len(values) >= k and _meets(values, bounds, tol, np.diag(T), op)
+            values, vectors_t, residuals, bounds = wanted_ritz_pairs(T, lanczos.beta, k, sign)
+            accurate = len(values) >= k and meets_tolerance(values, bounds, tol, np.diag(T), op)
             converged = accurate and lanczos.products >= min_steps
             if lanczos.products >= budget:
                 break
             if lanczos.broke_down:
-                if lanczos.size >= n or _unchanged(values, best_at_breakdown, k, T, op):
+                if lanczos.size >= n or unchanged_at_breakdown(values, best_at_breakdown, k, T, op):
                     converged = accurate  # the whole Krylov space has been seen
                     break
                 best_at_breakdown = values
@@ -204,14 +211,7 @@ def top_eigenpairs(
             elif converged:
                 break
     vectors = lanczos.ritz_vectors(vectors_t) if return_vectors else None
-    return Eigenpairs(
-        values=torch.as_tensor(values, dtype=op.dtype),
-        vectors=vectors,
-        products=lanczos.products,
-        residuals=torch.as_tensor(residuals, dtype=op.dtype),
-        converged=bool(converged),
-        error_bounds=torch.as_tensor(bounds, dtype=op.dtype),
-    )
+    return eigenpairs_result(values, vectors, lanczos.products, residuals, converged, bounds, op)
 
 
 def _checked_start(start: torch.Tensor, op: CurvatureOperator) -> torch.Tensor:
@@ -284,24 +284,17 @@ def _three_term_pairs(
         beta_last = 0.0 if bool(recurrence.done[0]) else float(recurrence.betas[-1][0])
         theta, residuals, copies = distinct_ritz_values(alphas, betas, beta_last, eps)
         order = np.argsort(-sign * theta, kind="stable")[:k]
-        bounds = np.array([_error_bound(theta, residuals, i) for i in order])
+        bounds = np.array([error_bound(theta, residuals, i) for i in order])
         values, residuals = theta[order], residuals[order]
         settled = np.maximum(bounds, copies[order])  # merged copies as accurate as tol too
-        accurate = len(values) >= k and _meets(values, settled, tol, alphas, op)
+        accurate = len(values) >= k and meets_tolerance(values, settled, tol, alphas, op)
         converged = accurate and recurrence.steps >= min_steps
         if bool(recurrence.done[0]):  # the Krylov space is exhausted: nothing more to see
             converged = accurate
             break
         if converged or recurrence.steps >= budget:
             break
-    return Eigenpairs(
-        values=torch.as_tensor(values, dtype=op.dtype),
-        vectors=None,
-        products=recurrence.steps,
-        residuals=torch.as_tensor(residuals, dtype=op.dtype),
-        converged=bool(converged),
-        error_bounds=torch.as_tensor(bounds, dtype=op.dtype),
-    )
+    return eigenpairs_result(values, None, recurrence.steps, residuals, converged, bounds, op)
 
 
 def _basis_size(
@@ -334,54 +327,6 @@ def _basis_size(
         instead=instead, memory_budget=memory_budget,
     )
     return max_vectors
-
-
-def _wanted_ritz_pairs(
-    T: np.ndarray, beta: float, k: int, sign: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The k Ritz values nearest the wanted end, their T-eigenvectors, residuals and
-    eigenvalue error bounds min(r_i, r_i² / gap_i)."""
-    theta, S = np.linalg.eigh(T)
-    residuals = abs(beta) * np.abs(S[-1])
-    order = np.argsort(-sign * theta, kind="stable")[:k]
-    bounds = np.array([_error_bound(theta, residuals, i) for i in order])
-    return theta[order], S[:, order], residuals[order], bounds
-
-
-def _error_bound(theta: np.ndarray, residuals: np.ndarray, i: int) -> float:
-    """min(r_i, r_i² / gap_i), gap_i = min_{j≠i} (|θ_i − θ_j| − r_j) (Kato-Temple)."""
-    others = np.delete(np.arange(len(theta)), i)
-    if len(others) == 0:
-        return float(residuals[i])
-    gap = float(np.min(np.abs(theta[i] - theta[others]) - residuals[others]))
-    if gap <= 0:
-        return float(residuals[i])
-    return float(min(residuals[i], residuals[i] ** 2 / gap))
-
-
-def _unchanged(
-    values: np.ndarray, before: np.ndarray | None, k: int, T: np.ndarray, op: CurvatureOperator
-) -> bool:
-    """At a breakdown (an invariant subspace): did the Krylov block just exhausted leave the
-    k wanted Ritz values as they were at the previous breakdown? Its eigenvalues are
-    (generically) all the distinct eigenvalues of A on the complement of the earlier
-    blocks, so if none of them is among the k best, no further block holds one either."""
-    if before is None or len(before) < k or len(values) < k:
-        return False
-    scale = max(float(np.max(np.abs(np.diag(T)))), float(np.max(np.abs(values))))
-    return bool(np.all(np.abs(values - before) <= torch.finfo(op.dtype).eps ** (2 / 3) * scale))
-
-
-def _meets(
-    values: np.ndarray,
-    bounds: np.ndarray,
-    tol: float,
-    diagonal: np.ndarray,
-    op: CurvatureOperator,
-) -> bool:
-    scale = max(float(np.max(np.abs(values))), float(np.max(np.abs(diagonal))))
-    floor = torch.finfo(op.dtype).eps ** (2 / 3) * scale
-    return bool(np.all(bounds <= tol * np.maximum(np.abs(values), floor)))
 
 
 def check_k(k: int, n: int) -> int:

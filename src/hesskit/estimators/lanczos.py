@@ -173,9 +173,8 @@ def top_eigenpairs(
                         memory_budget):
         with Progress(f"Lanczos ({which} {k}, three-term)", budget, show=progress) as bar:
             min_steps = min(budget, least)
-            first = gaussian((n,), generator, op.dtype, op.device) if start is None else start
-            del start
-            return _three_term_pairs(op, first[:, None], k, sign, tol, budget, min_steps, bar)
+            return _three_term_pairs(op, start, generator, k, sign, tol, budget, min_steps,
+                                     bar)
     max_vectors = _basis_size(op, k, max_vectors, min(n, budget), return_vectors, memory_budget)
     if max_vectors >= n + 1:  # never restarts: the Krylov space is exhausted after N steps
         budget = min(n, budget)
@@ -261,7 +260,8 @@ def _keeps_basis(
 
 def _three_term_pairs(
     op: CurvatureOperator,
-    start: torch.Tensor,
+    start: torch.Tensor | None,
+    generator: torch.Generator,
     k: int,
     sign: float,
     tol: float,
@@ -270,9 +270,15 @@ def _three_term_pairs(
     bar: Progress,
 ) -> Eigenpairs:
     """The k wanted distinct Ritz values of the three-term recurrence from ``start``
-    (``[N, 1]``), stopped by the test of :func:`top_eigenpairs`."""
-    recurrence = ThreeTermRecurrence(op, start)
-    del start  # the recurrence holds its normalised copy: one N-vector less
+    (``[N]``; None: a Gaussian vector), stopped by the test of :func:`top_eigenpairs`.
+    No reference to a start vector of its own is kept: the recurrence holds its
+    normalised copy (one N-vector less for the whole run)."""
+    if start is None:
+        recurrence = ThreeTermRecurrence(
+            op, gaussian((op.shape[0], 1), generator, op.dtype, op.device))
+    else:
+        recurrence = ThreeTermRecurrence(op, start[:, None])
+        del start
     eps = torch.finfo(op.dtype).eps
     while True:
         recurrence.step()

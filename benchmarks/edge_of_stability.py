@@ -33,6 +33,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy is imported
 
 import argparse
 import datetime
+import itertools
 import json
 import platform
 import statistics
@@ -108,7 +109,7 @@ def run(activation: str, lr: float, X: torch.Tensor, Y: torch.Tensor,
         tail = after[len(after) // 2:]
         record["ratio_last_stretch"] = statistics.median(v / threshold for v in tail)
         record["ratio_last_stretch_range"] = [min(tail) / threshold, max(tail) / threshold]
-    rises = sum(b > a for a, b in zip(losses, losses[1:], strict=False))
+    rises = sum(b > a for a, b in itertools.pairwise(losses))
     record["loss_rises"] = rises
     record["loss_first_last"] = [losses[0], losses[-1]]
     return record

@@ -17,14 +17,14 @@ Cases: ``gradient``; ``hvp`` / ``ggn``: a fresh operator's first product (it bui
 linearisation) and the median of 3 further products; ``pyhessian_hvp``: PyHessian's
 products (``torch.autograd.grad`` with ``create_graph=True``, then one double backward
 per product through the kept graph; "fresh" is building the graph and the first product,
-as for ``hvp``); ``top1`` / ``top5``: ``top_eigenpairs`` (tol 1e-2)
-by the three-term recurrence (``reorthogonalize=False``, 5 N-vectors: the default where the
-memory budget cannot hold a whole run's basis); ``top1_restarted``: the same with a
-thick-restart basis of ``--basis`` vectors; ``trace``: Hutchinson with ``--trace-probes`` products, one
-at a time; ``density``: ``spectral_density`` 1 probe × 90 steps without a stored basis
+as for ``hvp``); ``top1`` / ``top5``: ``top_eigenpairs`` (tol 1e-2) by the three-term
+recurrence (``reorthogonalize=False``, 5 N-vectors: the default where the memory budget
+cannot hold a whole run's basis); ``top1_restarted``: the same with a thick-restart basis
+of ``--basis`` vectors; ``trace``: Hutchinson with ``--trace-probes`` products, one at a
+time; ``density``: ``spectral_density`` 1 probe × 90 steps without a stored basis
 (Ghorbani et al. 2019); ``blocks``: the top eigenvalue of each transformer block's
-Hessian (``op.block``: the block's parameters only; ``--layers`` picks blocks), three-term; ``pyhessian_power``: PyHessian's
-power iteration (3 N-vectors, its defaults: 100 iterations, tol 1e-3 on the relative
+Hessian (``op.block``: the block's parameters only; ``--layers`` picks blocks),
+three-term; ``pyhessian_power``: PyHessian's power iteration (3 N-vectors, its defaults: 100 iterations, tol 1e-3 on the relative
 change); ``eigsh``: SciPy's ``eigsh(k=1, which="LA", tol=1e-2)`` on ``op.to_scipy()``.
 
 Run:  .venv/bin/python benchmarks/scale.py [--sizes 4x256] [--cases gradient,hvp,...]

@@ -24,8 +24,9 @@ of ``--basis`` vectors; ``trace``: Hutchinson with ``--trace-probes`` products, 
 time; ``density``: ``spectral_density`` 1 probe × 90 steps without a stored basis
 (Ghorbani et al. 2019); ``blocks``: the top eigenvalue of each transformer block's
 Hessian (``op.block``: the block's parameters only; ``--layers`` picks blocks),
-three-term; ``pyhessian_power``: PyHessian's power iteration (3 N-vectors, its defaults: 100 iterations, tol 1e-3 on the relative
-change); ``eigsh``: SciPy's ``eigsh(k=1, which="LA", tol=1e-2)`` on ``op.to_scipy()``.
+three-term; ``pyhessian_power``: PyHessian's power iteration (3 N-vectors, its defaults:
+100 iterations, tol 1e-3 on the relative change); ``eigsh``: SciPy's
+``eigsh(k=1, which="LA", tol=1e-2)`` on ``op.to_scipy()``.
 
 Run:  .venv/bin/python benchmarks/scale.py [--sizes 4x256] [--cases gradient,hvp,...]
 Writes benchmarks/results/scale.json (with an environment record; merged with the cases

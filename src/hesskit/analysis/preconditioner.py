@@ -62,6 +62,7 @@ from hesskit.analysis.rmsprop import curvature_diagonals
 from hesskit.errors import InvalidArgumentError, NonFiniteError
 from hesskit.layout import ParameterLayout
 from hesskit.operators import damped, gauss_newton_operator
+from hesskit.optim.shampoo_graft import warmup_note
 from hesskit.problem import Problem
 from hesskit.tensor_tree import num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
@@ -223,7 +224,8 @@ class _Run:
         torch.manual_seed(self.seed)
         sampler = BatchSampler(self.num_train, self.batch_size, self.seed)
         choice = self.choice
-        run = OptimizerRun(choice.name, choice.title, choice.lr, "", "")
+        run = OptimizerRun(choice.name, choice.title, choice.lr, "", "",
+                           note=self.warmup(steps))
         analysis.runs.append(run)
         for step in range(1, steps + 1):
             self.batch = select(self.problem.train, sampler.next())
@@ -243,6 +245,12 @@ class _Run:
                 if on_progress is not None:
                     on_progress(analysis, choice.name, step)
         return run
+
+    def warmup(self, steps: int) -> str:
+        """The note for an optimizer that spent the whole run in its warm-up (Shampoo's
+        steps before ``start_preconditioning_step`` are its graft's), else ``""``."""
+        warmup_steps = int(getattr(self.optimizer, "warmup_steps", 0))
+        return warmup_note(self.choice.title, steps, warmup_steps) or ""
 
     def record(self, step: int, loss: float, before: list[Tensor],
                settings: AnalysisSettings, run: OptimizerRun) -> StepRecord:

@@ -15,7 +15,6 @@ from hesskit.analysis.preconditioner import (
     AnalysisSettings,
     compare_scope,
     layer_groups,
-    preconditioner_analysis,
 )
 from hesskit.analysis.preconditioner_adapters import (
     diagonal_preconditioner,
@@ -30,6 +29,7 @@ from hesskit.operators import MatrixOperator
 from hesskit.optim.adahessian import AdaHessian
 from hesskit.optim.kfac import KFAC
 from hesskit.problem import Problem
+from hesskit.training.preconditioner_run import OptimizerChoice, preconditioner_analysis
 from reference import autograd_gauss_newton
 
 LAM = 0.1
@@ -355,7 +355,6 @@ def test_layers_are_the_modules_of_the_parameters():
 def test_a_shampoo_run_inside_its_warmup_is_reported_as_its_graft():
     """The registry's Shampoo starts preconditioning at step 100; 3 steps are Adam's and the
     summary says so; a Shampoo that starts at step 2 has no such note."""
-    from hesskit.analysis.preconditioner import OptimizerChoice
     from hesskit.analysis.preconditioner_records import summarize
     from hesskit.optim.shampoo import Shampoo
 

@@ -63,6 +63,7 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.operators.counting import CountingOperator
 from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
 from hesskit.optim.shampoo import UPDATE_FREQ as SHAMPOO_START
+from hesskit.optim.weight_cost import weight_cost_value
 from hesskit.tensor_tree import num_samples, select
 
 CHUNK_SEED = 0
@@ -248,8 +249,8 @@ def gauss_newton_curvature(
 
         def objective() -> Tensor:
             context.products.add(1)
-            squares = sum(float(p.square().sum()) for p in context.model.parameters())
-            return data_loss() + 0.5 * context.weight_decay * squares
+            return data_loss() + weight_cost_value(context.model.parameters(),
+                                                   context.weight_decay)
 
         return CurvatureChunk(context.products.track(CountingOperator(operator)), objective)
 

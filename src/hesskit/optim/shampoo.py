@@ -45,17 +45,16 @@ rank ≤ 1; the reference would precondition them with one full factor); no sepa
 heavy-ball ``momentum`` on top of β₁ (the reference's defaults to 0); roots at s + kT
 (the reference's at multiples of T; the same when T divides s, as by default).
 
-Warm-up: before step s every parameter takes the graft's step, so the first s − 1 steps are
-exactly Adam's (with the default Adam graft; AdaGrad's or SGD's with those grafts), and a
-run shorter than s never uses Shampoo's preconditioner. With the default s = T = 100 a
-short run of Shampoo *is* Adam. The choice follows Anil et al. 2020 ("Scalable second order
-optimization for deep learning", arXiv:2002.09018), whose preconditioners are recomputed
-only every T steps and whose step length is grafted from a diagonal method; their released
-code (google-research ``scalable_shampoo``, ``distributed_shampoo``) names the start
-``start_preconditioning_step``: "When to start Shampoo update before which diagonal update
-is used. This is because we dont have enough information to do stable inverse." The value
-s = T is the ``DistributedShampoo`` default above. :attr:`Shampoo.warmup_steps` is s − 1;
-``repr`` shows s and T; ``start_preconditioning_step=1`` preconditions from step 1.
+Warm-up: before step s every parameter takes the graft's step: steps 1 … s − 1 are exactly
+Adam's (the default graft's), and with the default s = T = 100 a run of fewer than 100 steps
+never uses Shampoo's preconditioner: it *is* Adam. The choice follows Anil et al. 2020
+("Scalable second order optimization for deep learning", arXiv:2002.09018), whose
+preconditioners are recomputed only every T steps and whose step length is grafted from a
+diagonal method; their code (google-research ``scalable_shampoo``, ``distributed_shampoo``)
+names the start ``start_preconditioning_step``: "When to start Shampoo update before which
+diagonal update is used. This is because we dont have enough information to do stable
+inverse." s = T is the ``DistributedShampoo`` default above. :attr:`Shampoo.warmup_steps`
+is s − 1; ``repr`` shows s and T; ``start_preconditioning_step=1`` preconditions at once.
 
 Weight decay is decoupled by default: the graft fixes each layer's step length, so an L2
 term inside the gradient would be rescaled and rotated by the preconditioner and its

@@ -1,6 +1,6 @@
 """How much curvature each optimizer's preconditioner sees, on the digits autoencoder.
 
-Runs ``hesskit.analysis.preconditioner.preconditioner_analysis`` on the digits autoencoder
+Runs ``hesskit.training.preconditioner_run.preconditioner_analysis`` on the digits autoencoder
 (64-32-8-32-64, Martens' sparse initialisation, seed 0, float64) for every optimizer of the
 training registry that has a preconditioner adapter and is installed (SGD, RMSProp, Adam,
 AdaHessian, Sophia with both estimators, K-FAC, Shampoo), each at its registry default lr
@@ -36,16 +36,13 @@ from pathlib import Path
 
 import torch
 
-from hesskit.analysis.preconditioner import (
-    AnalysisSettings,
-    OptimizerChoice,
-    preconditioner_analysis,
-)
+from hesskit.analysis.preconditioner import AnalysisSettings
 from hesskit.analysis.preconditioner_records import summarize
 from hesskit.problems import make_problem
 from hesskit.report.preconditioner_plots import plot_layers, plot_preconditioner_analysis
 from hesskit.training.bench import environment
 from hesskit.training.optimizers import REGISTRY
+from hesskit.training.preconditioner_run import OptimizerChoice, preconditioner_analysis
 
 PROBLEM = "digits-autoencoder"
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adahessian", "sophia", "sophia-h", "kfac", "shampoo")

@@ -7,9 +7,10 @@ The public API, grouped as data flows through it (see each module for the mathem
     dense                        exact dense H = G + R, structure report, cost guard
     estimators                   diagonals, traces, eigenpairs (Lanczos), spectral density
     solvers                      conjugate gradient with Martens' hooks
-    optim                        torch.optim optimizers that use curvature: DampedNewton,
-                                 HessianFree, StochasticHessianFree, KFAC, Shampoo, Sophia,
-                                 AdaHessian (hesskit.optim; the first two also here)
+    optim                        torch.optim optimizers that use curvature, all seven also
+                                 here: DampedNewton, HessianFree, StochasticHessianFree,
+                                 KFAC, Shampoo, Sophia, AdaHessian (their pieces, damping
+                                 rules and settings in hesskit.optim)
     analysis                     RMSProp's second moment against the exact diagonals
 
 The library needs torch, NumPy and SciPy only; the ``hesskit`` command, plots and data-set
@@ -81,7 +82,15 @@ from hesskit.operators import (
     gauss_newton_operator,
     hessian_operator,
 )
-from hesskit.optim import DampedNewton, HessianFree
+from hesskit.optim import (
+    KFAC,
+    AdaHessian,
+    DampedNewton,
+    HessianFree,
+    Shampoo,
+    Sophia,
+    StochasticHessianFree,
+)
 from hesskit.problem import Problem
 from hesskit.solvers import conjugate_gradient
 
@@ -145,9 +154,14 @@ __all__ = [  # noqa: RUF022 - grouped by topic, as the module docstring
     "spectral_density",
     "top_eigenpairs",
     # solvers and optimizers
+    "conjugate_gradient",
     "DampedNewton",
     "HessianFree",
-    "conjugate_gradient",
+    "StochasticHessianFree",
+    "KFAC",
+    "Shampoo",
+    "Sophia",
+    "AdaHessian",
     # analysis
     "RMSPropAnalysis",
     "rmsprop_curvature_analysis",

@@ -15,7 +15,6 @@ from hesskit.analysis.preconditioner import (
     AnalysisSettings,
     compare_scope,
     layer_groups,
-    preconditioner_analysis,
 )
 from hesskit.analysis.preconditioner_adapters import (
     diagonal_preconditioner,
@@ -30,6 +29,7 @@ from hesskit.operators import MatrixOperator
 from hesskit.optim.adahessian import AdaHessian
 from hesskit.optim.kfac import KFAC
 from hesskit.problem import Problem
+from hesskit.training.preconditioner_run import OptimizerChoice, preconditioner_analysis
 from reference import autograd_gauss_newton
 
 LAM = 0.1
@@ -350,3 +350,25 @@ def test_layers_are_the_modules_of_the_parameters():
                               torch.Size([3])))
     assert layer_groups(layout) == [("0", ["0.weight", "0.bias"]), ("scale", ["scale"]),
                                     ("block.1", ["block.1.weight"])]
+
+
+def test_a_shampoo_run_inside_its_warmup_is_reported_as_its_graft():
+    """The registry's Shampoo starts preconditioning at step 100; 3 steps are Adam's and the
+    summary says so; a Shampoo that starts at step 2 has no such note."""
+    from hesskit.analysis.preconditioner_records import summarize
+    from hesskit.optim.shampoo import Shampoo
+
+    problem = TinyProblem("tiny", small_model(), nn.MSELoss(), batch(n=24))
+    settings = AnalysisSettings(damping=LAM, top_k=2, max_products=20, cg_maxiter=20,
+                                per_layer=False)
+    early = OptimizerChoice("early", "Shampoo from step 2", lambda context: Shampoo(
+        context.model.parameters(), lr=1e-3, start_preconditioning_step=2), 1e-3)
+    analysis = preconditioner_analysis(problem, ["shampoo", early], steps=3, every=3,
+                                       batch_size=8, settings=settings)
+    registry, started = analysis.runs
+    assert "ran 3 steps, all in its warm-up (steps 1-99" in registry.note
+    assert started.note == ""
+    lines = summarize(analysis)
+    assert sum("all in its warm-up" in line for line in lines) == 1
+    again = PreconditionerAnalysis.from_json(json.loads(json.dumps(analysis.to_json())))
+    assert again.runs[0].note == registry.note

@@ -137,3 +137,40 @@ def test_a_model_with_default_attention_kernels_steps_as_under_the_math_kernel()
             lambda: nn.functional.mse_loss(twin(X), y))
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _run_with_bad_batch(bad: str | None) -> tuple[list[torch.Tensor], list[bool]]:
+    """Six steps on six batches; with ``bad`` an extra batch with one poisoned input entry
+    (``"nan"``: the loss is NaN; ``"inf"``: tanh saturates, the loss is finite but the
+    gradient 0 · ∞ is NaN, found only after the probe is drawn) is stepped on before the
+    fourth. Returns the parameters and, per poisoned step, whether they stayed bitwise."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DTYPE)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, generator=gen, dtype=DTYPE),
+                torch.randn(8, 2, generator=gen, dtype=DTYPE)) for _ in range(6)]
+    opt = AdaHessian(model.parameters(), lr=0.1, seed=5)
+    unchanged = []
+    for i, (X, Y) in enumerate(batches):
+        if i == 3 and bad is not None:
+            poisoned = X.clone()
+            poisoned[0, 0] = float(bad)
+            before = [p.detach().clone() for p in model.parameters()]
+            loss = opt.step(lambda X=poisoned, Y=Y: nn.functional.mse_loss(model(X), Y))
+            assert bool(torch.isfinite(loss)) == (bad == "inf")
+            unchanged.append(all(torch.equal(a, b) for a, b in
+                                 zip(before, model.parameters(), strict=True)))
+            assert opt.adahessian_state["nonfinite_rejections"] == 1
+        opt.step(lambda X=X, Y=Y: nn.functional.mse_loss(model(X), Y))
+    return [p.detach().clone() for p in model.parameters()], unchanged
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_a_rejected_batch_leaves_the_run_bitwise_equal_to_the_run_without_it(bad):
+    """The probe is drawn before the gradient and estimate are checked; a rejection rewinds
+    the generator, so the later steps draw the probes of the clean run (the "inf" case
+    failed before the rewind)."""
+    clean, _ = _run_with_bad_batch(None)
+    poisoned, unchanged = _run_with_bad_batch(bad)
+    assert unchanged == [True]
+    assert all(torch.equal(a, b) for a, b in zip(clean, poisoned, strict=True))

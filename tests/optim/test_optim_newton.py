@@ -215,3 +215,36 @@ def test_a_loss_closure_evaluates_the_trial_point_without_grad_and_changes_no_st
     assert graded == [False] * 5  # one trial point a step, evaluated under no_grad
     for a, b in zip(plain.parameters(), lean.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_cholesky_retries_stop_at_the_rules_ceiling_and_reject_the_step():
+    """H = diag(−1e4, 1): H + λI is positive definite only for λ > 1e4, above the ceiling
+    1e3. The retries go through ``LevenbergMarquardt.increased``: λ climbs 1e-4 · 1.5^k to
+    the ceiling and stops there (before, its own rule passed the ceiling: λ ≈ 8.4e3 after
+    the first step), the step is rejected with the parameters bitwise unchanged."""
+    H = torch.diag(torch.tensor([-1e4, 1.0], dtype=DTYPE))
+    g = torch.tensor([1.0, -2.0], dtype=DTYPE)
+    theta = nn.Parameter(torch.tensor([0.5, 0.5], dtype=DTYPE))
+    rule = LevenbergMarquardt(initial=0.0, floor=1e-4, ceiling=1e3, nan_raises=False)
+    optimizer = DampedNewton([theta], hessian=lambda: H, damping=rule)
+    start = theta.detach().clone()
+    closure = make_closure(optimizer, lambda: 0.5 * theta @ H @ theta + g @ theta)
+    for _ in range(5):
+        optimizer.step(closure)
+        assert optimizer.newton_state["damping"] == 1e3
+        assert torch.equal(theta.detach(), start)
+    assert optimizer.newton_state["rejected_steps"] == 5
+
+
+def test_a_damping_loaded_above_the_ceiling_is_kept_and_never_overflows():
+    """A λ of 1e300 (above the ceiling, e.g. from a state dict) on an indefinite H: the old
+    retry multiplied it by 1.5 until H + λI factored (1.3e305, a step from overflow); the
+    rule keeps a λ above its ceiling as it is."""
+    H = torch.diag(torch.tensor([-1e305, 1.0], dtype=DTYPE))
+    theta = nn.Parameter(torch.tensor([0.5, 0.5], dtype=DTYPE))
+    optimizer = DampedNewton([theta], hessian=lambda: H)
+    optimizer.newton_state["damping"] = 1e300
+    closure = make_closure(optimizer, lambda: (theta * theta).sum())
+    for _ in range(3):
+        optimizer.step(closure)
+        assert optimizer.newton_state["damping"] == 1e300

@@ -393,3 +393,33 @@ def test_defaults_are_the_reference_adam_recipe():
     opt = Shampoo([nn.Parameter(torch.zeros(2, 2))])
     assert opt.start_preconditioning_step == shampoo.UPDATE_FREQ
     assert opt.graft is Graft.ADAM
+
+
+def test_warmup_is_named_in_repr_and_its_steps_are_adams_exactly_until_the_start():
+    """Steps 1 … s − 1 are the Adam graft's bitwise (torch.optim.Adam as the independent
+    reference); step s is not; ``repr`` and ``warmup_steps`` state s and T."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    twin = torch.nn.Parameter(w.detach().clone())
+    X = torch.randn(5, 4, dtype=torch.float64)
+    opt = Shampoo([w], lr=0.01, update_freq=2, start_preconditioning_step=3)
+    adam = torch.optim.Adam([twin], lr=0.01, eps=1e-8)
+    assert opt.warmup_steps == 2
+    assert "update_freq=2, start_preconditioning_step=3" in repr(opt)
+    assert "start_preconditioning_step=100" in repr(Shampoo([w]))
+    for step in (1, 2, 3):
+        for p, o in ((w, opt), (twin, adam)):
+            o.zero_grad()
+            (X @ p.T).square().sum().backward()
+            o.step()
+        assert torch.allclose(w, twin, rtol=0, atol=1e-15) == (step < 3)
+
+
+def test_warmup_note_speaks_only_for_a_run_inside_the_warmup():
+    from hesskit.optim.shampoo_graft import warmup_note
+
+    note = warmup_note("Shampoo (Adam graft)", 60, 99)
+    assert note is not None and "ran 60 steps, all in its warm-up" in note
+    assert "start_preconditioning_step = 100" in note
+    assert warmup_note("Shampoo", 100, 99) is None
+    assert warmup_note("Shampoo", 5, 0) is None

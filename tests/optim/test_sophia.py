@@ -129,3 +129,32 @@ def test_non_finite_loss_is_rejected_leaving_parameters_unchanged():
     opt.step(lambda: torch.tensor(float("nan"), dtype=DTYPE))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert opt.sophia_state["nonfinite_rejections"] == 1 and opt.sophia_state["steps"] == 0
+
+
+def _run_with_a_rejected_step(reject: bool) -> list[torch.Tensor]:
+    """Five steps of Sophia-G with rho = 100 (estimate every step, few entries clipped, so
+    the step depends on the estimate); with ``reject`` an extra step with an
+    infinite learning rate (finite loss, gradient and estimate; the step, checked after the
+    estimate drew its probe, is not finite) comes before the third."""
+    loss = nn.MSELoss()
+    model, X, _, _ = mlp_problem(loss, classes=False)
+    Y = torch.randn(16, 3, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
+    opt = Sophia(model.parameters(), curvature=lambda: Problem(model, loss, (X, Y)),
+                 lr=0.01, rho=100.0, interval=1, seed=4)
+    for i in range(5):
+        if i == 2 and reject:
+            before = [p.detach().clone() for p in model.parameters()]
+            opt.param_groups[0]["lr"] = math.inf
+            opt.step(closure_for(opt, model, X, Y, loss))
+            opt.param_groups[0]["lr"] = 0.01
+            assert opt.sophia_state["nonfinite_rejections"] == 1
+            assert all(torch.equal(a, b) for a, b in
+                       zip(before, model.parameters(), strict=True))
+        opt.step(closure_for(opt, model, X, Y, loss))
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_rejected_step_leaves_the_run_bitwise_equal_to_the_run_without_it():
+    clean = _run_with_a_rejected_step(False)
+    rejected = _run_with_a_rejected_step(True)
+    assert all(torch.equal(a, b) for a, b in zip(clean, rejected, strict=True))

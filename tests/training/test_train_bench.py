@@ -12,6 +12,7 @@ from hesskit.training.bench import (
     BenchConfig,
     budget_plan,
     run_benchmark,
+    run_note,
     select_learning_rate,
     tune_learning_rate,
 )
@@ -115,3 +116,18 @@ def test_budget_plan_says_what_a_seconds_budget_covers_and_the_wall_time_to_expe
         "budget: 20 s of optimizer time per run, 4 runs (4 methods × 1 seed), plus lr tuning "
         "of rmsprop, adam, sgd (15 runs of 4 s) = 140 s; evaluations and set-up are not in "
         "the budget: expect about 3 min in all")
+
+
+def test_a_shampoo_run_shorter_than_its_warmup_gets_a_note_and_adam_none():
+    from hesskit.report.schema import IterationRecord, RunResult
+
+    def run_of(steps: int) -> RunResult:
+        record = IterationRecord(iteration=steps, wall_time=1.0, epochs=1.0, products=0,
+                                 loss=1.0, train_error=1.0, test_error=1.0)
+        return RunResult("shampoo", 0, 1e-3, 32, "budget", [record], 1.0, 1.0)
+
+    shampoo = REGISTRY["shampoo"]
+    assert shampoo.warmup_steps == 99
+    assert "all in its warm-up" in run_note(shampoo, run_of(40))
+    assert run_note(shampoo, run_of(100)) is None
+    assert run_note(REGISTRY["adam"], run_of(40)) is None

@@ -1,11 +1,18 @@
 """Analyses that put an optimizer's curvature estimate next to the exact curvature.
 
 * :func:`rmsprop_curvature_analysis`: RMSProp's second moment against the exact diagonals.
-* :func:`preconditioner_analysis`: any optimizer's preconditioner P against the exact GGN
-  along a run (condition numbers of P^{-1/2} G P^{-1/2}, cosines with the damped Newton
-  direction, predicted decreases).
+* :func:`record_step`: an optimizer's preconditioner P against the exact GGN at one step
+  (condition numbers of P^{-1/2} G P^{-1/2}, cosines with the damped Newton direction,
+  predicted decreases); :class:`PreconditionerAnalysis` holds a run's records. The runs
+  themselves (training each optimizer) are
+  :func:`hesskit.training.preconditioner_run.preconditioner_analysis`.
+
+This package reads an optimizer through its public interface only and imports nothing
+from ``hesskit.training`` (the data flow runs training → analysis).
 """
 
+from hesskit.analysis.preconditioner import AnalysisSettings, record_step
+from hesskit.analysis.preconditioner_records import PreconditionerAnalysis
 from hesskit.analysis.rmsprop import (
     Comparison,
     RMSPropAnalysis,
@@ -16,24 +23,9 @@ from hesskit.analysis.rmsprop import (
 __all__ = [
     "AnalysisSettings",
     "Comparison",
-    "OptimizerChoice",
     "PreconditionerAnalysis",
     "RMSPropAnalysis",
-    "preconditioner_analysis",
+    "record_step",
     "rmsprop_curvature_analysis",
     "summarize",
 ]
-
-_PRECONDITIONER_NAMES = frozenset(
-    ("AnalysisSettings", "OptimizerChoice", "PreconditionerAnalysis", "preconditioner_analysis")
-)
-
-
-def __getattr__(name: str) -> object:
-    """The preconditioner analysis, imported on first use: it drives the training registry,
-    which imports ``hesskit`` itself (a module-level import here would be circular)."""
-    if name in _PRECONDITIONER_NAMES:
-        from hesskit.analysis import preconditioner
-
-        return getattr(preconditioner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

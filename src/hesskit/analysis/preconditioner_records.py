@@ -170,7 +170,8 @@ class StepRecord:
 
 @dataclass
 class OptimizerRun:
-    """One optimizer's run: registry name, title, lr, what its P is, and the records."""
+    """One optimizer's run: registry name, title, lr, what its P is, the records, and a
+    note on what the run measured (e.g. Shampoo in its warm-up: Adam's steps)."""
 
     optimizer: str
     title: str
@@ -178,6 +179,7 @@ class OptimizerRun:
     preconditioner: str
     kind: str
     records: list[StepRecord] = field(default_factory=list)
+    note: str = ""
 
     def series(self, layer: str, *path: str) -> tuple[list[int], list[float]]:
         """Steps and values of one number, e.g. ``("preconditioned", "condition_damped")``
@@ -225,6 +227,7 @@ class PreconditionerAnalysis:
                 [StepRecord(s["step"], _float(s["loss"]),
                             [ScopeRecord.from_json(c) for c in s["scopes"]])
                  for s in r["records"]],
+                r.get("note", ""),
             )
             for r in data["runs"]
         ]
@@ -247,6 +250,8 @@ def summarize(analysis: PreconditionerAnalysis) -> list[str]:
         if not run.records:
             continue
         lines.append(f"{run.title} (lr {_number(run.lr or math.nan)}), P = {run.preconditioner}:")
+        if run.note:
+            lines.append(f"  note: {run.note}.")
         for record in (run.records[0], run.records[-1]) if len(run.records) > 1 else (
                 run.records[0],):
             s = record.scope(MODEL)

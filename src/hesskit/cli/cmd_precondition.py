@@ -150,15 +150,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hesskit.analysis.preconditioner import (
-        AnalysisSettings,
-        OptimizerChoice,
-        preconditioner_analysis,
-    )
+    from hesskit.analysis.preconditioner import AnalysisSettings
     from hesskit.analysis.preconditioner_records import summarize
     from hesskit.errors import InvalidArgumentError
     from hesskit.finite import check_training_data
     from hesskit.run_folder import prepare_run_folder
+    from hesskit.training.preconditioner_run import OptimizerChoice, preconditioner_analysis
 
     rates = args.lr if isinstance(args.lr, dict) else {}
     unknown = sorted(set(rates) - set(args.optimizers))

@@ -102,7 +102,10 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
     writes the gradient into ``.grad``. A closure that calls
     ``loss.backward(create_graph=True)`` (the authors' usage) works too. ``step`` returns
     the loss. A non-finite loss, gradient, estimate or step is rejected: parameters and
-    state are left bitwise unchanged and the rejection counted (``safety.py``).
+    state are left bitwise unchanged, the probes' generator is rewound to the start of the
+    step (the probes are drawn before the estimate can be checked) and the rejection
+    counted (``safety.py``). So a run with a rejected batch continues bitwise as the run
+    without that batch.
 
     State: per parameter ``step``, ``exp_avg`` (m), ``exp_hessian_diag_sq`` (v), ``hessian``
     (the last D); optimizer-wide ``self.adahessian_state`` (state dict key
@@ -136,6 +139,7 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         self.spatial_average = spatial_average
         self.max_rejections = max_rejections
         self.generator = torch.Generator().manual_seed(seed)
+        self._generator_at_start = self.generator.get_state()
         self.distributed = is_distributed() if distributed is None else (
             bool(distributed) and is_distributed())
         self.adahessian_state: dict[str, object] = {"steps": 0, "estimates": 0}
@@ -150,6 +154,7 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
             )
         state = self.adahessian_state
         estimate = int(state["steps"]) % self.update_each == 0
+        self._generator_at_start = self.generator.get_state()
         with torch.enable_grad(), twice_differentiable_kernels():
             loss = closure()
             if not is_finite(loss.detach()):
@@ -262,6 +267,10 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
             p.copy_(new)
 
     def _reject(self, what: str, loss: Tensor) -> Tensor:
+        """Count the rejection and rewind the probes' generator to the start of the step: the
+        probe drawn for a rejected step is drawn again by the next one, so a run with a
+        rejected batch continues exactly as the run without it."""
+        self.generator.set_state(self._generator_at_start)
         record_rejection(self.adahessian_state, what, self.max_rejections)
         return loss.detach()
 

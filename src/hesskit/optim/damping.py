@@ -86,6 +86,20 @@ class LevenbergMarquardt:
                 f"got {self.ceiling}"
             )
 
+    def increased(self, damping: float) -> float:
+        """λ after a failure: min(max(increase · λ, floor), ceiling), the one increase every
+        λ rule of hesskit takes (a poor ρ here; a failed Cholesky of H + λI in
+        :class:`~hesskit.optim.DampedNewton`). A λ already above the ceiling (set by hand or
+        loaded) is kept, not cut; at the ceiling the result equals λ.
+
+        >>> LevenbergMarquardt().increased(0.0)
+        1e-06
+        >>> LevenbergMarquardt(ceiling=100.0).increased(90.0)
+        100.0
+        """
+        raised = max(damping * self.increase, self.floor)
+        return min(raised, max(self.ceiling, damping))
+
 
 def reduction_ratio(actual: float, predicted: float, resolution: float = 0.0) -> float:
     """ρ = actual / predicted: the loss change over the model's predicted change.
@@ -149,8 +163,7 @@ def levenberg_marquardt_update(
     if not rule.adapt or (math.isnan(ratio) and not rule.nan_raises):
         return damping
     if math.isnan(ratio) or ratio < rule.lower:
-        raised = max(damping * rule.increase, rule.floor)
-        return min(raised, max(rule.ceiling, damping))
+        return rule.increased(damping)
     if ratio > rule.upper:
         return damping * rule.decrease
     return damping

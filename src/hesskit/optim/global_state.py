@@ -40,6 +40,7 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
 from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import record_rejection, restore_parameters, save_parameters
+from hesskit.optim.weight_cost import weight_cost_value
 
 
 class GlobalStateOptimizer(AllParametersMixin, Optimizer):
@@ -107,11 +108,8 @@ class GlobalStateOptimizer(AllParametersMixin, Optimizer):
         """Σ_g (wd_g/2)‖θ_g‖² at the current parameters (0 without weight decay)."""
         if not self._has_weight_decay():
             return 0.0
-        with torch.no_grad():
-            return float(sum(
-                0.5 * group["weight_decay"] * sum(float(p.square().sum()) for p in group["params"])
-                for group in self.param_groups
-            ))
+        return float(sum(weight_cost_value(group["params"], group["weight_decay"])
+                         for group in self.param_groups))
 
     def _with_weight_decay(self, loss: float, gradient: Tensor) -> tuple[float, Tensor]:
         """F = loss + Σ_g (wd_g/2)‖θ_g‖² and ∇F = gradient + wd ⊙ θ (flat ``[N]``)."""

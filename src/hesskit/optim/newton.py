@@ -8,8 +8,9 @@ Each step minimises the damped quadratic model around θ,
 are handled (:class:`Indefinite`):
 
 * ``DAMPING``: H̃ = H, solved by Cholesky; while H + λI is not positive definite, λ grows
-  by the LM factor 3/2 (from at least the floor), so the step is a descent direction
-  (Levenberg-Marquardt alone);
+  by the LM rule's increase 3/2 (from at least the floor, at most the ceiling:
+  :meth:`LevenbergMarquardt.increased`), so the step is a descent direction
+  (Levenberg-Marquardt alone); none at the ceiling: the step is rejected;
 * ``SADDLE_FREE``: H̃ = |H| = V |Λ| Vᵀ (Dauphin et al. 2014): negative-curvature directions
   are followed downhill instead of toward the saddle; eigen-directions with |Λ| + λ below
   the rank tolerance are left out (pseudo-inverse).
@@ -228,7 +229,9 @@ class DampedNewton(GlobalStateOptimizer):
 
     def _damped_direction(self, H: Tensor, g: Tensor) -> Tensor:
         """Cholesky of H + λI (N³/3 flops); while it fails (not positive definite), λ grows
-        by the LM factor (from at least the floor) and the new λ is kept."""
+        by the rule's one increase, :meth:`LevenbergMarquardt.increased` (× increase, at
+        least the floor, at most the ceiling), and the new λ is kept. When H + λI is not
+        positive definite even at the ceiling, the direction is 0 and the step rejected."""
         damping = float(self.newton_state["damping"])
         eye = torch.eye(len(g), dtype=H.dtype, device=H.device)
         for _ in range(MAX_DAMPING_RAISES):
@@ -236,9 +239,11 @@ class DampedNewton(GlobalStateOptimizer):
             if int(info) == 0:
                 self.newton_state["damping"] = damping
                 return -torch.cholesky_solve(g[:, None], factor)[:, 0]
-            if not self.damping.adapt:
+            raised = self.damping.increased(damping)
+            if not self.damping.adapt or raised == damping:
                 break
-            damping = max(damping * self.damping.increase, self.damping.floor)
+            damping = raised
+        self.newton_state["damping"] = damping  # the largest λ tried, ≤ the ceiling
         return torch.zeros_like(g)  # no positive-definite H + λI: the step is rejected
 
     def _saddle_free_direction(self, H: Tensor, g: Tensor, dtype: torch.dtype) -> Tensor:

@@ -45,6 +45,17 @@ rank ≤ 1; the reference would precondition them with one full factor); no sepa
 heavy-ball ``momentum`` on top of β₁ (the reference's defaults to 0); roots at s + kT
 (the reference's at multiples of T; the same when T divides s, as by default).
 
+Warm-up: before step s every parameter takes the graft's step: steps 1 … s − 1 are exactly
+Adam's (the default graft's), and with the default s = T = 100 a run of fewer than 100 steps
+never uses Shampoo's preconditioner: it *is* Adam. The choice follows Anil et al. 2020
+("Scalable second order optimization for deep learning", arXiv:2002.09018), whose
+preconditioners are recomputed only every T steps and whose step length is grafted from a
+diagonal method; their code (google-research ``scalable_shampoo``, ``distributed_shampoo``)
+names the start ``start_preconditioning_step``: "When to start Shampoo update before which
+diagonal update is used. This is because we dont have enough information to do stable
+inverse." s = T is the ``DistributedShampoo`` default above. :attr:`Shampoo.warmup_steps`
+is s − 1; ``repr`` shows s and T; ``start_preconditioning_step=1`` preconditions at once.
+
 Weight decay is decoupled by default: the graft fixes each layer's step length, so an L2
 term inside the gradient would be rescaled and rotated by the preconditioner and its
 strength would depend on it; θ ← (1 − lr·wd)θ keeps wd meaning what it says (AdamW).
@@ -124,7 +135,8 @@ class Shampoo(AllParametersMixin, Optimizer):
             ``"adagrad"``, ``"sgd"``, ``"none"``).
         graft_eps, graft_beta2: εᵍ and β₂ᵍ of the graft (group defaults).
         start_preconditioning_step: s, the first step that uses Shampoo's direction (and
-            computes roots); None: s = T.
+            computes roots); steps 1 … s − 1 are the graft's alone (module docstring,
+            "Warm-up"); None: s = T (with the defaults, Shampoo is Adam for 99 steps).
         max_preconditioner_dim: matricised dimensions above it leave a parameter to the
             graft.
         decoupled_weight_decay: True θ ← (1 − lr·wd)θ; False wd·θ added to the gradient.
@@ -182,6 +194,19 @@ class Shampoo(AllParametersMixin, Optimizer):
             bool(distributed) and is_distributed())
         self.shampoo_state: dict[str, object] = {"steps": 0, "root_refreshes": 0}
         init_rejection_state(self.shampoo_state)
+
+    @property
+    def warmup_steps(self) -> int:
+        """s − 1: the first steps, each exactly the graft's (Adam's by default), before
+        Shampoo's preconditioner is first used at step s (module docstring, "Warm-up")."""
+        return self.start_preconditioning_step - 1
+
+    def _repr_state(self) -> dict[str, object]:
+        """T, s and the optimizer-wide counters, for the one-line ``repr``."""
+        counters = {key: value for key, value in self.shampoo_state.items()
+                    if isinstance(value, int | float)}
+        return {"update_freq": self.update_freq,
+                "start_preconditioning_step": self.start_preconditioning_step, **counters}
 
     def add_param_group(self, param_group: dict) -> None:
         """Torch's ``add_param_group``, with the group's settings checked."""

@@ -12,6 +12,10 @@ a = m̂ / diag, diag the method's diagonal preconditioner (flat per parameter):
 The formulas are those of facebookresearch/optimizers (``distributed_shampoo``:
 ``GraftingType.ADAM``, ``ADAGRAD``, ``SGD``, ``NONE``), whose grafts act on the
 second moment only, the first moment m̂ being shared with Shampoo.
+
+Before its ``start_preconditioning_step`` s, Shampoo takes the graft's step alone (the
+warm-up, :mod:`hesskit.optim.shampoo`); :func:`warmup_note` is the sentence reports print
+for a run that never left it.
 """
 
 from __future__ import annotations
@@ -55,3 +59,15 @@ def graft_diagonal(graft: Graft, statistic: Tensor, step: int, beta2: float,
     if graft is Graft.ADAGRAD:
         return statistic.sqrt() + eps
     return torch.ones_like(statistic)
+
+
+def warmup_note(title: str, steps: int, warmup_steps: int) -> str | None:
+    """The sentence a report prints when a run of ``steps`` steps never left the warm-up
+    (every step the graft's alone; :mod:`hesskit.optim.shampoo`, "Warm-up"); None when it
+    did."""
+    if warmup_steps <= 0 or steps > warmup_steps:
+        return None
+    return (f"{title} ran {steps} steps, all in its warm-up (steps 1-{warmup_steps}; "
+            f"start_preconditioning_step = {warmup_steps + 1}): every step was its graft's "
+            "(Adam's for the Adam graft), so here it equals that method; run more than "
+            f"{warmup_steps} steps to measure Shampoo")

@@ -167,8 +167,9 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
 
     The closure, as for any torch optimizer, clears the gradients, computes the loss, calls
     ``backward()`` and returns the loss; it is called once per step. ``step`` returns the
-    loss. A non-finite loss, gradient, estimate or step is rejected: parameters and state
-    bitwise unchanged, the rejection counted (``safety.py``).
+    loss. A non-finite loss, gradient, estimate or step is rejected: parameters, state and
+    the estimator's generator bitwise unchanged, the rejection counted (``safety.py``), so
+    the run continues as the run without the rejected batch.
 
     State: per parameter ``exp_avg`` (m), ``hessian`` (h); optimizer-wide
     ``self.sophia_state`` (state dict key ``"sophia"``): ``steps``, ``estimates``,
@@ -212,6 +213,7 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
         self.interval = interval
         self.max_rejections = max_rejections
         self.generator = torch.Generator().manual_seed(seed)
+        self._generator_at_start = self.generator.get_state()
         self.distributed = is_distributed() if distributed is None else (
             bool(distributed) and is_distributed())
         self.keyed_targets = keyed_targets
@@ -226,6 +228,7 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
                 "calls backward() and returns the loss; call optimizer.step(closure)"
             )
         state = self.sophia_state
+        self._generator_at_start = self.generator.get_state()
         with torch.enable_grad():
             loss = closure()
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
@@ -297,5 +300,8 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
         return updates
 
     def _reject(self, what: str, loss: Tensor) -> Tensor:
+        """Count the rejection and rewind the estimator's generator to the start of the step
+        (the estimate draws before it can be checked): later steps draw as without it."""
+        self.generator.set_state(self._generator_at_start)
         record_rejection(self.sophia_state, what, self.max_rejections)
         return loss

@@ -38,10 +38,11 @@ import torch
 from hesskit import __version__
 from hesskit.errors import InvalidArgumentError
 from hesskit.finite import check_training_data
+from hesskit.optim.shampoo_graft import warmup_note
 from hesskit.progress import duration_text
 from hesskit.report.schema import BenchmarkReport, LearningRateSelection, RunResult, Skipped
 from hesskit.training.loop import Budget, TrainConfig, train
-from hesskit.training.optimizers import REGISTRY, get_optimizer_spec
+from hesskit.training.optimizers import REGISTRY, OptimizerSpec, get_optimizer_spec
 
 BUDGET_KINDS = ("seconds", "epochs")
 EVAL_POINTS = 40
@@ -280,7 +281,17 @@ def run_method(
         outcome.runs.append(run)
         announce(f"{spec.title} seed {seed}: train error {run.final_train_error:.4g}, "
                  f"test error {run.final_test_error:.4g}")
+        note = run_note(spec, run)
+        if note is not None:
+            announce(f"note: {note}")
     return outcome
+
+
+def run_note(spec: OptimizerSpec, run: RunResult) -> str | None:
+    """What a reader must know to read the run: for Shampoo, that a run no longer than its
+    warm-up took only its graft's (Adam's) steps (:func:`warmup_note`)."""
+    steps = run.records[-1].iteration if run.records else 0
+    return warmup_note(spec.title, steps, spec.warmup_steps)
 
 
 def _print_now(line: str) -> None:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from hesskit.distributed import broadcast_, max_over_ranks, rank, shard_of, world_size
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import as_loss
+from hesskit.optim.weight_cost import weight_cost
 from hesskit.report.schema import IterationRecord, RunHeader, RunResult
 from hesskit.run_folder import refuse_existing_run
 from hesskit.tensor_tree import call_model, num_samples, select
@@ -137,8 +138,7 @@ def objective(
     if share != 1.0:
         value = value * share
     if problem.weight_decay and penalty:
-        squares = sum(p.pow(2).sum() for p in problem.model.parameters())
-        value = value + 0.5 * problem.weight_decay * squares
+        value = value + weight_cost(problem.model.parameters(), problem.weight_decay)
     return value
 
 

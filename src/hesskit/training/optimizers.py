@@ -62,6 +62,8 @@ from hesskit.distributed import shard_range, sum_over_ranks, world_size
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.counting import CountingOperator
 from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
+from hesskit.optim.shampoo import UPDATE_FREQ as SHAMPOO_START
+from hesskit.optim.weight_cost import weight_cost_value
 from hesskit.tensor_tree import num_samples, select
 
 CHUNK_SEED = 0
@@ -161,6 +163,9 @@ class OptimizerSpec:
             with a loss-only closure (a forward pass instead of a gradient).
         requires: ``"module:name"`` entries the method needs beyond torch.
         diagnostics: optimizer → :class:`Diagnostics` (λ, CG iterations so far).
+        warmup_steps: the first steps that are another method's exactly (Shampoo: its
+            Adam graft's before ``start_preconditioning_step``); a run no longer than this
+            is reported with :func:`~hesskit.optim.shampoo_graft.warmup_note`.
     """
 
     name: str
@@ -174,6 +179,7 @@ class OptimizerSpec:
     takes_loss_closure: bool = False
     requires: tuple[str, ...] = ()
     diagnostics: Callable[[torch.optim.Optimizer], Diagnostics] = _no_diagnostics
+    warmup_steps: int = 0
 
     @property
     def available(self) -> bool:
@@ -243,8 +249,8 @@ def gauss_newton_curvature(
 
         def objective() -> Tensor:
             context.products.add(1)
-            squares = sum(float(p.square().sum()) for p in context.model.parameters())
-            return data_loss() + 0.5 * context.weight_decay * squares
+            return data_loss() + weight_cost_value(context.model.parameters(),
+                                                   context.weight_decay)
 
         return CurvatureChunk(context.products.track(CountingOperator(operator)), objective)
 
@@ -435,6 +441,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "shampoo", "Shampoo (Adam graft)", _curvature_builder("build_shampoo"),
             lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-3,
             requires=("hesskit.optim.shampoo:Shampoo",),
+            warmup_steps=SHAMPOO_START - 1,  # the Shampoo(...) of build_shampoo: s = T
         ),
     )
 }

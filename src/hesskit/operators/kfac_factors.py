@@ -131,6 +131,13 @@ linear_blocks = kfac_blocks
 """The former name of :func:`kfac_blocks` (it covers convolutions too now)."""
 
 
+def factor_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype factors are accumulated in: float64 stays, everything else (float32,
+    bfloat16, float16) is float32, as LAPACK has no bfloat16 ``eigh`` and a half-precision
+    sum of n outer products loses the small eigenvalues the damping is tuned against."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def covered_names(blocks: Iterable[LinearBlock]) -> set[str]:
     """The parameter names the blocks cover."""
     return {name for b in blocks for name in (b.weight, b.bias) if name is not None}
@@ -208,6 +215,8 @@ def _batch_factors(
     factors = {}
     for b, block_deltas in zip(blocks, zip(*deltas, strict=True), strict=True):
         a = records[b.module][0][0].detach()
+        work = factor_dtype(a.dtype)
+        a, block_deltas = a.to(work), [d.to(work) for d in block_deltas]
         if b.conv is not None:
             factors[b.weight] = conv_factors(a, list(block_deltas), b.bias is not None, b.conv)
             continue
@@ -304,7 +313,12 @@ def _check_record(block: LinearBlock, record: list[tuple[Tensor, Tensor]]) -> No
 @dataclass
 class FactorEigen:
     """Eigendecompositions A = Q_A diag(λ_A) Q_Aᵀ, G = Q_G diag(λ_G) Q_Gᵀ and the π of
-    factored Tikhonov damping (eigenvalues clamped at 0: the factors are PSD)."""
+    factored Tikhonov damping (eigenvalues clamped at 0: the factors are PSD).
+
+    Stored in the factors' dtype (float32 or float64: :func:`factor_dtype`); products with
+    a vector of another dtype (a bfloat16 model's gradient) are computed in this dtype and
+    cast back to the vector's.
+    """
 
     A_values: Tensor
     A_vectors: Tensor
@@ -314,8 +328,8 @@ class FactorEigen:
 
     @classmethod
     def of(cls, factors: KroneckerFactors) -> FactorEigen:
-        A_values, A_vectors = torch.linalg.eigh(factors.A)
-        G_values, G_vectors = torch.linalg.eigh(factors.G)
+        A_values, A_vectors = symmetric_eigh(factors.A)
+        G_values, G_vectors = symmetric_eigh(factors.G)
         return cls(
             A_values.clamp(min=0), A_vectors, G_values.clamp(min=0), G_vectors,
             pi_correction(factors),
@@ -334,8 +348,32 @@ class FactorEigen:
         return self._solve(V, self.G_values[:, None] * self.A_values[None, :] + damping)
 
     def _solve(self, V: Tensor, denominator: Tensor) -> Tensor:
-        rotated = self.G_vectors.T @ V @ self.A_vectors
-        return self.G_vectors @ (rotated / denominator) @ self.A_vectors.T
+        work = V.to(self.A_vectors.dtype)
+        rotated = self.G_vectors.T @ work @ self.A_vectors
+        return (self.G_vectors @ (rotated / denominator) @ self.A_vectors.T).to(V.dtype)
+
+
+def symmetric_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of a symmetric PSD factor that never raise.
+
+    LAPACK's float32 ``syevd`` fails to converge ("linalg.eigh: The algorithm failed to
+    converge") on rank-deficient factors with many exactly-zero rows, e.g. the input factor
+    A of a first layer on raw MNIST pixels (hundreds of always-zero pixels, rank ≤ the
+    statistics batch). So the decomposition is of S = (M + Mᵀ)/2 in float64, returned in
+    M's dtype. If float64 ``eigh`` still fails (or M is not finite), the documented fallback
+    is the DIAGONAL approximation Q = I, λ = diag(S): exact for a diagonal factor, and PSD
+    when S is, so the damped inverse (A + πγI)⁻¹ stays well defined (non-finite entries are
+    left to the optimizer's step rejection).
+    """
+    symmetric = 0.5 * (factor.to(torch.float64) + factor.to(torch.float64).T)
+    try:
+        if not bool(torch.isfinite(symmetric).all()):
+            raise torch.linalg.LinAlgError("non-finite factor")
+        values, vectors = torch.linalg.eigh(symmetric)
+    except torch.linalg.LinAlgError:
+        values = symmetric.diagonal().clone()
+        vectors = torch.eye(symmetric.shape[0], dtype=torch.float64, device=factor.device)
+    return values.to(factor.dtype), vectors.to(factor.dtype)
 
 
 def pi_correction(factors: KroneckerFactors) -> float:

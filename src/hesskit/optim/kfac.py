@@ -20,7 +20,8 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
    their products in the same ``matmat``; γ₀ = √(λ₀ + η);
 6. θ ← θ + lr·δ (lr = 1 the published method; a scheduler may change it);
 7. every T₁ iterations λ by the Levenberg-Marquardt rule on ρ = (h(θ+δ) − h(θ)) /
-   (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5).
+   (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5), within
+   [floor, ceiling] (``KFACSchedule.damping_rule``, the shared ``LevenbergMarquardt``).
 
 Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. ``nn.Conv2d`` layers get the
 KFC factors of Grosse & Martens (2016) (:mod:`hesskit.operators.kfac_conv`); grouped or
@@ -48,17 +49,19 @@ from torch import Tensor, nn
 
 from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
-from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac_factors import (
     FactorEigen,
     FactorTargets,
     KroneckerFactors,
     LinearBlock,
+    factor_dtype,
     factor_statistics,
     join,
     kfac_blocks,
     split,
 )
+from hesskit.optim.damping import loss_resolution, reduction_ratio
+from hesskit.optim.kfac_products import curvature_products
 from hesskit.optim.kfac_steps import (
     KFACSchedule,
     QuadraticStep,
@@ -112,7 +115,10 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     ``backward()`` and returns it (once per step); without it K-FAC computes the loss and
     gradient of the batch itself (``.grad`` is then left as it was). ``step`` returns the
     loss. A non-finite loss, gradient, product, step or trial loss is rejected: parameters
-    bitwise unchanged, factors and γ as before, λ ← λ/ω₁, the rejection counted.
+    bitwise unchanged, factors and γ as before, the rejection counted; λ ← min(λ/ω₁,
+    ceiling) when a tried step failed, λ kept when the batch's loss or gradient was not
+    finite (a bad batch says nothing about the model, so the run continues exactly as
+    the run without that batch).
 
     State: per parameter ``previous_update`` (δ₀); optimizer-wide ``self.kfac_state``
     (state dict key ``"kfac"``): ``steps``, ``damping`` (λ), ``gamma`` (γ), ``factors``,
@@ -213,7 +219,11 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         ])
 
     def _flat(self, tensors: Iterable[Tensor]) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
+        """One flat vector in the working dtype: float64 for a float64 model, else float32
+        (``factor_dtype``: a bfloat16 model's gradient, step and quadratic model are
+        computed in float32; :meth:`_move` casts the step back to each parameter's dtype)."""
+        work = factor_dtype(self._params[0].dtype)
+        return torch.cat([t.reshape(-1).to(work) for t in tensors])
 
     def _pieces(self, flat: Tensor) -> dict[str, Tensor]:
         out, offset = {}, 0
@@ -230,7 +240,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         loss, gradient = self._loss_and_gradient(problem, closure)
         self._count(1, problem)
         if not is_finite(loss, gradient):
-            return self._reject("the loss or its gradient", loss)
+            return self._reject("the loss or its gradient", loss, raise_damping=False)
         theta = self._flat(p.detach() for p in self._params)
         eta = self._per_element("weight_decay", theta)
         h = float(loss) + 0.5 * float((eta * theta * theta).sum())
@@ -250,11 +260,11 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         self._move(start, applied)
         if iteration % self.schedule.damping_interval == 0:
             ratio = self._ratio(problem, h, grad_h, applied, delta, model, eta)
-            if not math.isfinite(ratio):
+            if ratio is None:
                 self._move(start, torch.zeros_like(applied))
                 return self._reject("the loss after the step", loss)
             state["damping"] = levenberg_marquardt(ratio, float(state["damping"]),
-                                                   self.schedule.omega1)
+                                                   self.schedule.damping_rule)
             state["last_ratio"] = ratio
         for p, piece in zip(self._params, self._pieces(applied).values(), strict=True):
             self.state[p]["previous_update"] = piece.clone()
@@ -341,31 +351,21 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         return best
 
     def _curvature_products(self, problem: Problem, vectors: list[Tensor], eta: Tensor):
-        """(F + ηI) u for each u: ONE Gauss-Newton matmat on the batch (optimizer order)."""
-        layout = problem.layout
-        order = [self.names.index(n) for n in layout.names]
-        starts = [0, *torch.cumsum(torch.tensor([p.numel() for p in self._params]), 0).tolist()]
-
-        def to_layout(v: Tensor) -> Tensor:
-            return torch.cat([v[starts[i]: starts[i + 1]] for i in order])
-
-        def from_layout(v: Tensor) -> Tensor:
-            pieces = layout.unflatten(v)
-            return self._flat(pieces[n] for n in self.names)
-
-        V = torch.stack([to_layout(v) for v in vectors], dim=1)
-        # double-vjp J v: one matmat per linearisation does not pay back linearize's
-        # one-off tracing (5-6 gradients; gauss_newton.OutputLinearization) on convolutions
-        FV = gauss_newton_operator(problem, jacobian="double_vjp").matmat(V)
+        """(F + ηI) u for each u (:func:`~hesskit.optim.kfac_products.curvature_products`)."""
+        inputs = self._batch[0] if self._batch is not None else None
+        out = curvature_products(problem, self.names, self._params, vectors, inputs)
         self._count(len(vectors), problem)
-        return [from_layout(FV[:, j]) + eta * vectors[j] for j in range(len(vectors))]
+        return [self._flat([f]) + eta * v for f, v in zip(out, vectors, strict=True)]
 
     def _ratio(
         self, problem: Problem, h: float, grad_h: Tensor, applied: Tensor, delta: Tensor,
         model: tuple, eta: Tensor,
-    ) -> float:
+    ) -> float | None:
         """ρ = (h(θ + δ) − h(θ)) / (M(δ) − M(0)), M with F + ηI, without λ (§6.5); the
-        parameters are at θ + δ. NaN when the predicted change is not a decrease."""
+        parameters are at θ + δ. ``hesskit.optim.damping.reduction_ratio``: NaN (no
+        information, λ kept) when the predicted decrease is within the loss's rounding (a
+        converged run, or float32 near a minimum), −∞ when h rose. None when h(θ + δ) is
+        not finite (the step is rejected)."""
         q, fd, fp = model
         if torch.equal(applied, delta):
             curvature = q.alpha * fd + q.mu * fp
@@ -377,15 +377,23 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         new_h = new_loss + 0.5 * float((eta * theta * theta).sum())
-        return (new_h - h) / predicted if predicted < 0 else math.nan
+        if not math.isfinite(new_h):
+            return None
+        eps = torch.finfo(self._params[0].dtype).eps
+        return reduction_ratio(new_h - h, predicted, loss_resolution(h, new_h, dtype_eps=eps))
 
     @torch.no_grad()
     def _move(self, start: list[Tensor], step: Tensor) -> None:
         for p, s, piece in zip(self._params, start, self._pieces(step).values(), strict=True):
             p.copy_(s + piece)
 
-    def _reject(self, what: str, loss: Tensor) -> Tensor:
+    def _reject(self, what: str, loss: Tensor, *, raise_damping: bool = True) -> Tensor:
+        """Count a rejection; λ ← min(λ/ω₁, ceiling) when a tried step failed (a product,
+        the step or the loss after it not finite: the model was not trusted enough), λ kept
+        when the batch's own loss or gradient was (no information about the model)."""
         state = self.kfac_state
-        state["damping"] = float(state["damping"]) / self.schedule.omega1
+        if raise_damping:
+            state["damping"] = levenberg_marquardt(-math.inf, float(state["damping"]),
+                                                   self.schedule.damping_rule)
         record_rejection(state, what, self.max_rejections)
         return loss

@@ -1,0 +1,55 @@
+"""K-FAC's exact curvature products F u on its batch, in the optimizer's parameter order.
+
+Used by :mod:`hesskit.optim.kfac` for the quadratic model of §7 of Martens & Grosse (2015):
+F is ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for MSE,
+cross-entropy, BCE), K vectors in ONE ``matmat`` (one linearisation, K double-vjp products
+vectorised by ``torch.func.vmap``), or one ``matvec`` at a time where ``vmap`` cannot run
+(``channels_last`` tensors, :func:`channels_last`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from hesskit.operators import gauss_newton_operator
+from hesskit.problem import Problem
+
+
+def curvature_products(
+    problem: Problem, names: Sequence[str], params: Sequence[Tensor], vectors: list[Tensor],
+    inputs: object = None,
+) -> list[Tensor]:
+    """F u for each flat u (optimizer order ``names``/``params``), flat, in u's order.
+
+    ``inputs``: the batch's inputs, only to detect ``channels_last`` (:func:`channels_last`).
+    Cost: one linearisation and K Gauss-Newton products on the batch.
+    """
+    layout = problem.layout
+    order = [list(names).index(n) for n in layout.names]
+    starts = [0, *torch.cumsum(torch.tensor([p.numel() for p in params]), 0).tolist()]
+
+    def to_layout(v: Tensor) -> Tensor:
+        return torch.cat([v[starts[i]: starts[i + 1]] for i in order])
+
+    def from_layout(v: Tensor) -> Tensor:
+        pieces = layout.unflatten(v)
+        return torch.cat([pieces[n].reshape(-1) for n in names])
+
+    V = torch.stack([to_layout(v) for v in vectors], dim=1)
+    # double-vjp J v: one matmat per linearisation does not pay back linearize's
+    # one-off tracing (5-6 gradients; gauss_newton.OutputLinearization) on convolutions
+    operator = gauss_newton_operator(problem, jacobian="double_vjp")
+    if channels_last([*params, *([inputs] if isinstance(inputs, Tensor) else [])]):
+        FV = torch.stack([operator.matvec(V[:, j]) for j in range(V.shape[1])], dim=1)
+    else:
+        FV = operator.matmat(V)
+    return [from_layout(FV[:, j]) for j in range(len(vectors))]
+
+
+def channels_last(tensors: Sequence[Tensor]) -> bool:
+    """Whether a 4-D tensor is not contiguous (``channels_last``): ``torch.func.vmap`` over
+    products through it raises "NYI: querying is_contiguous inside of vmap"."""
+    return any(t.ndim == 4 and not t.is_contiguous() for t in tensors)

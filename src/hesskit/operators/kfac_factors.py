@@ -48,7 +48,15 @@ from hesskit.distributed import all_reduce_sums
 from hesskit.errors import UnsupportedArchitectureError
 from hesskit.losses import Loss
 from hesskit.operators.fisher import sample_key
-from hesskit.operators.kfac_conv import ConvGeometry, conv_factors
+from hesskit.operators.kfac_conv import conv_factors
+from hesskit.operators.kfac_layers import (
+    KFACApproximation,
+    LayerKind,
+    LinearBlock,
+    kfac_blocks,
+    summed_uses,
+    use_factors,
+)
 from hesskit.problem import Batch, Problem
 
 
@@ -65,31 +73,6 @@ class FactorTargets(enum.Enum):
     """E_ŷ[r rᵀ] = H_ℓ exactly, by backpropagating the k columns of H_ℓ's square root."""
 
 
-@dataclass(frozen=True)
-class LinearBlock:
-    """One layer that K-FAC covers (``nn.Linear``, or ``nn.Conv2d`` when ``conv`` is set).
-
-    Attributes:
-        module: the module's name in ``model.named_modules()``.
-        weight: the name of its weight ``[out, in]`` (a kernel ``[out, c, kh, kw]``).
-        bias: the name of its bias ``[out]``, or None (no homogeneous coordinate).
-        in_features, out_features: the layer's sizes as a matrix (in = c·kh·kw for a kernel).
-        conv: the convolution's geometry (None: a Linear layer).
-    """
-
-    module: str
-    weight: str
-    bias: str | None
-    in_features: int
-    out_features: int
-    conv: ConvGeometry | None = None
-
-    @property
-    def input_dim(self) -> int:
-        """dim A: the input size plus one for the bias' homogeneous coordinate."""
-        return self.in_features + (self.bias is not None)
-
-
 @dataclass
 class KroneckerFactors:
     """A (``[in + 1, in + 1]``) and G (``[out, out]``) of one layer."""
@@ -99,32 +82,6 @@ class KroneckerFactors:
 
     def clone(self) -> KroneckerFactors:
         return KroneckerFactors(self.A.clone(), self.G.clone())
-
-
-def kfac_blocks(model: nn.Module, names: Iterable[str]) -> list[LinearBlock]:
-    """The ``nn.Linear`` and coverable ``nn.Conv2d`` layers of ``model`` whose weight is
-    among the parameters ``names`` (:class:`~hesskit.operators.kfac_conv.ConvGeometry`
-    says which convolutions are coverable).
-
-    A bias counts (homogeneous coordinate) only when it is among ``names`` too; other
-    parameters (and layers with a weight outside ``names``) are not covered.
-    """
-    wanted = set(names)
-    blocks = []
-    for module_name, module in model.named_modules():
-        geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv2d) else None
-        if not (isinstance(module, nn.Linear) or geometry is not None):
-            continue
-        prefix = f"{module_name}." if module_name else ""
-        weight = f"{prefix}weight"
-        if weight not in wanted:
-            continue
-        bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in wanted else None
-        out_features = module.weight.shape[0]
-        in_features = module.weight[0].numel()
-        blocks.append(LinearBlock(module_name, weight, bias, in_features, out_features,
-                                  geometry))
-    return blocks
 
 
 linear_blocks = kfac_blocks
@@ -150,6 +107,7 @@ def factor_statistics(
     generator: torch.Generator | None = None,
     *,
     seed: int | None = None,
+    approximation: KFACApproximation = KFACApproximation.EXPAND,
 ) -> dict[str, KroneckerFactors]:
     """A and G of every block over the problem's batches (module docstring), by weight name.
 
@@ -163,17 +121,20 @@ def factor_statistics(
             (``hesskit.operators.fisher.sample_key``) instead of drawing from ``generator``:
             the draws then do not depend on how the data are batched or sharded over ranks
             (one generator re-seed per sample).
+        approximation: expand or reduce for inputs with extra dimensions
+            (:class:`~hesskit.operators.kfac_layers.KFACApproximation`).
 
     Raises:
-        UnsupportedArchitectureError: a covered layer is called more than once per forward
-            pass (shared weights) or with inputs that are not ``[n, in]``.
+        UnsupportedArchitectureError: a covered convolution is called more than once per
+            forward pass or on inputs that are not ``[n, c, H, W]``.
     """
     if targets is FactorTargets.SAMPLED:
         problem.loss.require_likelihood("K-FAC with sampled targets")
     sums: dict[str, KroneckerFactors] = {}
     for batch in problem.batches():
         share = batch.num_samples / problem.num_data
-        factors = _batch_factors(problem, blocks, batch, targets, generator, seed)
+        factors = _batch_factors(problem, blocks, batch, targets, generator, seed,
+                                 KFACApproximation(approximation))
         for name, (A, G) in factors.items():
             if name not in sums:
                 sums[name] = KroneckerFactors(share * A, batch.weight * G)
@@ -195,12 +156,13 @@ def _batch_factors(
     targets: FactorTargets,
     generator: torch.Generator | None,
     seed: int | None,
+    approximation: KFACApproximation,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    records: dict[str, list[tuple[Tensor, Tensor]]] = {b.module: [] for b in blocks}
-    modules = dict(problem.model.named_modules())
-    handles = [
-        modules[b.module].register_forward_hook(_recorder(records[b.module])) for b in blocks
-    ]
+    uses = [(b, use) for b in blocks for use in b.uses]
+    records: dict[str, list[tuple[Tensor, Tensor]]] = {u.module: [] for _, u in uses}
+    modules = dict(problem.model.named_modules(remove_duplicate=False))
+    handles = [modules[name].register_forward_hook(_recorder(store))
+               for name, store in records.items()]
     params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
     try:
         with torch.enable_grad():
@@ -208,24 +170,27 @@ def _batch_factors(
     finally:
         for handle in handles:
             handle.remove()
+    calls = [(b, u, record) for b, u in uses for record in records[u.module]]
+    if not calls:  # no covered layer ran: no statistics to take
+        return {}
     for b in blocks:
-        _check_record(b, records[b.module])
-    outputs = [records[b.module][0][1] for b in blocks]
-    deltas = _output_gradients(problem, z, batch, outputs, targets, generator, seed)
-    factors = {}
-    for b, block_deltas in zip(blocks, zip(*deltas, strict=True), strict=True):
-        a = records[b.module][0][0].detach()
-        work = factor_dtype(a.dtype)
-        a, block_deltas = a.to(work), [d.to(work) for d in block_deltas]
+        _check_record(b, [r for c, _, r in calls if c is b])
+    deltas = _output_gradients(problem, z, batch, [r[1] for _, _, r in calls], targets,
+                               generator, seed)
+    pairs: dict[str, list[tuple[Tensor, Tensor]]] = {b.weight: [] for b in blocks}
+    for (b, use, (a, _)), call_deltas in zip(calls, zip(*deltas, strict=True), strict=True):
+        a = a.detach()
+        work = factor_dtype(call_deltas[0].dtype if use.kind is LayerKind.EMBEDDING
+                            else a.dtype)
+        if use.kind is not LayerKind.EMBEDDING:
+            a = a.to(work)
+        block_deltas = [d.to(work) for d in call_deltas]
         if b.conv is not None:
-            factors[b.weight] = conv_factors(a, list(block_deltas), b.bias is not None, b.conv)
+            pairs[b.weight].append(conv_factors(a, block_deltas, b.bias is not None, b.conv))
             continue
-        if b.bias is not None:
-            a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-        A = a.T @ a / a.shape[0]
-        G = sum(d.T @ d for d in block_deltas)
-        factors[b.weight] = (A, G)
-    return factors
+        pairs[b.weight].append(use_factors(b, use.kind, a, block_deltas, batch.num_samples,
+                                           approximation, work))
+    return {w: summed_uses(p) for w, p in pairs.items() if p}
 
 
 def _output_gradients(
@@ -290,23 +255,19 @@ def _recorder(store: list[tuple[Tensor, Tensor]]):
 
 
 def _check_record(block: LinearBlock, record: list[tuple[Tensor, Tensor]]) -> None:
+    if block.conv is None:
+        return
     if len(record) != 1:
         raise UnsupportedArchitectureError(
-            f"K-FAC: layer {block.module!r} ran {len(record)} times in one forward pass; "
-            "K-FAC covers a Linear layer used exactly once (no shared weights); leave its "
-            "parameters out of the optimizer or the operator"
+            f"K-FAC: convolution {block.module!r} ran {len(record)} times in one forward "
+            "pass; KFC here covers a convolution used exactly once; leave its parameters "
+            "out of the optimizer or the operator"
         )
-    a = record[0][0]
-    if block.conv is not None and a.ndim != 4:
+    if record[0][0].ndim != 4:
         raise UnsupportedArchitectureError(
-            f"K-FAC: convolution {block.module!r} got inputs of shape {tuple(a.shape)}; KFC "
-            "here covers batched [n, c, H, W] inputs only; add the batch dimension"
-        )
-    if block.conv is None and a.ndim != 2:
-        raise UnsupportedArchitectureError(
-            f"K-FAC: layer {block.module!r} got inputs of shape {tuple(a.shape)}; K-FAC here "
-            "covers Linear layers on [n, in] inputs only; flatten the extra dimensions "
-            "into the batch before the layer"
+            f"K-FAC: convolution {block.module!r} got inputs of shape "
+            f"{tuple(record[0][0].shape)}; KFC here covers batched [n, c, H, W] inputs only; "
+            "add the batch dimension"
         )
 
 
@@ -392,6 +353,8 @@ def join(block: LinearBlock, pieces: dict[str, Tensor]) -> Tensor:
     weight = pieces[block.weight]
     if block.conv is not None:
         weight = weight.flatten(-3)
+    if block.transposed:
+        weight = weight.transpose(-1, -2)
     if block.bias is None:
         return weight
     return torch.cat([weight, pieces[block.bias].unsqueeze(-1)], dim=-1)
@@ -402,6 +365,8 @@ def split(block: LinearBlock, joined: Tensor) -> dict[str, Tensor]:
     weight = joined if block.bias is None else joined[..., :-1]
     if block.conv is not None:
         weight = weight.unflatten(-1, (-1, *block.conv.kernel_size))
+    if block.transposed:
+        weight = weight.transpose(-1, -2)
     if block.bias is None:
         return {block.weight: weight}
     return {block.weight: weight, block.bias: joined[..., -1]}

@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.kfac_factors import (
     FactorEigen,
@@ -60,8 +59,14 @@ from hesskit.operators.kfac_factors import (
     kfac_blocks,
     split,
 )
+from hesskit.operators.kfac_layers import KFACApproximation
 from hesskit.optim.damping import loss_resolution, reduction_ratio
-from hesskit.optim.kfac_products import curvature_products
+from hesskit.optim.kfac_products import (
+    coverage_table,
+    curvature_products,
+    loss_and_gradient,
+    summed,
+)
 from hesskit.optim.kfac_steps import (
     KFACSchedule,
     QuadraticStep,
@@ -103,6 +108,12 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             draws do not depend on the batching or the ranks; None (default): keyed exactly
             when the batch is sharded over ``torch.distributed`` ranks.
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+        kfac_approx: ``"expand"`` (default) or ``"reduce"``, the factors of a Linear layer on
+            ``[n, ..., in]`` inputs (Eschenhagen et al. 2023, §3;
+            :mod:`hesskit.operators.kfac_layers`). Expand is the default: it is exact for a
+            loss term per position (their §3.1), as in language models (GPT-2); reduce is
+            exact only for positions pooled before the loss (§3.2), and cheaper.
+        verbose: print :meth:`coverage` at construction.
 
     Usage: ``optimizer.set_batch(inputs, targets)`` then ``optimizer.step(closure)``.
     Data parallel (``torch.distributed``): each rank sets its shard of the batch (and a
@@ -142,6 +153,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         seed: int = 0,
         keyed_targets: bool | None = None,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        kfac_approx: KFACApproximation | str = KFACApproximation.EXPAND,
+        verbose: bool = False,
     ) -> None:
         if not (lr >= 0 and weight_decay >= 0):
             raise InvalidArgumentError(
@@ -160,17 +173,26 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
                 "every parameter given to KFAC must be a parameter of the model it was given"
             )
         self.blocks: list[LinearBlock] = kfac_blocks(model, self.names)
+        self.kfac_approx = KFACApproximation(kfac_approx)
         self.generator = torch.Generator().manual_seed(seed)
         self.keyed_targets = keyed_targets
         eta = max(g["weight_decay"] for g in self.param_groups)
         self.kfac_state: dict[str, object] = {
-            "steps": 0, "damping": self.schedule.initial_damping,
-            "gamma": math.sqrt(self.schedule.initial_damping + eta),
-            "factors": {}, "eigen": {}, "last_ratio": math.nan,
+            "steps": 0, "damping": self.schedule.initial_damping, "factors": {}, "eigen": {},
+            "gamma": math.sqrt(self.schedule.initial_damping + eta), "last_ratio": math.nan,
             "last_alpha": math.nan, "last_mu": math.nan, "cases": 0,
         }
         init_rejection_state(self.kfac_state)
         self._batch: tuple[Tree, Tree] | None = None
+        if verbose:
+            print(self.coverage())
+
+    def coverage(self) -> str:
+        """A table of every parameter and how K-FAC treats it (:func:`coverage_table`)."""
+        return coverage_table(self.names, self._params, self.blocks, self.kfac_approx)
+
+    def __repr__(self) -> str:
+        return f"KFAC(kfac_approx={self.kfac_approx.value!r})\n{self.coverage()}"
 
     def state_dict(self) -> dict:
         """The state dict with the factors and eigendecompositions as plain dicts of tensors
@@ -219,9 +241,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         ])
 
     def _flat(self, tensors: Iterable[Tensor]) -> Tensor:
-        """One flat vector in the working dtype: float64 for a float64 model, else float32
-        (``factor_dtype``: a bfloat16 model's gradient, step and quadratic model are
-        computed in float32; :meth:`_move` casts the step back to each parameter's dtype)."""
+        """Flat, in float64 for a float64 model, else float32 (``factor_dtype``; bfloat16
+        models: :meth:`_move` casts the step back to each parameter's dtype)."""
         work = factor_dtype(self._params[0].dtype)
         return torch.cat([t.reshape(-1).to(work) for t in tensors])
 
@@ -273,30 +294,10 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         record_acceptance(state)
         return loss
 
-    def _loss_and_gradient(
-        self, problem: Problem, closure: Callable[[], Tensor] | None
-    ) -> tuple[Tensor, Tensor]:
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p)
-                     for p in self._params]
-            return self._summed(problem, loss.detach(), self._flat(g.detach() for g in grads))
-        params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
-        with torch.enable_grad():
-            loss = problem.local_loss(params)
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        by_name = {n: (torch.zeros_like(p) if g is None else g)
-                   for (n, p), g in zip(params.items(), grads, strict=True)}
-        return self._summed(problem, loss.detach(), self._flat(by_name[n] for n in self.names))
-
-    @staticmethod
-    def _summed(problem: Problem, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
-        """Distributed: this rank's loss and gradient summed over the ranks (ONE all-reduce)."""
-        if not problem.distributed:
-            return loss, gradient
-        packed = all_reduce_sum(torch.cat([loss.reshape(1).to(gradient.dtype), gradient]))
-        return packed[0], packed[1:]
+    def _loss_and_gradient(self, problem: Problem, closure: Callable[[], Tensor] | None):
+        """The batch's loss and flat gradient (:func:`~.kfac_products.loss_and_gradient`)."""
+        loss, by_name = loss_and_gradient(problem, self.names, self._params, closure)
+        return summed(problem, loss, self._flat(by_name[n] for n in self.names))
 
     def _averaged_factors(self, iteration: int) -> dict[str, KroneckerFactors]:
         statistics = self._problem(self.schedule.statistics_fraction)
@@ -304,7 +305,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         seed = int(torch.randint(0, 2**62, (), generator=self.generator)) if (
             keyed and self.targets is FactorTargets.SAMPLED) else None
         stats = factor_statistics(statistics, self.blocks, self.targets, self.generator,
-                                  seed=seed)
+                                  seed=seed, approximation=self.kfac_approx)
         self._count(1, statistics)
         old: dict[str, KroneckerFactors] = self.kfac_state["factors"]  # type: ignore[assignment]
         decay = self.schedule.decay(iteration)
@@ -373,7 +374,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             curvature = self._curvature_products(problem, [applied], eta)[0]
         predicted = 0.5 * float(applied.dot(curvature)) + float(grad_h.dot(applied))
         with torch.no_grad():
-            new_loss = float(self._summed(problem, problem.local_loss(), applied[:0])[0])
+            new_loss = float(summed(problem, problem.local_loss(), applied[:0])[0])
         self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         new_h = new_loss + 0.5 * float((eta * theta * theta).sum())
@@ -388,9 +389,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             p.copy_(s + piece)
 
     def _reject(self, what: str, loss: Tensor, *, raise_damping: bool = True) -> Tensor:
-        """Count a rejection; λ ← min(λ/ω₁, ceiling) when a tried step failed (a product,
-        the step or the loss after it not finite: the model was not trusted enough), λ kept
-        when the batch's own loss or gradient was (no information about the model)."""
+        """Count a rejection; λ ← min(λ/ω₁, ceiling) when a tried step failed, λ kept when
+        the batch's own loss or gradient was not finite (no information about the model)."""
         state = self.kfac_state
         if raise_damping:
             state["damping"] = levenberg_marquardt(-math.inf, float(state["damping"]),

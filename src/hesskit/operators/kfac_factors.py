@@ -1,4 +1,4 @@
-"""K-FAC's Kronecker factors for ``nn.Linear`` (and ``nn.Conv2d``) layers, and their inverses.
+"""K-FAC's Kronecker factors (layers and their uses: :mod:`kfac_layers`), and their inverses.
 
 For a linear layer s = W̄ ā with W̄ = [W b] (``[out, in + 1]``) and ā = [a; 1] the input
 with a homogeneous 1 for the bias, the gradient of a sample's loss is g āᵀ with

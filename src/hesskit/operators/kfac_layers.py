@@ -132,7 +132,9 @@ def kfac_blocks(model: nn.Module, names) -> list[LinearBlock]:
         if kind is None:
             continue
         weight = canonical.get(id(module.weight))
-        if weight in wanted and module_name not in [m for m, _, _ in found.get(weight, [])]:
+        # one use per module object (a module registered under two names is hooked once;
+        # its calls are each a use's contribution)
+        if weight in wanted and all(m is not module for _, m, _ in found.get(weight, [])):
             found.setdefault(weight, []).append((module_name, module, kind))
     blocks = []
     for weight, uses in found.items():

@@ -1,5 +1,5 @@
-"""K-FAC (Martens & Grosse 2015, ICML) for ``nn.Linear`` and ``nn.Conv2d`` layers, as a torch
-optimizer.
+"""K-FAC (Martens & Grosse 2015, ICML) for Linear, Conv1D, Embedding and Conv2d layers (tied
+weights included), as a torch optimizer.
 
 One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = L(θ) +
 Σ (η/2)‖θ‖² (weight decay η per group, part of the objective, §6.1):
@@ -10,8 +10,8 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
 2. on the first 3 iterations and every T₃: the factors' eigendecompositions (§8);
 3. Δ = −F̆⁻¹ ∇h with factored Tikhonov damping, layer by layer
    (G + γ/π I)⁻¹ ∇_W̄ h (A + πγ I)⁻¹, π = √((tr A/dim A)/(tr G/dim G)) (§6.3);
-   uncovered parameters (not in a covered layer): the damping alone,
-   Δ = −∇h/γ² (the limit of zero factors; the step size below rescales it);
+   uncovered parameters (LayerNorm gains, biases outside a layer, ...): the damping alone,
+   Δ = −∇h/γ² (the limit of zero factors; α below rescales it; never frozen);
 4. α, μ minimise M(δ) = ½δᵀ(F + (λ + η)I)δ + ∇hᵀδ over δ = αΔ + μδ₀ (δ₀ the previous
    update), with F ``v`` the exact Gauss-Newton products of
    ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for the
@@ -23,9 +23,9 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
    (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5), within
    [floor, ceiling] (``KFACSchedule.damping_rule``, the shared ``LevenbergMarquardt``).
 
-Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. ``nn.Conv2d`` layers get the
-KFC factors of Grosse & Martens (2016) (:mod:`hesskit.operators.kfac_conv`); grouped or
-non-zero-padded convolutions and every other layer use the fallback of step 3. The
+Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. The layers, found from the
+model's modules, and their factors (expand/reduce for [n, ..., in] inputs, tied weights):
+:mod:`hesskit.operators.kfac_layers`; :meth:`KFAC.coverage` lists them. The
 mini-batch size schedule of §13, m_k = min(m₁ exp((k − 1)/b), |S|), is
 :class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`: this class takes the batch it is
 given (:meth:`KFAC.set_batch`); ``hesskit train --optimizer kfac`` draws the batches by
@@ -93,8 +93,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
-        model: the network; its ``nn.Linear`` and ``nn.Conv2d`` layers are covered
-            (``hesskit.operators.kfac_factors.kfac_blocks``).
+        model: the network; its layers are found from its modules
+            (``hesskit.operators.kfac_layers.kfac_blocks``).
         loss: the loss (a hesskit ``Loss`` or a torch loss module), convex in the outputs
             and, for sampled targets, a negative log-likelihood.
         params: parameter groups over ``model``'s parameters (default all of them); each
@@ -192,7 +192,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         return coverage_table(self.names, self._params, self.blocks, self.kfac_approx)
 
     def __repr__(self) -> str:
-        return f"KFAC(kfac_approx={self.kfac_approx.value!r})\n{self.coverage()}"
+        return f"{super().__repr__()}\n{self.coverage()}"
 
     def state_dict(self) -> dict:
         """The state dict with the factors and eigendecompositions as plain dicts of tensors

@@ -151,3 +151,24 @@ def test_the_approximation_is_an_enum_that_accepts_its_names():
     assert KFACApproximation("reduce") is KFACApproximation.REDUCE
     with pytest.raises(ValueError):
         KFACApproximation("mean")
+
+
+def test_the_optimizer_takes_the_approximation_by_keyword():
+    from hesskit.optim.kfac import KFAC
+    from hesskit.optim.kfac_steps import KFACSchedule
+
+    X, Y = data(pooled=True)
+    for approx in ("expand", "reduce"):
+        torch.manual_seed(0)
+        model = Pooled().to(DTYPE)
+        want = factor_statistics(Problem(model, nn.MSELoss(), (X, Y)),
+                                 kfac_blocks(model, ["linear.weight", "linear.bias"]),
+                                 FactorTargets.EXPECTED,
+                                 approximation=KFACApproximation(approx))["linear.weight"]
+        opt = KFAC(model, nn.MSELoss(), targets=FactorTargets.EXPECTED, kfac_approx=approx,
+                   schedule=KFACSchedule(statistics_fraction=1.0))
+        opt.set_batch(X, Y)
+        opt.step()
+        got = opt.kfac_state["factors"]["linear.weight"]
+        torch.testing.assert_close(got.A, want.A, rtol=0, atol=0)
+        torch.testing.assert_close(got.G, want.G, rtol=0, atol=0)

@@ -3,6 +3,7 @@ factor, and a diagonal fallback when even that fails."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -58,8 +59,10 @@ def test_when_float64_eigh_fails_too_the_fallback_is_the_diagonal(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "eigh", failing)
     factor = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
-    values, vectors = symmetric_eigh(factor)
+    with pytest.warns(RuntimeWarning, match="2×2 factor failed in float64.*diagonal"):
+        values, vectors = symmetric_eigh(factor)
     torch.testing.assert_close(values, torch.tensor([2.0, 3.0], dtype=torch.float64))
     torch.testing.assert_close(vectors, torch.eye(2, dtype=torch.float64))
-    values, vectors = symmetric_eigh(torch.full((2, 2), float("nan")))
+    with pytest.warns(RuntimeWarning):
+        values, vectors = symmetric_eigh(torch.full((2, 2), float("nan")))
     assert vectors.equal(torch.eye(2)) and values.isnan().all()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -324,14 +325,17 @@ def symmetric_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
     M's dtype. If float64 ``eigh`` still fails (or M is not finite), the documented fallback
     is the DIAGONAL approximation Q = I, λ = diag(S): exact for a diagonal factor, and PSD
     when S is, so the damped inverse (A + πγI)⁻¹ stays well defined (non-finite entries are
-    left to the optimizer's step rejection).
+    left to the optimizer's step rejection), with a ``RuntimeWarning`` saying so.
     """
     symmetric = 0.5 * (factor.to(torch.float64) + factor.to(torch.float64).T)
     try:
         if not bool(torch.isfinite(symmetric).all()):
             raise torch.linalg.LinAlgError("non-finite factor")
         values, vectors = torch.linalg.eigh(symmetric)
-    except torch.linalg.LinAlgError:
+    except torch.linalg.LinAlgError as error:
+        warnings.warn(f"K-FAC: the eigendecomposition of a {factor.shape[0]}×{factor.shape[0]} "
+                      f"factor failed in float64 ({error}); using its diagonal instead",
+                      RuntimeWarning, stacklevel=2)
         values = symmetric.diagonal().clone()
         vectors = torch.eye(symmetric.shape[0], dtype=torch.float64, device=factor.device)
     return values.to(factor.dtype), vectors.to(factor.dtype)

@@ -172,3 +172,35 @@ def test_the_optimizer_takes_the_approximation_by_keyword():
         got = opt.kfac_state["factors"]["linear.weight"]
         torch.testing.assert_close(got.A, want.A, rtol=0, atol=0)
         torch.testing.assert_close(got.G, want.G, rtol=0, atol=0)
+
+
+class ScaledEmbedding(nn.Embedding):
+    """An embedding whose forward is not y = W[ids] (BART's scaled word embedding)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * 2.0
+
+
+def test_a_weight_also_used_by_a_module_kfac_cannot_model_is_not_covered():
+    model = TiedLM()
+    model.embed = ScaledEmbedding(6, 4)
+    model.head.weight = model.embed.weight
+    names = [n for n, _ in model.named_parameters()]
+    assert [b.weight for b in kfac_blocks(model, names)] == ["hidden.weight"]
+
+
+def test_a_layer_that_never_runs_is_refused_with_a_remedy():
+    model = nn.MultiheadAttention(4, 2).to(DTYPE)  # calls out_proj's weight functionally
+    x = torch.randn(3, 2, 4, dtype=DTYPE)
+
+    class Attend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = model
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    problem = Problem(Attend(), nn.MSELoss(), (x, torch.zeros_like(x)))
+    with pytest.raises(Exception, match=r"did not run in the forward pass.*leave its"):
+        kfac_operator(problem, targets=FactorTargets.EXPECTED)

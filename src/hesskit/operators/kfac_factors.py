@@ -172,10 +172,10 @@ def _batch_factors(
         for handle in handles:
             handle.remove()
     calls = [(b, u, record) for b, u in uses for record in records[u.module]]
-    if not calls:  # no covered layer ran: no statistics to take
-        return {}
     for b in blocks:
         _check_record(b, [r for c, _, r in calls if c is b])
+    if not calls:  # no covered layer: no statistics to take
+        return {}
     deltas = _output_gradients(problem, z, batch, [r[1] for _, _, r in calls], targets,
                                generator, seed)
     pairs: dict[str, list[tuple[Tensor, Tensor]]] = {b.weight: [] for b in blocks}
@@ -256,6 +256,12 @@ def _recorder(store: list[tuple[Tensor, Tensor]]):
 
 
 def _check_record(block: LinearBlock, record: list[tuple[Tensor, Tensor]]) -> None:
+    if not record:
+        raise UnsupportedArchitectureError(
+            f"K-FAC: layer {block.module!r} did not run in the forward pass (its weight is "
+            "used functionally, as nn.MultiheadAttention uses out_proj); leave its "
+            "parameters out of the optimizer or the operator"
+        )
     if block.conv is None:
         return
     if len(record) != 1:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hesskit.errors import UnsupportedArchitectureError
 from hesskit.operators.kfac_conv import ConvGeometry
 
 
@@ -110,8 +111,9 @@ def layer_kind(module: nn.Module) -> LayerKind | None:
     ``nf`` attribute, so that ``transformers`` is not imported)."""
     if isinstance(module, nn.Linear):
         return LayerKind.LINEAR
-    if isinstance(module, nn.Embedding):
-        return LayerKind.EMBEDDING
+    if isinstance(module, nn.Embedding):  # a subclass with its own forward (BART's scaled
+        # or positional embeddings) may not be y = W[input]: not covered
+        return LayerKind.EMBEDDING if type(module).forward is nn.Embedding.forward else None
     if isinstance(module, nn.Conv2d):
         return LayerKind.CONV2D if ConvGeometry.of(module) is not None else None
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(
@@ -123,13 +125,19 @@ def layer_kind(module: nn.Module) -> LayerKind | None:
 def kfac_blocks(model: nn.Module, names) -> list[LinearBlock]:
     """The blocks of ``model`` whose weight is among the parameters ``names``, in module
     order, each with all its uses (tied weights: several modules). A bias counts only when
-    it is among ``names`` and its weight has one use."""
+    it is among ``names`` and its weight has one use. A weight that another module uses
+    in a way K-FAC does not model (an ``nn.Embedding`` subclass with its own ``forward``,
+    a grouped convolution) is not covered at all, rather than by a part of its uses."""
     wanted = set(names)
     canonical = {id(p): n for n, p in model.named_parameters()}
     found: dict[str, list[tuple[str, nn.Module, LayerKind]]] = {}
+    opaque = set()  # weights also used by a module K-FAC cannot model: left uncovered
     for module_name, module in model.named_modules(remove_duplicate=False):
         kind = layer_kind(module)
         if kind is None:
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, Tensor):
+                opaque.add(canonical.get(id(weight)))
             continue
         weight = canonical.get(id(module.weight))
         # one use per module object (a module registered under two names is hooked once;
@@ -138,6 +146,8 @@ def kfac_blocks(model: nn.Module, names) -> list[LinearBlock]:
             found.setdefault(weight, []).append((module_name, module, kind))
     blocks = []
     for weight, uses in found.items():
+        if weight in opaque:
+            continue
         owner_name, owner, kind = uses[0]
         bias = canonical.get(id(getattr(owner, "bias", None))) if len(uses) == 1 else None
         bias = bias if bias in wanted else None
@@ -172,6 +182,10 @@ def use_factors(
     output gradients of each backward pass (G = Σ_passes Σ δ δᵀ); ``n``: the batch size.
     """
     if kind is LayerKind.EMBEDDING:
+        if inputs.is_floating_point() or inputs.is_complex():
+            raise UnsupportedArchitectureError(
+                f"K-FAC: embedding {block.module!r} got {inputs.dtype} inputs, not token ids; "
+                "leave its weight out of the optimizer or the operator")
         ids = inputs.reshape(inputs.shape[0], -1)
         replicas = n // ids.shape[0] if ids.shape[0] < n else 1  # broadcast positions
         positions = ids.shape[1]

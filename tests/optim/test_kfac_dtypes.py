@@ -41,7 +41,8 @@ def test_a_bfloat16_model_steps_like_its_float32_copy_to_bfloat16_rounding():
 
 def cnn() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3))
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(27, 3))  # MaxPool2d queries the layout
 
 
 def test_a_channels_last_cnn_steps_as_its_contiguous_copy():

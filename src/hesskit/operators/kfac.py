@@ -2,8 +2,9 @@
 
     F̆ = blockdiag_ℓ (A_ℓ ⊗ G_ℓ)        (Martens & Grosse 2015, §3-§4.2)
 
-over the ``nn.Linear`` layers and the coverable ``nn.Conv2d`` layers (KFC, Grosse & Martens
-2016; :mod:`kfac_conv`) the problem differentiates (factors: :mod:`kfac_factors`);
+over the ``nn.Linear``, ``transformers`` ``Conv1D``, ``nn.Embedding`` (tied weights: one block,
+the uses summed) and coverable ``nn.Conv2d`` layers (KFC, Grosse & Martens 2016;
+:mod:`kfac_conv`) the problem differentiates (:mod:`kfac_layers`, :mod:`kfac_factors`);
 every other parameter's block is 0 (K-FAC has no curvature for it). In the flat layout
 (row-major ``W``, then ``b``) a layer's block acts on V̄ = [V_W v_b] as V̄ ↦ G V̄ A.
 
@@ -38,6 +39,7 @@ from hesskit.operators.kfac_factors import (
     kfac_blocks,
     split,
 )
+from hesskit.operators.kfac_layers import KFACApproximation
 from hesskit.problem import Problem
 
 
@@ -159,6 +161,7 @@ def kfac_operator(
     *,
     targets: FactorTargets = FactorTargets.SAMPLED,
     generator: torch.Generator | int | None = None,
+    kfac_approx: KFACApproximation | str = KFACApproximation.EXPAND,
 ) -> KFACOperator:
     """K-FAC's blockdiag(A ⊗ G) of ``problem`` at its current parameters (module docstring).
 
@@ -168,9 +171,12 @@ def kfac_operator(
         targets: where the G factors' output gradients come from (:class:`FactorTargets`).
         generator: a ``torch.Generator`` or seed for ``SAMPLED`` targets (None: torch's
             global random state).
+        kfac_approx: ``"expand"`` or ``"reduce"`` for layers on ``[n, ..., in]`` inputs
+            (Eschenhagen et al. 2023, §3; :mod:`~hesskit.operators.kfac_layers`).
     """
     if isinstance(generator, int) and not isinstance(generator, bool):
         generator = torch.Generator(device=problem.device).manual_seed(generator)
     blocks = kfac_blocks(problem.model, problem.layout.names)
-    factors = factor_statistics(problem, blocks, targets, generator)
+    factors = factor_statistics(problem, blocks, targets, generator,
+                                approximation=KFACApproximation(kfac_approx))
     return KFACOperator(problem.layout, blocks, factors, problem.dtype, problem.device)

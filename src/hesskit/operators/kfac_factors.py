@@ -1,4 +1,4 @@
-"""K-FAC's Kronecker factors for ``nn.Linear`` (and ``nn.Conv2d``) layers, and their inverses.
+"""K-FAC's Kronecker factors (layers and their uses: :mod:`kfac_layers`), and their inverses.
 
 For a linear layer s = W̄ ā with W̄ = [W b] (``[out, in + 1]``) and ā = [a; 1] the input
 with a homogeneous 1 for the bias, the gradient of a sample's loss is g āᵀ with
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,7 +49,15 @@ from hesskit.distributed import all_reduce_sums
 from hesskit.errors import UnsupportedArchitectureError
 from hesskit.losses import Loss
 from hesskit.operators.fisher import sample_key
-from hesskit.operators.kfac_conv import ConvGeometry, conv_factors
+from hesskit.operators.kfac_conv import conv_factors
+from hesskit.operators.kfac_layers import (
+    KFACApproximation,
+    LayerKind,
+    LinearBlock,
+    kfac_blocks,
+    summed_uses,
+    use_factors,
+)
 from hesskit.problem import Batch, Problem
 
 
@@ -65,31 +74,6 @@ class FactorTargets(enum.Enum):
     """E_ŷ[r rᵀ] = H_ℓ exactly, by backpropagating the k columns of H_ℓ's square root."""
 
 
-@dataclass(frozen=True)
-class LinearBlock:
-    """One layer that K-FAC covers (``nn.Linear``, or ``nn.Conv2d`` when ``conv`` is set).
-
-    Attributes:
-        module: the module's name in ``model.named_modules()``.
-        weight: the name of its weight ``[out, in]`` (a kernel ``[out, c, kh, kw]``).
-        bias: the name of its bias ``[out]``, or None (no homogeneous coordinate).
-        in_features, out_features: the layer's sizes as a matrix (in = c·kh·kw for a kernel).
-        conv: the convolution's geometry (None: a Linear layer).
-    """
-
-    module: str
-    weight: str
-    bias: str | None
-    in_features: int
-    out_features: int
-    conv: ConvGeometry | None = None
-
-    @property
-    def input_dim(self) -> int:
-        """dim A: the input size plus one for the bias' homogeneous coordinate."""
-        return self.in_features + (self.bias is not None)
-
-
 @dataclass
 class KroneckerFactors:
     """A (``[in + 1, in + 1]``) and G (``[out, out]``) of one layer."""
@@ -101,34 +85,15 @@ class KroneckerFactors:
         return KroneckerFactors(self.A.clone(), self.G.clone())
 
 
-def kfac_blocks(model: nn.Module, names: Iterable[str]) -> list[LinearBlock]:
-    """The ``nn.Linear`` and coverable ``nn.Conv2d`` layers of ``model`` whose weight is
-    among the parameters ``names`` (:class:`~hesskit.operators.kfac_conv.ConvGeometry`
-    says which convolutions are coverable).
-
-    A bias counts (homogeneous coordinate) only when it is among ``names`` too; other
-    parameters (and layers with a weight outside ``names``) are not covered.
-    """
-    wanted = set(names)
-    blocks = []
-    for module_name, module in model.named_modules():
-        geometry = ConvGeometry.of(module) if isinstance(module, nn.Conv2d) else None
-        if not (isinstance(module, nn.Linear) or geometry is not None):
-            continue
-        prefix = f"{module_name}." if module_name else ""
-        weight = f"{prefix}weight"
-        if weight not in wanted:
-            continue
-        bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in wanted else None
-        out_features = module.weight.shape[0]
-        in_features = module.weight[0].numel()
-        blocks.append(LinearBlock(module_name, weight, bias, in_features, out_features,
-                                  geometry))
-    return blocks
-
-
 linear_blocks = kfac_blocks
 """The former name of :func:`kfac_blocks` (it covers convolutions too now)."""
+
+
+def factor_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype factors are accumulated in: float64 stays, everything else (float32,
+    bfloat16, float16) is float32, as LAPACK has no bfloat16 ``eigh`` and a half-precision
+    sum of n outer products loses the small eigenvalues the damping is tuned against."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def covered_names(blocks: Iterable[LinearBlock]) -> set[str]:
@@ -143,6 +108,7 @@ def factor_statistics(
     generator: torch.Generator | None = None,
     *,
     seed: int | None = None,
+    approximation: KFACApproximation = KFACApproximation.EXPAND,
 ) -> dict[str, KroneckerFactors]:
     """A and G of every block over the problem's batches (module docstring), by weight name.
 
@@ -156,17 +122,20 @@ def factor_statistics(
             (``hesskit.operators.fisher.sample_key``) instead of drawing from ``generator``:
             the draws then do not depend on how the data are batched or sharded over ranks
             (one generator re-seed per sample).
+        approximation: expand or reduce for inputs with extra dimensions
+            (:class:`~hesskit.operators.kfac_layers.KFACApproximation`).
 
     Raises:
-        UnsupportedArchitectureError: a covered layer is called more than once per forward
-            pass (shared weights) or with inputs that are not ``[n, in]``.
+        UnsupportedArchitectureError: a covered convolution is called more than once per
+            forward pass or on inputs that are not ``[n, c, H, W]``.
     """
     if targets is FactorTargets.SAMPLED:
         problem.loss.require_likelihood("K-FAC with sampled targets")
     sums: dict[str, KroneckerFactors] = {}
     for batch in problem.batches():
         share = batch.num_samples / problem.num_data
-        factors = _batch_factors(problem, blocks, batch, targets, generator, seed)
+        factors = _batch_factors(problem, blocks, batch, targets, generator, seed,
+                                 KFACApproximation(approximation))
         for name, (A, G) in factors.items():
             if name not in sums:
                 sums[name] = KroneckerFactors(share * A, batch.weight * G)
@@ -188,12 +157,13 @@ def _batch_factors(
     targets: FactorTargets,
     generator: torch.Generator | None,
     seed: int | None,
+    approximation: KFACApproximation,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    records: dict[str, list[tuple[Tensor, Tensor]]] = {b.module: [] for b in blocks}
-    modules = dict(problem.model.named_modules())
-    handles = [
-        modules[b.module].register_forward_hook(_recorder(records[b.module])) for b in blocks
-    ]
+    uses = [(b, use) for b in blocks for use in b.uses]
+    records: dict[str, list[tuple[Tensor, Tensor]]] = {u.module: [] for _, u in uses}
+    modules = dict(problem.model.named_modules(remove_duplicate=False))
+    handles = [modules[name].register_forward_hook(_recorder(store))
+               for name, store in records.items()]
     params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
     try:
         with torch.enable_grad():
@@ -201,22 +171,27 @@ def _batch_factors(
     finally:
         for handle in handles:
             handle.remove()
+    calls = [(b, u, record) for b, u in uses for record in records[u.module]]
     for b in blocks:
-        _check_record(b, records[b.module])
-    outputs = [records[b.module][0][1] for b in blocks]
-    deltas = _output_gradients(problem, z, batch, outputs, targets, generator, seed)
-    factors = {}
-    for b, block_deltas in zip(blocks, zip(*deltas, strict=True), strict=True):
-        a = records[b.module][0][0].detach()
+        _check_record(b, [r for c, _, r in calls if c is b])
+    if not calls:  # no covered layer: no statistics to take
+        return {}
+    deltas = _output_gradients(problem, z, batch, [r[1] for _, _, r in calls], targets,
+                               generator, seed)
+    pairs: dict[str, list[tuple[Tensor, Tensor]]] = {b.weight: [] for b in blocks}
+    for (b, use, (a, _)), call_deltas in zip(calls, zip(*deltas, strict=True), strict=True):
+        a = a.detach()
+        work = factor_dtype(call_deltas[0].dtype if use.kind is LayerKind.EMBEDDING
+                            else a.dtype)
+        if use.kind is not LayerKind.EMBEDDING:
+            a = a.to(work)
+        block_deltas = [d.to(work) for d in call_deltas]
         if b.conv is not None:
-            factors[b.weight] = conv_factors(a, list(block_deltas), b.bias is not None, b.conv)
+            pairs[b.weight].append(conv_factors(a, block_deltas, b.bias is not None, b.conv))
             continue
-        if b.bias is not None:
-            a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-        A = a.T @ a / a.shape[0]
-        G = sum(d.T @ d for d in block_deltas)
-        factors[b.weight] = (A, G)
-    return factors
+        pairs[b.weight].append(use_factors(b, use.kind, a, block_deltas, batch.num_samples,
+                                           approximation, work))
+    return {w: summed_uses(p) for w, p in pairs.items() if p}
 
 
 def _output_gradients(
@@ -281,30 +256,37 @@ def _recorder(store: list[tuple[Tensor, Tensor]]):
 
 
 def _check_record(block: LinearBlock, record: list[tuple[Tensor, Tensor]]) -> None:
-    if len(record) != 1:
+    if not record:
         raise UnsupportedArchitectureError(
-            f"K-FAC: layer {block.module!r} ran {len(record)} times in one forward pass; "
-            "K-FAC covers a Linear layer used exactly once (no shared weights); leave its "
+            f"K-FAC: layer {block.module!r} did not run in the forward pass (its weight is "
+            "used functionally, as nn.MultiheadAttention uses out_proj); leave its "
             "parameters out of the optimizer or the operator"
         )
-    a = record[0][0]
-    if block.conv is not None and a.ndim != 4:
+    if block.conv is None:
+        return
+    if len(record) != 1:
         raise UnsupportedArchitectureError(
-            f"K-FAC: convolution {block.module!r} got inputs of shape {tuple(a.shape)}; KFC "
-            "here covers batched [n, c, H, W] inputs only; add the batch dimension"
+            f"K-FAC: convolution {block.module!r} ran {len(record)} times in one forward "
+            "pass; KFC here covers a convolution used exactly once; leave its parameters "
+            "out of the optimizer or the operator"
         )
-    if block.conv is None and a.ndim != 2:
+    if record[0][0].ndim != 4:
         raise UnsupportedArchitectureError(
-            f"K-FAC: layer {block.module!r} got inputs of shape {tuple(a.shape)}; K-FAC here "
-            "covers Linear layers on [n, in] inputs only; flatten the extra dimensions "
-            "into the batch before the layer"
+            f"K-FAC: convolution {block.module!r} got inputs of shape "
+            f"{tuple(record[0][0].shape)}; KFC here covers batched [n, c, H, W] inputs only; "
+            "add the batch dimension"
         )
 
 
 @dataclass
 class FactorEigen:
     """Eigendecompositions A = Q_A diag(λ_A) Q_Aᵀ, G = Q_G diag(λ_G) Q_Gᵀ and the π of
-    factored Tikhonov damping (eigenvalues clamped at 0: the factors are PSD)."""
+    factored Tikhonov damping (eigenvalues clamped at 0: the factors are PSD).
+
+    Stored in the factors' dtype (float32 or float64: :func:`factor_dtype`); products with
+    a vector of another dtype (a bfloat16 model's gradient) are computed in this dtype and
+    cast back to the vector's.
+    """
 
     A_values: Tensor
     A_vectors: Tensor
@@ -314,8 +296,8 @@ class FactorEigen:
 
     @classmethod
     def of(cls, factors: KroneckerFactors) -> FactorEigen:
-        A_values, A_vectors = torch.linalg.eigh(factors.A)
-        G_values, G_vectors = torch.linalg.eigh(factors.G)
+        A_values, A_vectors = symmetric_eigh(factors.A)
+        G_values, G_vectors = symmetric_eigh(factors.G)
         return cls(
             A_values.clamp(min=0), A_vectors, G_values.clamp(min=0), G_vectors,
             pi_correction(factors),
@@ -334,8 +316,35 @@ class FactorEigen:
         return self._solve(V, self.G_values[:, None] * self.A_values[None, :] + damping)
 
     def _solve(self, V: Tensor, denominator: Tensor) -> Tensor:
-        rotated = self.G_vectors.T @ V @ self.A_vectors
-        return self.G_vectors @ (rotated / denominator) @ self.A_vectors.T
+        work = V.to(self.A_vectors.dtype)
+        rotated = self.G_vectors.T @ work @ self.A_vectors
+        return (self.G_vectors @ (rotated / denominator) @ self.A_vectors.T).to(V.dtype)
+
+
+def symmetric_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of a symmetric PSD factor that never raise.
+
+    LAPACK's float32 ``syevd`` fails to converge ("linalg.eigh: The algorithm failed to
+    converge") on rank-deficient factors with many exactly-zero rows, e.g. the input factor
+    A of a first layer on raw MNIST pixels (hundreds of always-zero pixels, rank ≤ the
+    statistics batch). So the decomposition is of S = (M + Mᵀ)/2 in float64, returned in
+    M's dtype. If float64 ``eigh`` still fails (or M is not finite), the documented fallback
+    is the DIAGONAL approximation Q = I, λ = diag(S): exact for a diagonal factor, and PSD
+    when S is, so the damped inverse (A + πγI)⁻¹ stays well defined (non-finite entries are
+    left to the optimizer's step rejection), with a ``RuntimeWarning`` saying so.
+    """
+    symmetric = 0.5 * (factor.to(torch.float64) + factor.to(torch.float64).T)
+    try:
+        if not bool(torch.isfinite(symmetric).all()):
+            raise torch.linalg.LinAlgError("non-finite factor")
+        values, vectors = torch.linalg.eigh(symmetric)
+    except torch.linalg.LinAlgError as error:
+        warnings.warn(f"K-FAC: the eigendecomposition of a {factor.shape[0]}×{factor.shape[0]} "
+                      f"factor failed in float64 ({error}); using its diagonal instead",
+                      RuntimeWarning, stacklevel=2)
+        values = symmetric.diagonal().clone()
+        vectors = torch.eye(symmetric.shape[0], dtype=torch.float64, device=factor.device)
+    return values.to(factor.dtype), vectors.to(factor.dtype)
 
 
 def pi_correction(factors: KroneckerFactors) -> float:
@@ -354,6 +363,8 @@ def join(block: LinearBlock, pieces: dict[str, Tensor]) -> Tensor:
     weight = pieces[block.weight]
     if block.conv is not None:
         weight = weight.flatten(-3)
+    if block.transposed:
+        weight = weight.transpose(-1, -2)
     if block.bias is None:
         return weight
     return torch.cat([weight, pieces[block.bias].unsqueeze(-1)], dim=-1)
@@ -364,6 +375,8 @@ def split(block: LinearBlock, joined: Tensor) -> dict[str, Tensor]:
     weight = joined if block.bias is None else joined[..., :-1]
     if block.conv is not None:
         weight = weight.unflatten(-1, (-1, *block.conv.kernel_size))
+    if block.transposed:
+        weight = weight.transpose(-1, -2)
     if block.bias is None:
         return {block.weight: weight}
     return {block.weight: weight, block.bias: joined[..., -1]}

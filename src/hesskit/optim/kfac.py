@@ -1,5 +1,5 @@
-"""K-FAC (Martens & Grosse 2015, ICML) for ``nn.Linear`` and ``nn.Conv2d`` layers, as a torch
-optimizer.
+"""K-FAC (Martens & Grosse 2015, ICML) for Linear, Conv1D, Embedding and Conv2d layers (tied
+weights included), as a torch optimizer.
 
 One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = L(θ) +
 Σ (η/2)‖θ‖² (weight decay η per group, part of the objective, §6.1):
@@ -10,8 +10,8 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
 2. on the first 3 iterations and every T₃: the factors' eigendecompositions (§8);
 3. Δ = −F̆⁻¹ ∇h with factored Tikhonov damping, layer by layer
    (G + γ/π I)⁻¹ ∇_W̄ h (A + πγ I)⁻¹, π = √((tr A/dim A)/(tr G/dim G)) (§6.3);
-   uncovered parameters (not in a covered layer): the damping alone,
-   Δ = −∇h/γ² (the limit of zero factors; the step size below rescales it);
+   uncovered parameters (LayerNorm gains, biases outside a layer, ...): the damping alone,
+   Δ = −∇h/γ² (the limit of zero factors; α below rescales it; never frozen);
 4. α, μ minimise M(δ) = ½δᵀ(F + (λ + η)I)δ + ∇hᵀδ over δ = αΔ + μδ₀ (δ₀ the previous
    update), with F ``v`` the exact Gauss-Newton products of
    ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for the
@@ -20,11 +20,12 @@ One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = 
    their products in the same ``matmat``; γ₀ = √(λ₀ + η);
 6. θ ← θ + lr·δ (lr = 1 the published method; a scheduler may change it);
 7. every T₁ iterations λ by the Levenberg-Marquardt rule on ρ = (h(θ+δ) − h(θ)) /
-   (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5).
+   (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5), within
+   [floor, ceiling] (``KFACSchedule.damping_rule``, the shared ``LevenbergMarquardt``).
 
-Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. ``nn.Conv2d`` layers get the
-KFC factors of Grosse & Martens (2016) (:mod:`hesskit.operators.kfac_conv`); grouped or
-non-zero-padded convolutions and every other layer use the fallback of step 3. The
+Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. The layers, found from the
+model's modules, and their factors (expand/reduce for [n, ..., in] inputs, tied weights):
+:mod:`hesskit.operators.kfac_layers`; :meth:`KFAC.coverage` lists them. The
 mini-batch size schedule of §13, m_k = min(m₁ exp((k − 1)/b), |S|), is
 :class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`: this class takes the batch it is
 given (:meth:`KFAC.set_batch`); ``hesskit train --optimizer kfac`` draws the batches by
@@ -46,18 +47,25 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from hesskit.distributed import all_reduce_sum
 from hesskit.errors import InvalidArgumentError
-from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac_factors import (
     FactorEigen,
     FactorTargets,
     KroneckerFactors,
     LinearBlock,
+    factor_dtype,
     factor_statistics,
     join,
     kfac_blocks,
     split,
+)
+from hesskit.operators.kfac_layers import KFACApproximation
+from hesskit.optim.damping import loss_resolution, reduction_ratio
+from hesskit.optim.kfac_products import (
+    coverage_table,
+    curvature_products,
+    loss_and_gradient,
+    summed,
 )
 from hesskit.optim.kfac_steps import (
     KFACSchedule,
@@ -85,8 +93,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
-        model: the network; its ``nn.Linear`` and ``nn.Conv2d`` layers are covered
-            (``hesskit.operators.kfac_factors.kfac_blocks``).
+        model: the network; its layers are found from its modules
+            (``hesskit.operators.kfac_layers.kfac_blocks``).
         loss: the loss (a hesskit ``Loss`` or a torch loss module), convex in the outputs
             and, for sampled targets, a negative log-likelihood.
         params: parameter groups over ``model``'s parameters (default all of them); each
@@ -100,6 +108,12 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             draws do not depend on the batching or the ranks; None (default): keyed exactly
             when the batch is sharded over ``torch.distributed`` ranks.
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
+        kfac_approx: ``"expand"`` (default) or ``"reduce"``, the factors of a Linear layer on
+            ``[n, ..., in]`` inputs (Eschenhagen et al. 2023, §3;
+            :mod:`hesskit.operators.kfac_layers`). Expand is the default: it is exact for a
+            loss term per position (their §3.1), as in language models (GPT-2); reduce is
+            exact only for positions pooled before the loss (§3.2), and cheaper.
+        verbose: print :meth:`coverage` at construction.
 
     Usage: ``optimizer.set_batch(inputs, targets)`` then ``optimizer.step(closure)``.
     Data parallel (``torch.distributed``): each rank sets its shard of the batch (and a
@@ -112,7 +126,10 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     ``backward()`` and returns it (once per step); without it K-FAC computes the loss and
     gradient of the batch itself (``.grad`` is then left as it was). ``step`` returns the
     loss. A non-finite loss, gradient, product, step or trial loss is rejected: parameters
-    bitwise unchanged, factors and γ as before, λ ← λ/ω₁, the rejection counted.
+    bitwise unchanged, factors and γ as before, the rejection counted; λ ← min(λ/ω₁,
+    ceiling) when a tried step failed, λ kept when the batch's loss or gradient was not
+    finite (a bad batch says nothing about the model, so the run continues exactly as
+    the run without that batch).
 
     State: per parameter ``previous_update`` (δ₀); optimizer-wide ``self.kfac_state``
     (state dict key ``"kfac"``): ``steps``, ``damping`` (λ), ``gamma`` (γ), ``factors``,
@@ -136,6 +153,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         seed: int = 0,
         keyed_targets: bool | None = None,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        kfac_approx: KFACApproximation | str = KFACApproximation.EXPAND,
+        verbose: bool = False,
     ) -> None:
         if not (lr >= 0 and weight_decay >= 0):
             raise InvalidArgumentError(
@@ -154,17 +173,26 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
                 "every parameter given to KFAC must be a parameter of the model it was given"
             )
         self.blocks: list[LinearBlock] = kfac_blocks(model, self.names)
+        self.kfac_approx = KFACApproximation(kfac_approx)
         self.generator = torch.Generator().manual_seed(seed)
         self.keyed_targets = keyed_targets
         eta = max(g["weight_decay"] for g in self.param_groups)
         self.kfac_state: dict[str, object] = {
-            "steps": 0, "damping": self.schedule.initial_damping,
-            "gamma": math.sqrt(self.schedule.initial_damping + eta),
-            "factors": {}, "eigen": {}, "last_ratio": math.nan,
+            "steps": 0, "damping": self.schedule.initial_damping, "factors": {}, "eigen": {},
+            "gamma": math.sqrt(self.schedule.initial_damping + eta), "last_ratio": math.nan,
             "last_alpha": math.nan, "last_mu": math.nan, "cases": 0,
         }
         init_rejection_state(self.kfac_state)
         self._batch: tuple[Tree, Tree] | None = None
+        if verbose:
+            print(self.coverage())
+
+    def coverage(self) -> str:
+        """A table of every parameter and how K-FAC treats it (:func:`coverage_table`)."""
+        return coverage_table(self.names, self._params, self.blocks, self.kfac_approx)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()}\n{self.coverage()}"
 
     def state_dict(self) -> dict:
         """The state dict with the factors and eigendecompositions as plain dicts of tensors
@@ -213,7 +241,10 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         ])
 
     def _flat(self, tensors: Iterable[Tensor]) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
+        """Flat, in float64 for a float64 model, else float32 (``factor_dtype``; bfloat16
+        models: :meth:`_move` casts the step back to each parameter's dtype)."""
+        work = factor_dtype(self._params[0].dtype)
+        return torch.cat([t.reshape(-1).to(work) for t in tensors])
 
     def _pieces(self, flat: Tensor) -> dict[str, Tensor]:
         out, offset = {}, 0
@@ -230,7 +261,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         loss, gradient = self._loss_and_gradient(problem, closure)
         self._count(1, problem)
         if not is_finite(loss, gradient):
-            return self._reject("the loss or its gradient", loss)
+            return self._reject("the loss or its gradient", loss, raise_damping=False)
         theta = self._flat(p.detach() for p in self._params)
         eta = self._per_element("weight_decay", theta)
         h = float(loss) + 0.5 * float((eta * theta * theta).sum())
@@ -250,11 +281,11 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         self._move(start, applied)
         if iteration % self.schedule.damping_interval == 0:
             ratio = self._ratio(problem, h, grad_h, applied, delta, model, eta)
-            if not math.isfinite(ratio):
+            if ratio is None:
                 self._move(start, torch.zeros_like(applied))
                 return self._reject("the loss after the step", loss)
             state["damping"] = levenberg_marquardt(ratio, float(state["damping"]),
-                                                   self.schedule.omega1)
+                                                   self.schedule.damping_rule)
             state["last_ratio"] = ratio
         for p, piece in zip(self._params, self._pieces(applied).values(), strict=True):
             self.state[p]["previous_update"] = piece.clone()
@@ -263,30 +294,10 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         record_acceptance(state)
         return loss
 
-    def _loss_and_gradient(
-        self, problem: Problem, closure: Callable[[], Tensor] | None
-    ) -> tuple[Tensor, Tensor]:
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p)
-                     for p in self._params]
-            return self._summed(problem, loss.detach(), self._flat(g.detach() for g in grads))
-        params = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
-        with torch.enable_grad():
-            loss = problem.local_loss(params)
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        by_name = {n: (torch.zeros_like(p) if g is None else g)
-                   for (n, p), g in zip(params.items(), grads, strict=True)}
-        return self._summed(problem, loss.detach(), self._flat(by_name[n] for n in self.names))
-
-    @staticmethod
-    def _summed(problem: Problem, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
-        """Distributed: this rank's loss and gradient summed over the ranks (ONE all-reduce)."""
-        if not problem.distributed:
-            return loss, gradient
-        packed = all_reduce_sum(torch.cat([loss.reshape(1).to(gradient.dtype), gradient]))
-        return packed[0], packed[1:]
+    def _loss_and_gradient(self, problem: Problem, closure: Callable[[], Tensor] | None):
+        """The batch's loss and flat gradient (:func:`~.kfac_products.loss_and_gradient`)."""
+        loss, by_name = loss_and_gradient(problem, self.names, self._params, closure)
+        return summed(problem, loss, self._flat(by_name[n] for n in self.names))
 
     def _averaged_factors(self, iteration: int) -> dict[str, KroneckerFactors]:
         statistics = self._problem(self.schedule.statistics_fraction)
@@ -294,7 +305,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         seed = int(torch.randint(0, 2**62, (), generator=self.generator)) if (
             keyed and self.targets is FactorTargets.SAMPLED) else None
         stats = factor_statistics(statistics, self.blocks, self.targets, self.generator,
-                                  seed=seed)
+                                  seed=seed, approximation=self.kfac_approx)
         self._count(1, statistics)
         old: dict[str, KroneckerFactors] = self.kfac_state["factors"]  # type: ignore[assignment]
         decay = self.schedule.decay(iteration)
@@ -341,31 +352,21 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         return best
 
     def _curvature_products(self, problem: Problem, vectors: list[Tensor], eta: Tensor):
-        """(F + ηI) u for each u: ONE Gauss-Newton matmat on the batch (optimizer order)."""
-        layout = problem.layout
-        order = [self.names.index(n) for n in layout.names]
-        starts = [0, *torch.cumsum(torch.tensor([p.numel() for p in self._params]), 0).tolist()]
-
-        def to_layout(v: Tensor) -> Tensor:
-            return torch.cat([v[starts[i]: starts[i + 1]] for i in order])
-
-        def from_layout(v: Tensor) -> Tensor:
-            pieces = layout.unflatten(v)
-            return self._flat(pieces[n] for n in self.names)
-
-        V = torch.stack([to_layout(v) for v in vectors], dim=1)
-        # double-vjp J v: one matmat per linearisation does not pay back linearize's
-        # one-off tracing (5-6 gradients; gauss_newton.OutputLinearization) on convolutions
-        FV = gauss_newton_operator(problem, jacobian="double_vjp").matmat(V)
+        """(F + ηI) u for each u (:func:`~hesskit.optim.kfac_products.curvature_products`)."""
+        inputs = self._batch[0] if self._batch is not None else None
+        out = curvature_products(problem, self.names, self._params, vectors, inputs)
         self._count(len(vectors), problem)
-        return [from_layout(FV[:, j]) + eta * vectors[j] for j in range(len(vectors))]
+        return [self._flat([f]) + eta * v for f, v in zip(out, vectors, strict=True)]
 
     def _ratio(
         self, problem: Problem, h: float, grad_h: Tensor, applied: Tensor, delta: Tensor,
         model: tuple, eta: Tensor,
-    ) -> float:
+    ) -> float | None:
         """ρ = (h(θ + δ) − h(θ)) / (M(δ) − M(0)), M with F + ηI, without λ (§6.5); the
-        parameters are at θ + δ. NaN when the predicted change is not a decrease."""
+        parameters are at θ + δ. ``hesskit.optim.damping.reduction_ratio``: NaN (no
+        information, λ kept) when the predicted decrease is within the loss's rounding (a
+        converged run, or float32 near a minimum), −∞ when h rose. None when h(θ + δ) is
+        not finite (the step is rejected)."""
         q, fd, fp = model
         if torch.equal(applied, delta):
             curvature = q.alpha * fd + q.mu * fp
@@ -373,19 +374,26 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             curvature = self._curvature_products(problem, [applied], eta)[0]
         predicted = 0.5 * float(applied.dot(curvature)) + float(grad_h.dot(applied))
         with torch.no_grad():
-            new_loss = float(self._summed(problem, problem.local_loss(), applied[:0])[0])
+            new_loss = float(summed(problem, problem.local_loss(), applied[:0])[0])
         self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         new_h = new_loss + 0.5 * float((eta * theta * theta).sum())
-        return (new_h - h) / predicted if predicted < 0 else math.nan
+        if not math.isfinite(new_h):
+            return None
+        eps = torch.finfo(self._params[0].dtype).eps
+        return reduction_ratio(new_h - h, predicted, loss_resolution(h, new_h, dtype_eps=eps))
 
     @torch.no_grad()
     def _move(self, start: list[Tensor], step: Tensor) -> None:
         for p, s, piece in zip(self._params, start, self._pieces(step).values(), strict=True):
             p.copy_(s + piece)
 
-    def _reject(self, what: str, loss: Tensor) -> Tensor:
+    def _reject(self, what: str, loss: Tensor, *, raise_damping: bool = True) -> Tensor:
+        """Count a rejection; λ ← min(λ/ω₁, ceiling) when a tried step failed, λ kept when
+        the batch's own loss or gradient was not finite (no information about the model)."""
         state = self.kfac_state
-        state["damping"] = float(state["damping"]) / self.schedule.omega1
+        if raise_damping:
+            state["damping"] = levenberg_marquardt(-math.inf, float(state["damping"]),
+                                                   self.schedule.damping_rule)
         record_rejection(state, what, self.max_rejections)
         return loss

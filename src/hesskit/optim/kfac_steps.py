@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from hesskit.errors import InvalidArgumentError
+from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class KFACSchedule:
         max_decay: the cap of the factors' averaging weight ε = min(1 − 1/k, 0.95) (§5).
         statistics_fraction: τ₁ = 1/8, the share of the mini-batch (its first samples)
             the factor statistics are computed on (§8, §13).
+        damping_floor, damping_ceiling: the bounds of λ (not in the paper; the shared
+            :class:`~hesskit.optim.damping.LevenbergMarquardt` defaults 1e-6 and 1e10, whose
+            docstring gives the ceiling's reason). Unbounded, λ fell to 4.8e-64 on a clean
+            problem and, with a NaN loss on 9 of 10 steps, passed float32's maximum after
+            ~350 steps so that the run died on clean data afterwards (issue 22).
 
     Checked against the authors' released TensorFlow K-FAC (github.com/tensorflow/kfac,
     ``kfac/python/ops/optimizer.py``, ``kfac/examples/autoencoder_mnist.py``): its LM
@@ -47,6 +53,8 @@ class KFACSchedule:
     initial_inverse_steps: int = 3
     max_decay: float = 0.95
     statistics_fraction: float = 1 / 8
+    damping_floor: float = LevenbergMarquardt.floor
+    damping_ceiling: float = LevenbergMarquardt.ceiling
 
     def __post_init__(self) -> None:
         for name in ("damping_interval", "gamma_interval", "inverse_interval"):
@@ -60,6 +68,7 @@ class KFACSchedule:
                 f"statistics_fraction in (0, 1]; got {self.initial_damping}, "
                 f"{self.max_decay}, {self.statistics_fraction}"
             )
+        _ = self.damping_rule  # LevenbergMarquardt checks floor > 0 and λ₀ ≤ ceiling
 
     @property
     def omega1(self) -> float:
@@ -70,6 +79,18 @@ class KFACSchedule:
     def omega2(self) -> float:
         """ω₂ = (√(19/20))^T₂, the factor between γ candidates (§6.6)."""
         return math.sqrt(19 / 20) ** self.gamma_interval
+
+    @property
+    def damping_rule(self) -> LevenbergMarquardt:
+        """λ's rule: the shared Levenberg-Marquardt object with K-FAC's constants (§6.5):
+        λ₀ = ``initial_damping``, ρ thresholds 1/4 and 3/4, increase 1/ω₁, decrease ω₁
+        (applied every T₁ iterations by the optimizer), floor and ceiling as above; a NaN
+        ρ (``hesskit.optim.damping.reduction_ratio``'s "no information") keeps λ."""
+        return LevenbergMarquardt(
+            initial=self.initial_damping, lower=0.25, upper=0.75, increase=1 / self.omega1,
+            decrease=self.omega1, floor=self.damping_floor, ceiling=self.damping_ceiling,
+            nan_raises=False,
+        )
 
     def decay(self, iteration: int) -> float:
         """ε_k = min(1 − 1/k, max_decay) for iteration k ≥ 1 (§5)."""
@@ -132,13 +153,21 @@ class KFACBatchSchedule:
         return min(num_data, math.ceil(self.initial * math.exp(exponent) - 1e-9))
 
 
-def levenberg_marquardt(ratio: float, damping: float, omega1: float) -> float:
-    """λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (or ρ not finite), else λ (§6.5)."""
-    if not math.isfinite(ratio) or ratio < 0.25:
-        return damping / omega1
-    if ratio > 0.75:
-        return damping * omega1
-    return damping
+def levenberg_marquardt(ratio: float, damping: float, rule: LevenbergMarquardt) -> float:
+    """λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (−∞ included), else λ (§6.5), within
+    [floor, ceiling] of ``rule`` (:attr:`KFACSchedule.damping_rule`); a NaN ρ (no
+    information: the predicted decrease is below the loss's rounding) keeps λ.
+
+    The increase is capped by :func:`~hesskit.optim.damping.levenberg_marquardt_update`; a
+    decrease stops at the floor. A λ set outside the bounds by hand (a smaller λ₀, a loaded
+    state) is not moved toward them by the step that would not otherwise reach them.
+
+    >>> rule = KFACSchedule(initial_damping=1.0).damping_rule
+    >>> levenberg_marquardt(0.9, 1e-6, rule), levenberg_marquardt(-math.inf, 1e10, rule)
+    (1e-06, 10000000000.0)
+    """
+    updated = levenberg_marquardt_update(ratio, damping, rule)
+    return max(updated, min(rule.floor, damping))
 
 
 @dataclass(frozen=True)

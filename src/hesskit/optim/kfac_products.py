@@ -1,0 +1,112 @@
+"""K-FAC's exact curvature products F u on its batch, in the optimizer's parameter order.
+
+Used by :mod:`hesskit.optim.kfac` for the quadratic model of §7 of Martens & Grosse (2015):
+F is ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for MSE,
+cross-entropy, BCE), K vectors in ONE ``matmat`` (one linearisation, K double-vjp products
+vectorised by ``torch.func.vmap``), or one ``matvec`` at a time where ``vmap`` cannot run
+(``channels_last`` tensors, :func:`channels_last`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from hesskit.distributed import all_reduce_sum
+from hesskit.operators import gauss_newton_operator
+from hesskit.operators.kfac_layers import KFACApproximation, LinearBlock
+from hesskit.problem import Problem
+
+
+def curvature_products(
+    problem: Problem, names: Sequence[str], params: Sequence[Tensor], vectors: list[Tensor],
+    inputs: object = None,
+) -> list[Tensor]:
+    """F u for each flat u (optimizer order ``names``/``params``), flat, in u's order.
+
+    ``inputs``: the batch's inputs, only to detect ``channels_last`` (:func:`channels_last`).
+    Cost: one linearisation and K Gauss-Newton products on the batch.
+    """
+    layout = problem.layout
+    order = [list(names).index(n) for n in layout.names]
+    starts = [0, *torch.cumsum(torch.tensor([p.numel() for p in params]), 0).tolist()]
+
+    def to_layout(v: Tensor) -> Tensor:
+        return torch.cat([v[starts[i]: starts[i + 1]] for i in order])
+
+    def from_layout(v: Tensor) -> Tensor:
+        pieces = layout.unflatten(v)
+        return torch.cat([pieces[n].reshape(-1) for n in names])
+
+    V = torch.stack([to_layout(v) for v in vectors], dim=1)
+    # double-vjp J v: one matmat per linearisation does not pay back linearize's
+    # one-off tracing (5-6 gradients; gauss_newton.OutputLinearization) on convolutions
+    operator = gauss_newton_operator(problem, jacobian="double_vjp")
+    if channels_last([*params, *([inputs] if isinstance(inputs, Tensor) else [])]):
+        FV = torch.stack([operator.matvec(V[:, j]) for j in range(V.shape[1])], dim=1)
+    else:
+        FV = operator.matmat(V)
+    return [from_layout(FV[:, j]) for j in range(len(vectors))]
+
+
+def channels_last(tensors: Sequence[Tensor]) -> bool:
+    """Whether a 4-D tensor is not contiguous (``channels_last``): ``torch.func.vmap`` over
+    products through it raises "NYI: querying is_contiguous inside of vmap"."""
+    return any(t.ndim == 4 and not t.is_contiguous() for t in tensors)
+
+
+def loss_and_gradient(
+    problem: Problem, names: Sequence[str], params: Sequence[Tensor],
+    closure: Callable[[], Tensor] | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """This rank's loss and gradient by parameter name: from the closure (which calls
+    ``backward()``; ``.grad`` read) or, without one, by ``torch.autograd.grad`` of the
+    batch's loss (``.grad`` left as it was). Zeros for a parameter the loss does not use."""
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+                 for n, p in zip(names, params, strict=True)}
+        return loss.detach(), grads
+    values = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
+    with torch.enable_grad():
+        loss = problem.local_loss(values)
+        grads = torch.autograd.grad(loss, list(values.values()), allow_unused=True)
+    return loss.detach(), {n: (torch.zeros_like(p) if g is None else g)
+                           for (n, p), g in zip(values.items(), grads, strict=True)}
+
+
+def summed(problem: Problem, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
+    """Distributed: this rank's loss and gradient summed over the ranks (ONE all-reduce)."""
+    if not problem.distributed:
+        return loss, gradient
+    packed = all_reduce_sum(torch.cat([loss.reshape(1).to(gradient.dtype), gradient]))
+    return packed[0], packed[1:]
+
+
+UNCOVERED_RULE = "−∇h/γ² (damping only)"
+"""How K-FAC steps a parameter no block covers (``optim/kfac.py``, step 3)."""
+
+
+def coverage_table(names: Sequence[str], params: Sequence[Tensor], blocks: list[LinearBlock],
+                   approximation: KFACApproximation) -> str:
+    """One line per parameter: its name, shape and how K-FAC treats it (the layer kind
+    and its Kronecker factors' sizes, the modules of a tied weight, or the uncovered
+    rule); then a count of covered and uncovered entries."""
+    how: dict[str, str] = {}
+    for b in blocks:
+        uses = ", ".join(f"{u.module} ({u.kind.value})" for u in b.uses)
+        tied = f"; tied, {len(b.uses)} uses summed" if len(b.uses) > 1 else ""
+        how[b.weight] = (f"Kronecker A {b.input_dim}×{b.input_dim} ⊗ G {b.out_features}×"
+                         f"{b.out_features} [{approximation.value}]: {uses}{tied}")
+        if b.bias is not None:
+            how[b.bias] = f"bias of {b.module} (homogeneous coordinate of A)"
+    lines, covered, total = ["K-FAC coverage:"], 0, 0
+    for name, p in zip(names, params, strict=True):
+        total += p.numel()
+        covered += p.numel() if name in how else 0
+        lines.append(f"  {name} {tuple(p.shape)}: {how.get(name, 'uncovered: ' + UNCOVERED_RULE)}")
+    lines.append(f"  covered {covered} of {total} entries")
+    return "\n".join(lines)

@@ -5,7 +5,10 @@ The public API, grouped as data flows through it (see each module for the mathem
     Problem                      model + loss + data as pure functions of the parameters
     operators                    curvature matrices as N×N linear operators (H, G, F, EF)
     dense                        exact dense H = G + R, structure report, cost guard
-    estimators                   diagonals, traces, eigenpairs (Lanczos), spectral density
+    estimators                   diagonals, traces, eigenpairs (Lanczos), spectral density,
+                                 per-block spectra
+    monitor                      CurvatureMonitor: sharpness, trace, per-block sharpness
+                                 every k steps of a training loop
     solvers                      conjugate gradient with Martens' hooks
     optim                        torch.optim optimizers that use curvature, all seven also
                                  here: DampedNewton, HessianFree, StochasticHessianFree,
@@ -40,6 +43,7 @@ from hesskit.errors import (
 from hesskit.estimators import (
     Eigenpairs,
     Estimate,
+    block_spectra,
     exact_trace,
     hutchinson_diagonal,
     hutchinson_trace,
@@ -71,6 +75,7 @@ from hesskit.losses import (
     SmoothL1Loss,
     as_loss,
 )
+from hesskit.monitor import CurvatureMonitor
 from hesskit.newton import NewtonResult, NewtonStatus, newton
 from hesskit.operators import (
     CountingOperator,
@@ -150,9 +155,12 @@ __all__ = [  # noqa: RUF022 - grouped by topic, as the module docstring
     "hutchinson_diagonal",
     "hutchinson_trace",
     "hutchpp_trace",
+    "block_spectra",
     "power_iteration",
     "spectral_density",
     "top_eigenpairs",
+    # curvature during training
+    "CurvatureMonitor",
     # solvers and optimizers
     "conjugate_gradient",
     "DampedNewton",

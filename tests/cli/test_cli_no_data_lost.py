@@ -250,10 +250,10 @@ def test_a_warning_of_a_command_that_succeeds_is_still_shown(folders, tmp_path):
 
 
 def test_an_interrupted_precondition_keeps_what_it_measured(folders, tmp_path, monkeypatch):
-    from hesskit.analysis import preconditioner
     from hesskit.analysis.preconditioner_records import PreconditionerAnalysis
+    from hesskit.training import preconditioner_run
 
-    original = preconditioner._Run.record
+    original = preconditioner_run._Run.record
     calls = []
 
     def record_then_stop(self, step, *args, **kwargs):
@@ -262,7 +262,7 @@ def test_an_interrupted_precondition_keeps_what_it_measured(folders, tmp_path, m
         calls.append(step)
         return original(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(preconditioner._Run, "record", record_then_stop)
+    monkeypatch.setattr(preconditioner_run._Run, "record", record_then_stop)
     out = tmp_path / "out"
     argv = ["precondition", "--model", f"{folders['module']}:good", "--optimizers",
             "sgd,adam", "--steps", "2", "--every", "1", "--top-k", "1", "--max-products", "5",

@@ -32,6 +32,7 @@ from hesskit.estimators import (
     spectral_density,
     top_eigenpairs,
 )
+from hesskit.estimators.spectral_density import width_for_range
 from hesskit.operators import gauss_newton_operator, hessian_operator
 
 MATRICES = {
@@ -150,7 +151,7 @@ def _per_block(op, args: argparse.Namespace, folder: Path, name: str) -> dict:
     record, curves = {}, {}
     nodes = torch.cat([s.density.nodes[s.density.weights > 0] for s in spectra.values()])
     low, high = float(nodes.min()), float(nodes.max())
-    width = 0.01 * (high - low if high > low else max(1.0, abs(high)))  # one σ for all
+    width = width_for_range(low, high)  # one σ for all blocks
     grid = torch.linspace(low - 5 * width, high + 5 * width, 1000, dtype=torch.float64)
     for block, spectrum in spectra.items():
         values = spectrum.eigenpairs.values.tolist()

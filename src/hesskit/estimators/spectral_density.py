@@ -261,9 +261,12 @@ def _node_range(quadrature: SpectralQuadrature) -> tuple[float, float]:
 
 
 def default_width(quadrature: SpectralQuadrature) -> float:
-    """:func:`density_on_grid`'s default σ: 1% of the node range (of max(1, |θ|) when all
-    nodes coincide)."""
-    low, high = _node_range(quadrature)
+    """:func:`density_on_grid`'s default σ: :func:`width_for_range` of the node range."""
+    return width_for_range(*_node_range(quadrature))
+
+
+def width_for_range(low: float, high: float) -> float:
+    """σ for nodes in [low, high]: 1% of the range (of max(1, |θ|) when all coincide)."""
     return 0.01 * (high - low if high > low else max(1.0, abs(high)))
 
 

@@ -99,7 +99,8 @@ def test_optimizer_repr_shows_size_settings_and_state(net_and_problem):
     text = repr(hf)
     assert text.startswith("HessianFree(N=26 in 4 tensors, lr=1, weight_decay=1e-05; ")
     assert f"damping={hf.hf_state['damping']:.4g}" in text and "steps=0" in text
-    assert repr(KFAC(model, nn.CrossEntropyLoss())).startswith("KFAC(N=26 in 4 tensors")
+    kfac = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss())
+    assert repr(kfac).startswith("KFAC(N=26 in 4 tensors")
 
 
 def test_parameter_names_survive_torch_compile(net_and_problem):

@@ -11,6 +11,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from closures import batch_closure
 from hesskit.analysis.preconditioner import (
     AnalysisSettings,
     compare_scope,
@@ -230,11 +231,11 @@ def test_kfac_preconditioner_equals_its_kronecker_factors_with_factored_damping(
     torch.manual_seed(0)
     model = Scaled().double()
     X, y = batch()
-    optimizer = KFAC(model, nn.MSELoss())
-    optimizer.set_batch(X, y)
+    optimizer = KFAC(model.parameters(), model=model, loss=nn.MSELoss())
+    optimizer_closure = batch_closure(optimizer, X, y)
     params, layout = layout_of(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer.step()
+    optimizer.step(optimizer_closure)
     P = preconditioner_of(optimizer, params, layout)
     state = optimizer.kfac_state
     factors, gamma = state["factors"]["linear.weight"], float(state["gamma"])

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from closures import batch_closure
 from hesskit.distributed import sample_fraction, shard_of
 from hesskit.optim.adahessian import AdaHessian
 from hesskit.optim.kfac import KFAC
@@ -71,10 +72,11 @@ def _run(method: str) -> list[torch.Tensor]:
         return value
 
     if method == "kfac":
-        optimizer = KFAC(model, loss_fn, keyed_targets=True, schedule=KFACSchedule(
+        optimizer = KFAC(model.parameters(), model=model, loss=loss_fn, keyed_targets=True,
+                         schedule=KFACSchedule(
             initial_damping=1.0, damping_interval=2, gamma_interval=3,
             statistics_fraction=1.0))
-        optimizer.set_batch(X, Y)
+        optimizer_closure = batch_closure(optimizer, X, Y)
     elif method.startswith("sophia"):
         estimator = SophiaEstimator.HUTCHINSON if method == "sophia-h" else (
             SophiaEstimator.GAUSS_NEWTON_BARTLETT)
@@ -91,7 +93,7 @@ def _run(method: str) -> list[torch.Tensor]:
     history = []
     for _ in range(STEPS):
         if method == "kfac":
-            optimizer.step()
+            optimizer.step(optimizer_closure)
         elif method == "adahessian":
             optimizer.step(share_loss)
         else:

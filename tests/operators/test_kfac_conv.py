@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac import kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets, factor_statistics, kfac_blocks
@@ -130,11 +131,11 @@ def test_the_optimizer_steps_a_small_cnn_and_reduces_the_loss():
                           nn.Linear(3 * 4 * 4, 3))
     X = torch.randn(32, 1, 4, 4, generator=torch.Generator().manual_seed(6))
     y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(7))
-    opt = KFAC(model, nn.CrossEntropyLoss(), schedule=KFACSchedule(
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(), schedule=KFACSchedule(
         statistics_fraction=1.0, initial_damping=1.0))
     assert [b.conv is not None for b in opt.blocks] == [True, False]
-    opt.set_batch(X, y)
-    first = float(opt.step())
+    opt_closure = batch_closure(opt, X, y)
+    first = float(opt.step(opt_closure))
     for _ in range(9):
-        last = float(opt.step())
+        last = float(opt.step(opt_closure))
     assert last < 0.7 * first

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.operators.kfac_factors import symmetric_eigh
 from hesskit.optim.kfac import KFAC
 from hesskit.optim.kfac_steps import KFACSchedule
@@ -32,11 +33,12 @@ def test_kfac_steps_a_relu_mlp_on_raw_pixels_with_many_zero_columns():
     assert int((averaged.abs().sum(1) == 0).sum()) > 250
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = KFAC(model, nn.CrossEntropyLoss(), schedule=KFACSchedule(statistics_fraction=1.0))
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(),
+               schedule=KFACSchedule(statistics_fraction=1.0))
     labels = torch.arange(32) % 10
     for x in (first, second, first):
-        opt.set_batch(x, labels)
-        assert torch.isfinite(opt.step())
+        opt_closure = batch_closure(opt, x, labels)
+        assert torch.isfinite(opt.step(opt_closure))
     assert opt.kfac_state["nonfinite_rejections"] == 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

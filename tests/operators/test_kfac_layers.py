@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
+from closures import batch_closure
 from hesskit.operators.kfac import kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets, factor_statistics
 from hesskit.operators.kfac_layers import KFACApproximation, kfac_blocks
@@ -165,10 +166,11 @@ def test_the_optimizer_takes_the_approximation_by_keyword():
                                  kfac_blocks(model, ["linear.weight", "linear.bias"]),
                                  FactorTargets.EXPECTED,
                                  approximation=KFACApproximation(approx))["linear.weight"]
-        opt = KFAC(model, nn.MSELoss(), targets=FactorTargets.EXPECTED, kfac_approx=approx,
+        opt = KFAC(model.parameters(), model=model, loss=nn.MSELoss(),
+                   targets=FactorTargets.EXPECTED, kfac_approx=approx,
                    schedule=KFACSchedule(statistics_fraction=1.0))
-        opt.set_batch(X, Y)
-        opt.step()
+        opt_closure = batch_closure(opt, X, Y)
+        opt.step(opt_closure)
         got = opt.kfac_state["factors"]["linear.weight"]
         torch.testing.assert_close(got.A, want.A, rtol=0, atol=0)
         torch.testing.assert_close(got.G, want.G, rtol=0, atol=0)

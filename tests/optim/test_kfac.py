@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.estimators import top_eigenpairs
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac import kfac_operator
@@ -155,10 +156,10 @@ def test_first_step_matches_a_hand_computation_on_linear_regression():
                         A + pi * gamma * torch.eye(4, dtype=DTYPE))
     direction = -torch.linalg.solve(damped, g)
     alpha = -(g @ direction) / (direction @ G @ direction + 150.0 * direction @ direction)
-    opt = KFAC(model, nn.MSELoss(), targets=FactorTargets.EXPECTED,
+    opt = KFAC(model.parameters(), model=model, loss=nn.MSELoss(), targets=FactorTargets.EXPECTED,
                schedule=KFACSchedule(statistics_fraction=1.0))
-    opt.set_batch(X, Y)
-    opt.step()
+    opt_closure = batch_closure(opt, X, Y)
+    opt.step(opt_closure)
     torch.testing.assert_close(model.weight.detach().reshape(-1), theta + alpha * direction,
                                rtol=1e-10, atol=1e-12)
 
@@ -169,11 +170,12 @@ def test_converges_on_linear_regression_like_newton_when_exact_and_undamped():
     Xb = torch.cat([X, torch.ones(X.shape[0], 1, dtype=DTYPE)], 1)
     best = nn.functional.mse_loss(Xb @ torch.linalg.lstsq(Xb, Y).solution, Y)
     schedule = KFACSchedule(statistics_fraction=1.0, initial_damping=1e-8)
-    opt = KFAC(model, nn.MSELoss(), targets=FactorTargets.EXPECTED, schedule=schedule)
-    opt.set_batch(X, Y)
+    opt = KFAC(model.parameters(), model=model, loss=nn.MSELoss(), targets=FactorTargets.EXPECTED,
+               schedule=schedule)
+    opt_closure = batch_closure(opt, X, Y)
     for _ in range(3):
-        opt.step()
-    assert float(opt.step()) - float(best) < 1e-10
+        opt.step(opt_closure)
+    assert float(opt.step(opt_closure)) - float(best) < 1e-10
 
 
 def test_uses_the_closure_and_covers_only_linear_layers():
@@ -181,12 +183,13 @@ def test_uses_the_closure_and_covers_only_linear_layers():
     blocks = linear_blocks(model, [n for n, _ in model.named_parameters()])
     assert [b.module for b in blocks] == ["0", "2"]
     X, Y = classification()
-    opt = KFAC(model, nn.CrossEntropyLoss(), schedule=KFACSchedule(statistics_fraction=1.0))
-    opt.set_batch(X, Y)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = KFAC(model.parameters(), model=model, loss=loss_fn,
+               schedule=KFACSchedule(statistics_fraction=1.0))
 
     def closure():
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(X), Y)
+        loss = loss_fn(model(X), Y)
         loss.backward()
         return loss
 
@@ -197,9 +200,9 @@ def test_uses_the_closure_and_covers_only_linear_layers():
 
 
 def run(model, opt, X, Y, steps):
-    opt.set_batch(X, Y)
+    opt_closure = batch_closure(opt, X, Y)
     for _ in range(steps):
-        opt.step()
+        opt.step(opt_closure)
 
 
 def test_state_dict_round_trip_resumes_bit_identically():
@@ -207,10 +210,12 @@ def test_state_dict_round_trip_resumes_bit_identically():
     schedule = KFACSchedule(statistics_fraction=0.5, damping_interval=2, gamma_interval=3,
                             inverse_interval=2)
     model = mlp()
-    opt = KFAC(model, nn.CrossEntropyLoss(), schedule=schedule, seed=4)
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(), schedule=schedule,
+               seed=4)
     run(model, opt, X, Y, 2)
     twin = copy.deepcopy(model)
-    twin_opt = KFAC(twin, nn.CrossEntropyLoss(), schedule=schedule, seed=99)
+    twin_opt = KFAC(twin.parameters(), model=twin, loss=nn.CrossEntropyLoss(), schedule=schedule,
+                    seed=99)
     twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
     run(model, opt, X, Y, 4)
     run(twin, twin_opt, X, Y, 4)
@@ -220,9 +225,9 @@ def test_state_dict_round_trip_resumes_bit_identically():
 
 
 def test_non_finite_loss_is_rejected_leaving_parameters_unchanged():
-    model, (X, Y) = mlp(), classification()
-    opt = KFAC(model, nn.CrossEntropyLoss(), schedule=KFACSchedule(statistics_fraction=1.0))
-    opt.set_batch(X, Y)
+    model = mlp()
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(),
+               schedule=KFACSchedule(statistics_fraction=1.0))
     before = [p.detach().clone() for p in model.parameters()]
     opt.step(lambda: torch.tensor(float("nan"), dtype=DTYPE))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.operators.kfac_factors import FactorTargets
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
 from hesskit.optim.kfac import KFAC
@@ -47,28 +48,29 @@ def test_a_run_with_nan_losses_on_9_of_10_steps_is_the_clean_run_and_trains_afte
         return torch.tensor(float("nan"))
 
     model, clean_model = mlp(), mlp()
-    opt = KFAC(model, nn.CrossEntropyLoss(), max_rejections=10**6,
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(), max_rejections=10**6,
                schedule=KFACSchedule(statistics_fraction=1.0))
-    clean = KFAC(clean_model, nn.CrossEntropyLoss(),
+    clean = KFAC(clean_model.parameters(), model=clean_model, loss=nn.CrossEntropyLoss(),
                  schedule=KFACSchedule(statistics_fraction=1.0))
-    opt.set_batch(X, Y)
-    clean.set_batch(X, Y)
+    opt_closure = batch_closure(opt, X, Y)
+    clean_closure = batch_closure(clean, X, Y)
     rule = opt.schedule.damping_rule
     for k in range(400):
-        opt.step(None if k % 10 == 9 else poisoned)
+        opt.step(opt_closure if k % 10 == 9 else poisoned)
         assert rule.floor <= opt.kfac_state["damping"] <= rule.ceiling
     for _ in range(40):
-        clean.step()
+        clean.step(clean_closure)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(),
                                                   clean_model.parameters(), strict=True))
     assert opt.kfac_state["damping"] == clean.kfac_state["damping"]
-    losses = [float(opt.step()) for _ in range(20)]
+    losses = [float(opt.step(opt_closure)) for _ in range(20)]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert rule.floor <= opt.kfac_state["damping"] <= rule.ceiling
 
 
 def test_failed_steps_raise_lambda_to_the_ceiling_and_no_higher():
-    opt = KFAC(mlp(), nn.CrossEntropyLoss(), max_rejections=10**6)
+    model = mlp()
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(), max_rejections=10**6)
     loss = torch.tensor(1.0)
     for _ in range(200):  # 150 · 1.29^200 ≈ 1e24 unbounded
         opt._reject("the loss after the step", loss)
@@ -87,11 +89,12 @@ def test_on_a_clean_problem_lambda_falls_to_the_floor_and_no_lower():
     Y = X @ torch.randn(4, 2, generator=gen, dtype=torch.float64)
     schedule = KFACSchedule(statistics_fraction=1.0, initial_damping=1.02e-6,
                             damping_interval=1)
-    opt = KFAC(model, nn.MSELoss(), targets=FactorTargets.EXPECTED, schedule=schedule)
-    opt.set_batch(X, Y)
-    opt.step()
+    opt = KFAC(model.parameters(), model=model, loss=nn.MSELoss(), targets=FactorTargets.EXPECTED,
+               schedule=schedule)
+    opt_closure = batch_closure(opt, X, Y)
+    opt.step(opt_closure)
     assert opt.kfac_state["last_ratio"] == pytest.approx(1.0, abs=1e-3)
     assert opt.kfac_state["damping"] == schedule.damping_rule.floor
     for _ in range(2):
-        opt.step()
+        opt.step(opt_closure)
         assert opt.kfac_state["damping"] == schedule.damping_rule.floor

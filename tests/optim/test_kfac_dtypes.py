@@ -9,6 +9,7 @@ import copy
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.optim.kfac import KFAC
 from hesskit.optim.kfac_steps import KFACSchedule
 
@@ -22,13 +23,14 @@ def test_a_bfloat16_model_steps_like_its_float32_copy_to_bfloat16_rounding():
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(32, 6, generator=gen).to(torch.bfloat16)
     Y = torch.randint(0, 3, (32,), generator=gen)
-    opt, ref = KFAC(model, nn.CrossEntropyLoss(), schedule=SCHEDULE), KFAC(
-        reference, nn.CrossEntropyLoss(), schedule=SCHEDULE)
-    opt.set_batch(X, Y)
-    ref.set_batch(X.float(), Y)
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(), schedule=SCHEDULE)
+    ref = KFAC(reference.parameters(), model=reference, loss=nn.CrossEntropyLoss(),
+               schedule=SCHEDULE)
+    opt_closure = batch_closure(opt, X, Y)
+    ref_closure = batch_closure(ref, X.float(), Y)
     before = [p.detach().float().clone() for p in model.parameters()]
-    opt.step()
-    ref.step()
+    opt.step(opt_closure)
+    ref.step(ref_closure)
     factors = opt.kfac_state["factors"]["0.weight"]
     eigen = opt.kfac_state["eigen"]["0.weight"]
     assert factors.A.dtype == factors.G.dtype == eigen.A_vectors.dtype == torch.float32
@@ -51,11 +53,13 @@ def test_a_channels_last_cnn_steps_as_its_contiguous_copy():
     model = cnn().to(memory_format=torch.channels_last)
     reference = cnn()
     assert not model[0].weight.is_contiguous()
-    opt, ref = KFAC(model, nn.CrossEntropyLoss(), schedule=SCHEDULE), KFAC(
-        reference, nn.CrossEntropyLoss(), schedule=SCHEDULE)
-    opt.set_batch(X.to(memory_format=torch.channels_last), Y)
-    ref.set_batch(X, Y)
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(), schedule=SCHEDULE)
+    ref = KFAC(reference.parameters(), model=reference, loss=nn.CrossEntropyLoss(),
+               schedule=SCHEDULE)
+    opt_closure = batch_closure(opt, X.to(memory_format=torch.channels_last), Y)
+    ref_closure = batch_closure(ref, X, Y)
     for _ in range(2):
-        torch.testing.assert_close(opt.step(), ref.step(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.step(opt_closure), ref.step(ref_closure),
+                                   rtol=1e-5, atol=1e-6)
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

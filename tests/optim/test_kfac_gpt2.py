@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.losses import CausalLMLoss
 from hesskit.optim.kfac import KFAC
 from hesskit.optim.kfac_products import UNCOVERED_RULE
@@ -25,7 +26,7 @@ def gpt2() -> nn.Module:
 
 def test_kfac_covers_gpt2s_layers_and_says_how_in_its_repr(capsys):
     model = gpt2()
-    opt = KFAC(model, CausalLMLoss(), verbose=True)
+    opt = KFAC(model.parameters(), model=model, loss=CausalLMLoss(), verbose=True)
     printed = capsys.readouterr().out
     kinds = {b.weight: [u.kind.name for u in b.uses] for b in opt.blocks}
     assert kinds["transformer.wte.weight"] == ["EMBEDDING", "LINEAR"]  # lm_head is tied
@@ -40,10 +41,10 @@ def test_kfac_covers_gpt2s_layers_and_says_how_in_its_repr(capsys):
 def test_kfac_steps_gpt2_lowering_the_loss_and_moving_the_uncovered_parameters():
     model = gpt2()
     ids = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(0))
-    opt = KFAC(model, CausalLMLoss())
-    opt.set_batch({"input_ids": ids}, ids.clone())
+    opt = KFAC(model.parameters(), model=model, loss=CausalLMLoss())
+    opt_closure = batch_closure(opt, {"input_ids": ids}, ids.clone())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = [float(opt.step()) for _ in range(3)]
+    losses = [float(opt.step(opt_closure)) for _ in range(3)]
     assert opt.kfac_state["nonfinite_rejections"] == 0 and losses[-1] < losses[0]
     for name, p in model.named_parameters():  # nothing frozen: LayerNorm gains move too
         assert not torch.equal(p, before[name]), name

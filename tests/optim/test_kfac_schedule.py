@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.kfac_factors import FactorTargets, factor_statistics, kfac_blocks
 from hesskit.optim.kfac import KFAC
@@ -69,34 +70,35 @@ def _classifier():
 
 def test_the_state_dict_loads_with_weights_only_and_resumes_exactly():
     model, X, y = _classifier()
-    opt = KFAC(model, nn.CrossEntropyLoss())
-    opt.set_batch(X, y)
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss())
+    opt_closure = batch_closure(opt, X, y)
     for _ in range(2):
-        opt.step()
+        opt.step(opt_closure)
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     params = [p.detach().clone() for p in model.parameters()]
-    opt.step()
+    opt.step(opt_closure)
     after = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
         for p, q in zip(model.parameters(), params, strict=True):
             p.copy_(q)
-    fresh = KFAC(model, nn.CrossEntropyLoss())
+    fresh = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss())
     fresh.load_state_dict(saved)
-    fresh.set_batch(X, y)
-    fresh.step()
+    fresh_closure = batch_closure(fresh, X, y)
+    fresh.step(fresh_closure)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), after, strict=True))
 
 
 def test_cases_count_every_pass_through_the_model():
     model, X, y = _classifier()
-    opt = KFAC(model, nn.CrossEntropyLoss(), schedule=KFACSchedule(damping_interval=2))
-    opt.set_batch(X, y)
-    opt.step()  # gradient 12, statistics ⌈12/8⌉ = 2, products 2 × 12
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(),
+               schedule=KFACSchedule(damping_interval=2))
+    opt_closure = batch_closure(opt, X, y)
+    opt.step(opt_closure)  # gradient 12, statistics ⌈12/8⌉ = 2, products 2 × 12
     assert opt.kfac_state["cases"] == 12 + 2 + 24
-    opt.step()  # the same, and ρ's forward pass at T₁ = 2
+    opt.step(opt_closure)  # the same, and ρ's forward pass at T₁ = 2
     assert opt.kfac_state["cases"] == 2 * (12 + 2 + 24) + 12
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
+from hesskit.tensor_tree import network_output
 
 REDUCTIONS = ("mean", "sum", "sample_mean")
 """How a loss reduces over elements: torch's ``"mean"`` (over every element) and ``"sum"``,
@@ -60,7 +61,9 @@ class Loss(nn.Module, ABC):
         self.reduction = reduction
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        return self.value(z, y)
+        """ℓ(z, y) (:meth:`value`); a model output with ``logits`` (a Hugging Face
+        ``ModelOutput``) is read as its logits, as hesskit reads network outputs."""
+        return self.value(z if isinstance(z, Tensor) else network_output(z), y)
 
     def value(self, z: Tensor, y: Tensor) -> Tensor:
         """The batch loss ℓ = c Σ_i ℓ_i(z_i, y_i), a scalar."""

@@ -44,13 +44,15 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
 from hesskit.functional_view import twice_differentiable_kernels
+from hesskit.operators import hessian_operator
+from hesskit.optim.closure_batch import parameter_names, watch_closure
 from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -87,6 +89,7 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         update_each: draw a new Hessian estimate every this many steps (1: every step).
         spatial_average: average D over the kernel dimensions of parameters with ≥ 3
             dimensions (convolution kernels), as the paper does.
+        model, loss: optional, together: see below.
         seed: seed of the probes' generator (kept in the state dict: resumes exactly).
         max_rejections: consecutive non-finite steps before ``NonFiniteError``.
         distributed: sum the loss, gradient and Hessian product over the
@@ -97,7 +100,12 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
     summed over the ranks in ONE all-reduce before D = |z ⊙ H z| is formed, so every rank
     takes the step of the whole batch (parameters bitwise equal across ranks).
 
-    The closure must recompute the loss and return it WITHOUT calling ``backward()``:
+    Given ``model=`` and ``loss=`` (the network and the loss module the closure calls), the
+    closure is the ordinary one of every torch optimizer (it calls ``backward()``) and H z
+    is one Hessian-vector product on the closure's batch, read from its calls
+    (:class:`~hesskit.optim.closure_batch.ClosureBatch`; hesskit's evaluation: dropout as
+    in eval mode). Without them the closure must recompute the loss and return it WITHOUT
+    calling ``backward()``:
     AdaHessian differentiates it itself, twice on estimate steps (``create_graph``), and
     writes the gradient into ``.grad``. A closure that calls
     ``loss.backward(create_graph=True)`` (the authors' usage) works too. ``step`` returns
@@ -125,6 +133,8 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         weight_decay: float = 0.0,
         hessian_power: float = HESSIAN_POWER,
         *,
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
         update_each: int = 1,
         spatial_average: bool = True,
         seed: int = 0,
@@ -135,6 +145,10 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "hessian_power": hessian_power}
         super().__init__(params, defaults)
+        self._watch = watch_closure(model, loss, "AdaHessian",
+                                    "neither (H z from the closure's own graph)")
+        self._names = [] if model is None else parameter_names(model, self._params,
+                                                                "AdaHessian")
         self.update_each = update_each
         self.spatial_average = spatial_average
         self.max_rejections = max_rejections
@@ -155,12 +169,17 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         state = self.adahessian_state
         estimate = int(state["steps"]) % self.update_each == 0
         self._generator_at_start = self.generator.get_state()
-        with torch.enable_grad(), twice_differentiable_kernels():
-            loss = closure()
-            if not is_finite(loss.detach()):
+        if self._watch is not None:
+            loss, grads, products = self._watched_step(closure, estimate)
+            if not is_finite(loss):
                 return self._reject("the loss", loss)
-            grads = self._gradients(loss, create_graph=estimate)
-            products = self._products(grads) if estimate else {}
+        else:
+            with torch.enable_grad(), twice_differentiable_kernels():
+                loss = closure()
+                if not is_finite(loss.detach()):
+                    return self._reject("the loss", loss)
+                grads = self._gradients(loss, create_graph=estimate)
+                products = self._products(grads) if estimate else {}
         grads = {p: g.detach() for p, g in grads.items()}
         loss = loss.detach()
         if self.distributed:  # ONE all-reduce of the loss, the gradient and H z
@@ -182,6 +201,30 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         state["estimates"] = int(state["estimates"]) + (hessian is not None)
         record_acceptance(state)
         return loss.detach()
+
+    def _watched_step(self, closure: Callable[[], Tensor], estimate: bool) -> tuple[
+            Tensor, dict[Tensor, Tensor], dict[Tensor, tuple[Tensor, Tensor]]]:
+        """With ``model=`` and ``loss=``: the loss and ``.grad`` of an ordinary closure (it
+        calls ``backward()``), and on estimate steps H z on its batch by one Hessian-vector
+        product of the ``Problem`` (:class:`~hesskit.optim.closure_batch.ClosureBatch`), z
+        Rademacher drawn as in :meth:`_products`."""
+        assert self._watch is not None
+        loss = self._watch.run(closure)
+        loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        grads = {p: p.grad.detach() for p in self._params if p.grad is not None}
+        if not (estimate and is_finite(loss)):
+            return loss, grads, {}
+        problem = self._watch.problem(self._names)
+        probes = {p: rademacher(tuple(p.shape), self.generator, p.dtype, p.device)
+                  for p in grads}
+        by_name = dict(zip(self._names, self._params, strict=True))
+        z = torch.cat([probes[by_name[n]].reshape(-1) if by_name[n] in probes
+                       else torch.zeros(by_name[n].numel(), dtype=problem.dtype,
+                                         device=problem.device)
+                       for n in problem.layout.names])
+        hz = problem.layout.unflatten(hessian_operator(problem).matvec(z))
+        return loss, grads, {by_name[n]: (probes[by_name[n]], hz[n].detach().view_as(by_name[n]))
+                             for n in problem.layout.names if by_name[n] in probes}
 
     def _gradients(self, loss: Tensor, create_graph: bool) -> dict[Tensor, Tensor]:
         """∇L per parameter with a gradient (from ``.grad`` when the closure made it with

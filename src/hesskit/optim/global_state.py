@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hesskit.errors import InvalidArgumentError
+from hesskit.optim.closure_batch import ClosureBatch
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
 from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import record_rejection, restore_parameters, save_parameters
@@ -60,6 +61,9 @@ class GlobalStateOptimizer(AllParametersMixin, Optimizer):
     global_state_attribute: ClassVar[str]
     damping: LevenbergMarquardt
     max_rejections: int
+    _watch: ClosureBatch | None = None
+    """Set by a subclass given ``model=`` and ``loss=``: the first closure call of each
+    step is watched for its batch (:class:`~hesskit.optim.closure_batch.ClosureBatch`)."""
 
     def __init__(
         self, params: Iterable[Tensor] | Iterable[dict], *, lr: float, weight_decay: float
@@ -135,7 +139,8 @@ class GlobalStateOptimizer(AllParametersMixin, Optimizer):
     ) -> tuple[Callable[[], Tensor], Callable[[], Tensor], list[Tensor]]:
         """Check the closure, count the step, and save θ exactly (for :meth:`_reject`).
 
-        Returns the closure, run with gradients enabled; the function that evaluates the
+        Returns the closure, run with gradients enabled (and watched for its batch when
+        ``model=`` and ``loss=`` were given); the function that evaluates the
         loss at trial points (``loss_closure`` under ``torch.no_grad()`` when given, else
         the closure, whose gradient is then computed and ignored); and the saved
         parameters.
@@ -149,6 +154,9 @@ class GlobalStateOptimizer(AllParametersMixin, Optimizer):
         self._global_state["steps"] += 1
         with_grad = torch.enable_grad()(closure)
         trial_loss = with_grad if loss_closure is None else torch.no_grad()(loss_closure)
+        if self._watch is not None:
+            watch = self._watch
+            with_grad = lambda: watch.run(closure)  # noqa: E731 (runs with gradients)
         return with_grad, trial_loss, save_parameters(self._params)
 
     def _reject(self, start: list[Tensor], what: str, loss: float) -> float:

@@ -40,13 +40,14 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import CurvatureOperator
 from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
 from hesskit.optim.chunks import CurvatureChunk
+from hesskit.optim.closure_batch import curvature_or_gauss_newton, watch_closure
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
@@ -55,6 +56,7 @@ from hesskit.optim.damping import (
 )
 from hesskit.optim.global_state import GlobalStateOptimizer
 from hesskit.optim.hf_settings import HF_CG, HF_RATIO, CGSettings, RatioSettings
+from hesskit.optim.hf_solve import damped_cg, damped_product
 from hesskit.optim.preconditioners import DiagonalPreconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -67,7 +69,7 @@ from hesskit.optim.safety import (
     record_rejection,
     restore_parameters,
 )
-from hesskit.solvers.cg import CGResult, StopRule, conjugate_gradient, geometric_snapshots
+from hesskit.solvers.cg import CGResult
 from hesskit.solvers.result import Status
 
 STATE_KEY = "hessian_free"
@@ -90,7 +92,11 @@ class HessianFree(GlobalStateOptimizer):
             must be the curvature operator's flat layout (pass ``model.parameters()``, or
             groups that list the model's parameters in order, and build B from that model).
             A group may set ``lr`` and ``weight_decay``.
-        curvature: returns, at the *current* parameters, B as a ``CurvatureOperator`` or a
+        model, loss: the network and the loss module the closure calls: B is then the
+            Gauss-Newton matrix of the closure's batch (read from its calls,
+            :class:`~hesskit.optim.closure_batch.ClosureBatch`) at the current parameters.
+        curvature: instead of ``model`` and ``loss``: returns, at the *current*
+            parameters, B as a ``CurvatureOperator`` or a
             :class:`~hesskit.optim.chunks.CurvatureChunk` (B and the objective on the data B
             was built on, for ρ's numerator); called once per step, after the step counter
             ``hf_state["steps"]`` has been advanced (chunk schedules read it). B excludes
@@ -155,21 +161,26 @@ class HessianFree(GlobalStateOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1.0,
         *,
-        curvature: Callable[[], CurvatureOperator | CurvatureChunk],
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        curvature: Callable[[], CurvatureOperator | CurvatureChunk] | None = None,
         damping: LevenbergMarquardt = HF_DAMPING,
         cg: CGSettings = HF_CG,
         preconditioner: DiagonalPreconditioner | None = None,
         backtracking: bool = True,
         line_search: ArmijoSearch | None = HF_LINE_SEARCH,
         ratio: RatioSettings = HF_RATIO,
-        lr: float = 1.0,
         weight_decay: float = 0.0,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
         distributed: bool | None = None,
     ) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay)
-        self.curvature = curvature
+        self._watch = watch_closure(model, loss, type(self).__name__,
+                                    "curvature= (a function returning B)")
+        self.curvature = curvature_or_gauss_newton(self._watch, curvature, self._params,
+                                                   type(self).__name__)
         self.damping = damping
         self.cg = cg
         self.preconditioner = preconditioner
@@ -290,51 +301,19 @@ class HessianFree(GlobalStateOptimizer):
             )
         return chunk
 
-    def _curvature_product(
-        self, operator: CurvatureOperator, damping: float, dtype: torch.dtype
-    ) -> Callable[[Tensor], Tensor]:
-        """v ↦ (B + diag(wd) + λI) v in ``dtype``."""
-        shift: Tensor | float = damping
+    def _shift(self, damping: float) -> Tensor | float:
+        """wd + λ: a flat ``[N]`` tensor with weight decay, else the scalar λ."""
         if self._has_weight_decay():
-            shift = self._per_element("weight_decay").to(dtype) + damping
-
-        def product(v: Tensor) -> Tensor:
-            return operator.matvec(v).to(v.dtype) + shift * v
-
-        return product
+            return self._per_element("weight_decay") + damping
+        return damping
 
     def _solve(self, gradient: Tensor, operator: CurvatureOperator) -> CGResult:
-        """Phase 2: CG on (B + wd + λI) p = −∇F from the decayed warm start (§4.4–4.7)."""
-        state, settings = self.hf_state, self.cg
-        damping = float(state["damping"])
-        inverse = None
-        if self.preconditioner is not None:
-            shift: Tensor | float = damping
-            if self._has_weight_decay():
-                shift = self._per_element("weight_decay") + damping
-            m = self.preconditioner.diagonal(shift).to(gradient.dtype)
-            if not is_finite(m):
-                return CGResult(torch.zeros_like(gradient), Status.NON_FINITE, 0, 0)
-            inverse = lambda r: r / m  # noqa: E731 - a one-line M⁻¹
-
-        warm = state["warm_start"]
-        x0 = None
-        if warm is not None and settings.warm_start_decay > 0:
-            x0 = settings.warm_start_decay * warm.to(gradient)
-        solve = conjugate_gradient(
-            self._curvature_product(operator, damping, gradient.dtype),
-            -gradient,
-            x0=x0,
-            rtol=settings.rtol,
-            maxiter=settings.max_iterations,
-            M=inverse,
-            stop=StopRule.MARTENS | StopRule.RESIDUAL,
-            progress_tol=settings.progress_tol,
-            progress_gap=settings.progress_gap,
-            snapshot_at=geometric_snapshots(
-                settings.max_iterations, settings.snapshot_growth, settings.first_snapshot
-            ),
-        )
+        """Phase 2: CG on (B + wd + λI) p = −∇F from the decayed warm start
+        (:func:`~hesskit.optim.hf_solve.damped_cg`)."""
+        state = self.hf_state
+        shift = self._shift(float(state["damping"]))
+        m = None if self.preconditioner is None else self.preconditioner.diagonal(shift)
+        solve = damped_cg(operator, gradient, shift, self.cg, state["warm_start"], m)
         state["cg_iterations"] += solve.iterations
         state["curvature_products"] += solve.products
         state["last_cg_status"] = solve.status.name
@@ -368,7 +347,7 @@ class HessianFree(GlobalStateOptimizer):
         else:
             new, old = value, loss
         if self.ratio.undamped_model:
-            product = self._curvature_product(chunk.operator, 0.0, gradient.dtype)
+            product = damped_product(chunk.operator, 0.0)
             self.hf_state["curvature_products"] += 1
             predicted = float(gradient @ direction) + 0.5 * float(direction @ product(direction))
         else:

@@ -1,7 +1,8 @@
 """K-FAC (Martens & Grosse 2015, ICML) for Linear, Conv1D, Embedding and Conv2d layers (tied
 weights included), as a torch optimizer.
 
-One iteration k on the mini-batch given to :meth:`KFAC.set_batch`, with h(θ) = L(θ) +
+One iteration k on the mini-batch the closure evaluates (read from the closure's calls of
+the model and the loss, :class:`~hesskit.optim.closure_batch.ClosureBatch`), with h(θ) = L(θ) +
 Σ (η/2)‖θ‖² (weight decay η per group, part of the objective, §6.1):
 
 1. the factors of every covered layer from the first τ₁ of the batch
@@ -27,8 +28,8 @@ Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. The layers, found fr
 model's modules, and their factors (expand/reduce for [n, ..., in] inputs, tied weights):
 :mod:`hesskit.operators.kfac_layers`; :meth:`KFAC.coverage` lists them. The
 mini-batch size schedule of §13, m_k = min(m₁ exp((k − 1)/b), |S|), is
-:class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`: this class takes the batch it is
-given (:meth:`KFAC.set_batch`); ``hesskit train --optimizer kfac`` draws the batches by
+:class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`: this class takes the batch its
+closure evaluates; ``hesskit train --optimizer kfac`` draws the batches by
 that schedule (``hesskit.training.curvature_builders``). Not implemented from the paper:
 the block-tridiagonal inverse (§4.3).
 
@@ -47,6 +48,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.kfac_factors import (
     FactorEigen,
@@ -60,13 +62,9 @@ from hesskit.operators.kfac_factors import (
     split,
 )
 from hesskit.operators.kfac_layers import KFACApproximation
+from hesskit.optim.closure_batch import ClosureBatch, parameter_names
 from hesskit.optim.damping import loss_resolution, reduction_ratio
-from hesskit.optim.kfac_products import (
-    coverage_table,
-    curvature_products,
-    loss_and_gradient,
-    summed,
-)
+from hesskit.optim.kfac_products import coverage_table, curvature_products, summed
 from hesskit.optim.kfac_steps import (
     KFACSchedule,
     QuadraticStep,
@@ -83,7 +81,7 @@ from hesskit.optim.safety import (
 )
 from hesskit.optim.seeded_state import SeededStateMixin
 from hesskit.problem import Problem
-from hesskit.tensor_tree import Tree, map_tensors, num_samples
+from hesskit.tensor_tree import map_tensors, num_samples
 
 STATE_KEY = "kfac"
 """Key of the optimizer-wide state in :meth:`KFAC.state_dict`."""
@@ -93,13 +91,15 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
+        params: parameters or parameter groups of ``model`` (as for any torch optimizer,
+            e.g. ``model.parameters()``); each group may set ``lr`` and ``weight_decay``
+            (η).
+        lr, weight_decay: group defaults.
         model: the network; its layers are found from its modules
             (``hesskit.operators.kfac_layers.kfac_blocks``).
-        loss: the loss (a hesskit ``Loss`` or a torch loss module), convex in the outputs
-            and, for sampled targets, a negative log-likelihood.
-        params: parameter groups over ``model``'s parameters (default all of them); each
-            may set ``lr`` and ``weight_decay`` (η).
-        lr, weight_decay: group defaults.
+        loss: the loss module the closure calls (a hesskit ``Loss`` or a torch loss
+            module), convex in the outputs and, for sampled targets, a negative
+            log-likelihood.
         targets: :class:`FactorTargets` of the G factors (default SAMPLED, the Fisher).
         schedule: the constants (:class:`KFACSchedule`, the paper's by default).
         seed: seed of the target sampling (in the state dict: resumes exactly).
@@ -115,21 +115,31 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             exact only for positions pooled before the loss (§3.2), and cheaper.
         verbose: print :meth:`coverage` at construction.
 
-    Usage: ``optimizer.set_batch(inputs, targets)`` then ``optimizer.step(closure)``.
-    Data parallel (``torch.distributed``): each rank sets its shard of the batch (and a
-    closure returns its share of the loss, as for Hessian-free); the loss and gradient are
+    Usage, as for any torch optimizer::
+
+        optimizer = KFAC(model.parameters(), model=model, loss=loss_fn)
+        def closure():
+            optimizer.zero_grad()
+            value = loss_fn(model(inputs), targets)
+            value.backward()
+            return value
+        optimizer.step(closure)
+
+    The closure is required and called once per step; it must call the model once and
+    ``loss`` once, on the model's output itself (or its ``logits``): K-FAC reads the batch
+    from those calls (:class:`~hesskit.optim.closure_batch.ClosureBatch`, which refuses
+    anything else with one line) for its statistics, curvature products and ρ.
+    Data parallel (``torch.distributed``): each rank's closure evaluates its shard of the
+    batch and returns its share of the loss (as for Hessian-free); the loss and gradient are
     summed in one all-reduce, the factors in one (``factor_statistics``), the curvature
     products and ρ's loss by the distributed ``Problem``; sampled targets are keyed by the
     global sample index, so every rank takes identical steps (parameters bitwise equal).
     Statistics on τ₁ < 1 use the first τ₁ of each rank's shard.
-    The closure is optional; given, it computes the loss ON THE SAME BATCH, calls
-    ``backward()`` and returns it (once per step); without it K-FAC computes the loss and
-    gradient of the batch itself (``.grad`` is then left as it was). ``step`` returns the
-    loss. A non-finite loss, gradient, product, step or trial loss is rejected: parameters
-    bitwise unchanged, factors and γ as before, the rejection counted; λ ← min(λ/ω₁,
-    ceiling) when a tried step failed, λ kept when the batch's loss or gradient was not
-    finite (a bad batch says nothing about the model, so the run continues exactly as
-    the run without that batch).
+    ``step`` returns the loss. A non-finite loss, gradient, product, step or trial loss is
+    rejected: parameters bitwise unchanged, factors and γ as before, the rejection
+    counted; λ ← min(λ/ω₁, ceiling) when a tried step failed, λ kept when the batch's
+    loss or gradient was not finite (a bad batch says nothing about the model, so the run
+    continues exactly as the run without that batch).
 
     State: per parameter ``previous_update`` (δ₀); optimizer-wide ``self.kfac_state``
     (state dict key ``"kfac"``): ``steps``, ``damping`` (λ), ``gamma`` (γ), ``factors``,
@@ -142,11 +152,11 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
 
     def __init__(
         self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1.0,
+        *,
         model: nn.Module,
         loss: nn.Module,
-        params: Iterable[Tensor] | Iterable[dict] | None = None,
-        *,
-        lr: float = 1.0,
         weight_decay: float = 0.0,
         targets: FactorTargets = FactorTargets.SAMPLED,
         schedule: KFACSchedule | None = None,
@@ -160,18 +170,13 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             raise InvalidArgumentError(
                 f"lr and weight_decay must be ≥ 0, got lr={lr}, weight_decay={weight_decay}"
             )
-        super().__init__(model.parameters() if params is None else params,
-                         {"lr": lr, "weight_decay": weight_decay})
+        self._watch = ClosureBatch(model, loss, "KFAC")
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.model, self.loss = model, loss
         self.targets = FactorTargets(targets)
         self.schedule = schedule or KFACSchedule()
         self.max_rejections = max_rejections
-        by_id = {id(t): name for name, t in model.named_parameters()}
-        self.names = [by_id.get(id(p)) for p in self._params]
-        if None in self.names:
-            raise InvalidArgumentError(
-                "every parameter given to KFAC must be a parameter of the model it was given"
-            )
+        self.names = parameter_names(model, self._params, "KFAC")
         self.blocks: list[LinearBlock] = kfac_blocks(model, self.names)
         self.kfac_approx = KFACApproximation(kfac_approx)
         self.generator = torch.Generator().manual_seed(seed)
@@ -183,7 +188,6 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             "last_alpha": math.nan, "last_mu": math.nan, "cases": 0,
         }
         init_rejection_state(self.kfac_state)
-        self._batch: tuple[Tree, Tree] | None = None
         if verbose:
             print(self.coverage())
 
@@ -212,17 +216,11 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         wide["eigen"] = {w: e if isinstance(e, FactorEigen) else FactorEigen(**e)
                          for w, e in wide.get("eigen", {}).items()}
 
-    def set_batch(self, inputs: Tree, targets: Tree) -> None:
-        """The mini-batch of the next steps (statistics, curvature products, ρ)."""
-        self._batch = (inputs, targets)
-
     def _problem(self, fraction: float = 1.0) -> Problem:
-        if self._batch is None:
-            raise InvalidArgumentError(
-                "KFAC needs the mini-batch: call optimizer.set_batch(inputs, targets) "
-                "before optimizer.step()"
-            )
-        inputs, targets = self._batch
+        """The problem of the closure's batch (its first ⌈fraction·n⌉ samples)."""
+        if self._watch.batch is None:
+            return self._watch.problem(self.names)  # raises: no batch yet
+        inputs, targets = self._watch.batch
         if fraction < 1:
             n = max(1, math.ceil(fraction * num_samples(inputs)))
             inputs, targets = map_tensors(inputs, lambda t: t[:n]), map_tensors(
@@ -254,14 +252,20 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         return out
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        """One K-FAC iteration on the batch of :meth:`set_batch`; returns the loss."""
+        """One K-FAC iteration on the closure's batch; returns the loss."""
+        if closure is None:
+            raise InvalidArgumentError(
+                "KFAC.step needs a closure that clears the gradients, computes "
+                "loss(model(inputs), targets), calls backward() and returns the loss; "
+                "call optimizer.step(closure)"
+            )
         state = self.kfac_state
         iteration = int(state["steps"]) + 1
-        problem = self._problem()
-        loss, gradient = self._loss_and_gradient(problem, closure)
-        self._count(1, problem)
+        loss, gradient = self._loss_and_gradient(closure)
         if not is_finite(loss, gradient):
             return self._reject("the loss or its gradient", loss, raise_damping=False)
+        problem = self._problem()
+        self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         eta = self._per_element("weight_decay", theta)
         h = float(loss) + 0.5 * float((eta * theta * theta).sum())
@@ -294,10 +298,14 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
         record_acceptance(state)
         return loss
 
-    def _loss_and_gradient(self, problem: Problem, closure: Callable[[], Tensor] | None):
-        """The batch's loss and flat gradient (:func:`~.kfac_products.loss_and_gradient`)."""
-        loss, by_name = loss_and_gradient(problem, self.names, self._params, closure)
-        return summed(problem, loss, self._flat(by_name[n] for n in self.names))
+    def _loss_and_gradient(self, closure: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+        """The closure's loss and flat gradient (zeros where ``.grad`` is None), summed over
+        the ``torch.distributed`` ranks in one all-reduce; the batch recorded."""
+        loss = self._watch.run(closure)
+        loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        gradient = self._flat((p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+                              for p in self._params)
+        return summed(is_distributed(), loss, gradient)
 
     def _averaged_factors(self, iteration: int) -> dict[str, KroneckerFactors]:
         statistics = self._problem(self.schedule.statistics_fraction)
@@ -353,7 +361,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
 
     def _curvature_products(self, problem: Problem, vectors: list[Tensor], eta: Tensor):
         """(F + ηI) u for each u (:func:`~hesskit.optim.kfac_products.curvature_products`)."""
-        inputs = self._batch[0] if self._batch is not None else None
+        inputs = self._watch.batch[0] if self._watch.batch is not None else None
         out = curvature_products(problem, self.names, self._params, vectors, inputs)
         self._count(len(vectors), problem)
         return [self._flat([f]) + eta * v for f, v in zip(out, vectors, strict=True)]
@@ -374,7 +382,7 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             curvature = self._curvature_products(problem, [applied], eta)[0]
         predicted = 0.5 * float(applied.dot(curvature)) + float(grad_h.dot(applied))
         with torch.no_grad():
-            new_loss = float(summed(problem, problem.local_loss(), applied[:0])[0])
+            new_loss = float(summed(problem.distributed, problem.local_loss(), applied[:0])[0])
         self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         new_h = new_loss + 0.5 * float((eta * theta * theta).sum())

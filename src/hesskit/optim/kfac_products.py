@@ -9,7 +9,7 @@ vectorised by ``torch.func.vmap``), or one ``matvec`` at a time where ``vmap`` c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -57,30 +57,9 @@ def channels_last(tensors: Sequence[Tensor]) -> bool:
     return any(t.ndim == 4 and not t.is_contiguous() for t in tensors)
 
 
-def loss_and_gradient(
-    problem: Problem, names: Sequence[str], params: Sequence[Tensor],
-    closure: Callable[[], Tensor] | None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """This rank's loss and gradient by parameter name: from the closure (which calls
-    ``backward()``; ``.grad`` read) or, without one, by ``torch.autograd.grad`` of the
-    batch's loss (``.grad`` left as it was). Zeros for a parameter the loss does not use."""
-    if closure is not None:
-        with torch.enable_grad():
-            loss = closure()
-        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
-                 for n, p in zip(names, params, strict=True)}
-        return loss.detach(), grads
-    values = {n: p.detach().requires_grad_(True) for n, p in problem.parameters().items()}
-    with torch.enable_grad():
-        loss = problem.local_loss(values)
-        grads = torch.autograd.grad(loss, list(values.values()), allow_unused=True)
-    return loss.detach(), {n: (torch.zeros_like(p) if g is None else g)
-                           for (n, p), g in zip(values.items(), grads, strict=True)}
-
-
-def summed(problem: Problem, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
+def summed(distributed: bool, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
     """Distributed: this rank's loss and gradient summed over the ranks (ONE all-reduce)."""
-    if not problem.distributed:
+    if not distributed:
         return loss, gradient
     packed = all_reduce_sum(torch.cat([loss.reshape(1).to(gradient.dtype), gradient]))
     return packed[0], packed[1:]

@@ -28,11 +28,12 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.memory import check_dense_fits as check_memory
 from hesskit.operators import hessian_operator
+from hesskit.optim.closure_batch import parameter_names, watch_closure
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
@@ -81,8 +82,12 @@ class DampedNewton(GlobalStateOptimizer):
         params: the parameters, one or several groups; concatenated in group order they are
             the Hessian's rows (pass ``model.parameters()`` for a ``Problem`` built from the
             same model). A group may set ``lr`` and ``weight_decay``.
-        hessian: a ``Problem`` (its exact dense Hessian at the current parameters, with a
-            memory guard), or a function returning the N×N Hessian at the current parameters.
+        model, loss: the network and the loss module the closure calls: the Hessian is
+            then the exact dense Hessian of the closure's batch (read from its calls,
+            :class:`~hesskit.optim.closure_batch.ClosureBatch`) at the current parameters.
+        hessian: instead of ``model`` and ``loss``: a ``Problem`` (its exact dense Hessian
+            at the current parameters), or a function returning the N×N Hessian at the
+            current parameters.
         damping: λ and its rule; default starts at λ = 0 (pure Newton).
         indefinite: :class:`Indefinite` handling of negative eigenvalues.
         lr: default ``lr`` of the groups: the accepted step of group g is lr_g·p_g (1: the
@@ -117,11 +122,13 @@ class DampedNewton(GlobalStateOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1.0,
         *,
-        hessian: Problem | Callable[[], Tensor],
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        hessian: Problem | Callable[[], Tensor] | None = None,
         damping: LevenbergMarquardt = NEWTON_DAMPING,
         indefinite: Indefinite = Indefinite.DAMPING,
-        lr: float = 1.0,
         weight_decay: float = 0.0,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
     ) -> None:
@@ -131,6 +138,16 @@ class DampedNewton(GlobalStateOptimizer):
                 f"indefinite must be an Indefinite member, got {indefinite!r}"
             )
         num_params = sum(p.numel() for p in self._params)
+        self._watch = watch_closure(model, loss, "DampedNewton",
+                                    "hessian= (a Problem or a function returning H)")
+        if (self._watch is None) == (hessian is None):
+            raise InvalidArgumentError(
+                "DampedNewton needs model= and loss= (the Hessian of the closure's batch) or "
+                "hessian= (a Problem or a function returning H), not both"
+            )
+        if self._watch is not None:
+            watch, names = self._watch, parameter_names(model, self._params, "DampedNewton")
+            hessian = lambda: _dense_hessian(watch.problem(names))  # noqa: E731
         if isinstance(hessian, Problem):
             check_dense_fits(hessian.num_params, hessian.dtype)
             problem = hessian

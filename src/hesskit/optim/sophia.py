@@ -52,7 +52,7 @@ import enum
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from hesskit.distributed import all_reduce_sum, is_distributed
@@ -60,6 +60,7 @@ from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import gaussian
 from hesskit.operators import hessian_operator
 from hesskit.operators.kfac_factors import keyed_sample_targets
+from hesskit.optim.closure_batch import parameter_names, watch_closure
 from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -151,9 +152,12 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
         params: parameters or parameter groups (each may set ``lr``, ``betas``, ``rho``,
             ``eps``, ``weight_decay``); they must be parameters of the curvature problem's
             model.
-        curvature: called on estimate steps; returns the ``Problem`` (model, loss, the
-            current curvature batch) at the current parameters, e.g.
-            ``lambda: Problem(model, loss, batch)``.
+        model, loss: the network and the loss module the closure calls; the estimate is
+            then taken on the closure's batch (read from its calls,
+            :class:`~hesskit.optim.closure_batch.ClosureBatch`), as the authors do.
+        curvature: instead of ``model`` and ``loss``: called on estimate steps, returns
+            the ``Problem`` (model, loss, the curvature batch) at the current parameters,
+            e.g. ``lambda: Problem(model, loss, batch)``.
         estimator: :class:`SophiaEstimator` (default Gauss-Newton-Bartlett, SophiaG).
         lr, betas, rho, eps, weight_decay: defaults of the groups (module constants).
         interval: k, the steps between estimates.
@@ -182,10 +186,12 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
-        *,
-        curvature: Callable[[], Problem],
-        estimator: SophiaEstimator = SophiaEstimator.GAUSS_NEWTON_BARTLETT,
         lr: float = LR,
+        *,
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        curvature: Callable[[], Problem] | None = None,
+        estimator: SophiaEstimator = SophiaEstimator.GAUSS_NEWTON_BARTLETT,
         betas: tuple[float, float] = BETAS,
         rho: float = RHO,
         eps: float = EPS,
@@ -208,6 +214,16 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
         defaults = {"lr": lr, "betas": betas, "rho": rho, "eps": eps,
                     "weight_decay": weight_decay}
         super().__init__(params, defaults)
+        self._watch = watch_closure(model, loss, "Sophia",
+                                    "curvature= (a function returning the Problem)")
+        if (self._watch is None) == (curvature is None):
+            raise InvalidArgumentError(
+                "Sophia needs model= and loss= (its estimate on the closure's batch) or "
+                "curvature= (a function returning the Problem), not both"
+            )
+        if self._watch is not None:
+            watch, names = self._watch, parameter_names(model, self._params, "Sophia")
+            curvature = lambda: watch.problem(names)  # noqa: E731
         self.curvature = curvature
         self.estimator = SophiaEstimator(estimator)
         self.interval = interval
@@ -230,7 +246,7 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
         state = self.sophia_state
         self._generator_at_start = self.generator.get_state()
         with torch.enable_grad():
-            loss = closure()
+            loss = closure() if self._watch is None else self._watch.run(closure)
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         grads = {p: p.grad.detach() for p in self._params if p.grad is not None}
         if self.distributed:

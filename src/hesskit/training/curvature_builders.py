@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from hesskit.distributed import shard_range, sum_over_ranks
-from hesskit.tensor_tree import num_samples, select
+from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.optimizers import OptimizerContext
 
 SAMPLER_SEED_BOUND = 2**31 - 1
@@ -87,18 +87,25 @@ def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:
             if total != local:  # data parallel: this rank's part of the global draw
                 offset = shard_range(total).start
                 indices = indices[(indices >= offset) & (indices < offset + local)] - offset
-            self.set_batch(*select(data, indices))
+            inputs, targets = select(data, indices)
+
+            def closure() -> Tensor:
+                self.zero_grad()
+                value = context.loss(call_model(context.model, inputs), targets)
+                value.backward()
+                return value
+
             with torch.no_grad():
                 squares = sum(float(p.square().sum()) for p in context.model.parameters())
             state["batch_size"] = size
-            loss = super().step()
+            loss = super().step(closure)
             unit = max(1, num_samples(context.curvature_batch()[0]))
             units = int(state["cases"]) // unit
             context.products.add(units - int(state["charged_units"]))
             state["charged_units"] = units
             return loss + 0.5 * context.weight_decay * squares
 
-    optimizer = LoopKFAC(context.model, context.loss,
+    optimizer = LoopKFAC(context.model.parameters(), model=context.model, loss=context.loss,
                          lr=1.0 if context.lr is None else context.lr,
                          weight_decay=context.weight_decay, seed=_seed(), keyed_targets=True)
     optimizer.kfac_state.update(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.autograd.functional import hessian
 
-import hesskit.optim.hessian_free as hessian_free_module
+import hesskit.optim.hf_solve as hessian_free_module
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import MSELoss
 from hesskit.models import mlp

@@ -45,15 +45,14 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
 from hesskit.functional_view import twice_differentiable_kernels
 from hesskit.operators import hessian_operator
+from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import parameter_names, watch_closure
-from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -61,7 +60,6 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.seeded_state import SeededStateMixin, summed_over_ranks
 
 STATE_KEY = "adahessian"
 """Key of the optimizer-wide state in :meth:`AdaHessian.state_dict`."""
@@ -79,7 +77,7 @@ HESSIAN_POWER = 1.0
 """Default Hessian power k (authors' code ``hessian_power=1``; paper Eq. 12)."""
 
 
-class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
+class AdaHessian(CurvatureOptimizer):
     """AdaHessian as a ``torch.optim.Optimizer`` (module docstring for the update).
 
     Args:
@@ -121,8 +119,8 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
     ``nonfinite_rejections``, ``consecutive_nonfinite``.
     """
 
-    seeded_state_key = STATE_KEY
-    seeded_state_attribute = "adahessian_state"
+    state_key = STATE_KEY
+    state_attribute = "adahessian_state"
 
     def __init__(
         self,
@@ -209,7 +207,7 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         product of the ``Problem`` (:class:`~hesskit.optim.closure_batch.ClosureBatch`), z
         Rademacher drawn as in :meth:`_products`."""
         assert self._watch is not None
-        loss = self._watch.run(closure)
+        loss = self._run_closure(closure)
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         grads = {p: p.grad.detach() for p in self._params if p.grad is not None}
         if not (estimate and is_finite(loss)):

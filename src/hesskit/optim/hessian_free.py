@@ -46,6 +46,7 @@ from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import CurvatureOperator
 from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
+from hesskit.optim.base import summed_over_ranks
 from hesskit.optim.chunks import CurvatureChunk
 from hesskit.optim.closure_batch import curvature_or_gauss_newton, watch_closure
 from hesskit.optim.damping import (
@@ -155,8 +156,8 @@ class HessianFree(GlobalStateOptimizer):
     ``last_ratio`` (ρ), ``last_step_size`` and ``last_cg_status``.
     """
 
-    global_state_key = STATE_KEY
-    global_state_attribute = "hf_state"
+    state_key = STATE_KEY
+    state_attribute = "hf_state"
 
     def __init__(
         self,
@@ -274,9 +275,8 @@ class HessianFree(GlobalStateOptimizer):
             loss = loss_value(closure())
         gradient = flat_gradient(self._params)
         if self.distributed:
-            packed = torch.cat([gradient.new_tensor([loss]), gradient])
-            all_reduce_sum(packed)
-            loss, gradient = float(packed[0]), packed[1:]
+            total, summed = summed_over_ranks(gradient.new_tensor(loss), {"g": gradient})
+            loss, gradient = float(total), summed["g"]
         return self._with_weight_decay(loss, gradient)
 
     def _trial_loss(self, closure: Callable[[], Tensor]) -> float:

@@ -62,16 +62,16 @@ from hesskit.operators.kfac_factors import (
     split,
 )
 from hesskit.operators.kfac_layers import KFACApproximation
+from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import ClosureBatch, parameter_names
 from hesskit.optim.damping import loss_resolution, reduction_ratio
-from hesskit.optim.kfac_products import coverage_table, curvature_products, summed
+from hesskit.optim.kfac_products import coverage_table, curvature_products
 from hesskit.optim.kfac_steps import (
     KFACSchedule,
     QuadraticStep,
     levenberg_marquardt,
     quadratic_step,
 )
-from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -79,7 +79,6 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.seeded_state import SeededStateMixin
 from hesskit.problem import Problem
 from hesskit.tensor_tree import map_tensors, num_samples
 
@@ -87,7 +86,7 @@ STATE_KEY = "kfac"
 """Key of the optimizer-wide state in :meth:`KFAC.state_dict`."""
 
 
-class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
+class KFAC(CurvatureOptimizer):
     """K-FAC over a model's parameters (module docstring for the iteration).
 
     Args:
@@ -147,8 +146,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     docstring), and the rejection counters.
     """
 
-    seeded_state_key = STATE_KEY
-    seeded_state_attribute = "kfac_state"
+    state_key = STATE_KEY
+    state_attribute = "kfac_state"
 
     def __init__(
         self,
@@ -301,11 +300,14 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
     def _loss_and_gradient(self, closure: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
         """The closure's loss and flat gradient (zeros where ``.grad`` is None), summed over
         the ``torch.distributed`` ranks in one all-reduce; the batch recorded."""
-        loss = self._watch.run(closure)
+        loss = self._run_closure(closure)
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         gradient = self._flat((p.grad if p.grad is not None else torch.zeros_like(p)).detach()
                               for p in self._params)
-        return summed(is_distributed(), loss, gradient)
+        if not is_distributed():
+            return loss, gradient
+        loss, summed = summed_over_ranks(loss, {"gradient": gradient})
+        return loss, summed["gradient"]
 
     def _averaged_factors(self, iteration: int) -> dict[str, KroneckerFactors]:
         statistics = self._problem(self.schedule.statistics_fraction)
@@ -382,7 +384,8 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
             curvature = self._curvature_products(problem, [applied], eta)[0]
         predicted = 0.5 * float(applied.dot(curvature)) + float(grad_h.dot(applied))
         with torch.no_grad():
-            new_loss = float(summed(problem.distributed, problem.local_loss(), applied[:0])[0])
+            local = problem.local_loss()
+            new_loss = float(summed_over_ranks(local, {})[0] if problem.distributed else local)
         self._count(1, problem)
         theta = self._flat(p.detach() for p in self._params)
         new_h = new_loss + 0.5 * float((eta * theta * theta).sum())

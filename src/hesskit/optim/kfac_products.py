@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from hesskit.distributed import all_reduce_sum
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac_layers import KFACApproximation, LinearBlock
 from hesskit.problem import Problem
@@ -55,14 +54,6 @@ def channels_last(tensors: Sequence[Tensor]) -> bool:
     """Whether a 4-D tensor is not contiguous (``channels_last``): ``torch.func.vmap`` over
     products through it raises "NYI: querying is_contiguous inside of vmap"."""
     return any(t.ndim == 4 and not t.is_contiguous() for t in tensors)
-
-
-def summed(distributed: bool, loss: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
-    """Distributed: this rank's loss and gradient summed over the ranks (ONE all-reduce)."""
-    if not distributed:
-        return loss, gradient
-    packed = all_reduce_sum(torch.cat([loss.reshape(1).to(gradient.dtype), gradient]))
-    return packed[0], packed[1:]
 
 
 UNCOVERED_RULE = "−∇h/γ² (damping only)"

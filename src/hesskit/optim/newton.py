@@ -116,8 +116,8 @@ class DampedNewton(GlobalStateOptimizer):
     ``consecutive_nonfinite``, ``last_ratio``.
     """
 
-    global_state_key = STATE_KEY
-    global_state_attribute = "newton_state"
+    state_key = STATE_KEY
+    state_attribute = "newton_state"
 
     def __init__(
         self,

@@ -69,19 +69,17 @@ m, v, and L, R, L̃, R̃ (2·rows² + 2·cols²) per preconditioned layer.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.operators import CurvatureOperator
-from hesskit.optim.param_groups import AllParametersMixin
+from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -89,7 +87,6 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.seeded_state import summed_over_ranks
 from hesskit.optim.shampoo_graft import Graft, graft_diagonal, graft_statistic
 from hesskit.optim.shampoo_roots import MatrixBlock, inverse_root, preconditioner_operator
 
@@ -122,7 +119,7 @@ INVERSE_ROOT = 4
 reference's default exponent, −1/(2·order))."""
 
 
-class Shampoo(AllParametersMixin, Optimizer):
+class Shampoo(CurvatureOptimizer):
     """Shampoo with grafting (module docstring for the update and its sources).
 
     Args:
@@ -159,6 +156,9 @@ class Shampoo(AllParametersMixin, Optimizer):
     (L̃, R̃); optimizer-wide ``self.shampoo_state`` (state dict key ``"shampoo"``):
     ``steps``, ``root_refreshes``, ``nonfinite_rejections``, ``consecutive_nonfinite``.
     """
+
+    state_key = STATE_KEY
+    state_attribute = "shampoo_state"
 
     def __init__(
         self,
@@ -341,23 +341,6 @@ class Shampoo(AllParametersMixin, Optimizer):
                     blocks.append(MatrixBlock(name, state["left_root"], state["right_root"]))
         layout = ParameterLayout(tuple(names), tuple(shapes))
         return preconditioner_operator(layout, blocks, torch.cat(diagonals), power)
-
-    def state_dict(self) -> dict:
-        """Torch's state dict plus a copy of the optimizer-wide state under ``"shampoo"``."""
-        state = super().state_dict()
-        state[STATE_KEY] = copy.deepcopy(self.shampoo_state)
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state dict saved by :meth:`state_dict`: resumes bit-identically."""
-        state_dict = dict(state_dict)
-        if STATE_KEY not in state_dict:
-            raise InvalidArgumentError(
-                f"the state dict has no {STATE_KEY!r} entry; load one saved by Shampoo"
-            )
-        wide = copy.deepcopy(state_dict.pop(STATE_KEY))
-        super().load_state_dict(state_dict)
-        self.shampoo_state = wide
 
     def _reject(self, what: str, loss: Tensor | None) -> Tensor | None:
         record_rejection(self.shampoo_state, what, self.max_rejections)

@@ -53,15 +53,14 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import gaussian
 from hesskit.operators import hessian_operator
 from hesskit.operators.kfac_factors import keyed_sample_targets
+from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import parameter_names, watch_closure
-from hesskit.optim.param_groups import AllParametersMixin
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -69,7 +68,6 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.seeded_state import SeededStateMixin, summed_over_ranks
 from hesskit.problem import Problem
 
 STATE_KEY = "sophia"
@@ -145,7 +143,7 @@ def hutchinson_gaussian_diagonal(problem: Problem, generator: torch.Generator) -
     return u * hessian_operator(problem).matvec(u)
 
 
-class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
+class Sophia(CurvatureOptimizer):
     """Sophia as a ``torch.optim.Optimizer`` (module docstring for the update).
 
     Args:
@@ -180,8 +178,8 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
     ``generator``, ``nonfinite_rejections``, ``consecutive_nonfinite``.
     """
 
-    seeded_state_key = STATE_KEY
-    seeded_state_attribute = "sophia_state"
+    state_key = STATE_KEY
+    state_attribute = "sophia_state"
 
     def __init__(
         self,
@@ -246,7 +244,7 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
         state = self.sophia_state
         self._generator_at_start = self.generator.get_state()
         with torch.enable_grad():
-            loss = closure() if self._watch is None else self._watch.run(closure)
+            loss = self._run_closure(closure)
         loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         grads = {p: p.grad.detach() for p in self._params if p.grad is not None}
         if self.distributed:

@@ -4,8 +4,9 @@ Shampoo (entries ``kfac``, ``sophia``, ``sophia-h``, ``adahessian``, ``shampoo``
 
 Every run minimises the loop's objective ℓ + (wd/2)‖θ‖² (``loop.objective``), so each method
 is built with its own decoupled weight decay OFF: the weight cost is already in the
-closure's loss and gradient. (K-FAC, which computes its own loss and gradient, is given
-wd as its ``weight_decay``, which it adds to the objective in exactly that form, §6.1.)
+closure's loss and gradient. (K-FAC, whose closure computes the data loss of its own
+mini-batch, is given wd as its ``weight_decay``, which it adds to the objective in exactly
+that form, §6.1.)
 
 How each is driven by the loop, and what it is charged in the run's epochs:
 
@@ -15,7 +16,8 @@ How each is driven by the loop, and what it is charged in the run's epochs:
   :class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`), its statistics on the first
   τ₁ = 1/8 of each (``KFACSchedule.statistics_fraction``). Data parallel, the draw is of
   global positions (the same on every rank) and each rank takes those in its contiguous
-  shard (``shard_range``), as Hessian-free's chunks do. Its closures are not called; the
+  shard (``shard_range``), as Hessian-free's chunks do. The loop's closures are not called
+  (K-FAC steps on a closure over its own mini-batch, from which it reads the batch); the
   cases K-FAC puts through the model (``kfac_state["cases"]``) are charged through the
   product counter in units of the loop's curvature batch, the remainder carried. lr = 1
   (the step size is chosen by the quadratic model). ``step`` returns the objective on its

@@ -51,7 +51,9 @@ from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
 from hesskit.functional_view import twice_differentiable_kernels
+from hesskit.operators import CurvatureOperator
 from hesskit.optim.param_groups import AllParametersMixin
+from hesskit.optim.preconditioner_operators import adahessian_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -182,6 +184,12 @@ class AdaHessian(AllParametersMixin, SeededStateMixin, Optimizer):
         state["estimates"] = int(state["estimates"]) + (hessian is not None)
         record_acceptance(state)
         return loss.detach()
+
+    def preconditioner(self, power: float = 1.0) -> CurvatureOperator:
+        """P^power, P = diag((√v / √(1 − β₂ᵗ))^k) + ε after the last step, on the flat vector
+        of all parameters (``param_groups`` order): the step was θ ← θ − lr(P⁻¹m̂ + wd·θ),
+        m̂ = m/(1 − β₁ᵗ) (:func:`.adahessian_preconditioner`). Cost O(N)."""
+        return adahessian_preconditioner(self, power)
 
     def _gradients(self, loss: Tensor, create_graph: bool) -> dict[Tensor, Tensor]:
         """∇L per parameter with a gradient (from ``.grad`` when the closure made it with

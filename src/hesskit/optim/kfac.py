@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
+from hesskit.operators import CurvatureOperator
 from hesskit.operators.kfac_factors import (
     FactorEigen,
     FactorTargets,
@@ -74,6 +75,7 @@ from hesskit.optim.kfac_steps import (
     quadratic_step,
 )
 from hesskit.optim.param_groups import AllParametersMixin
+from hesskit.optim.preconditioner_operators import kfac_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -193,6 +195,11 @@ class KFAC(AllParametersMixin, SeededStateMixin, torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()}\n{self.coverage()}"
+
+    def preconditioner(self, power: float = 1.0) -> CurvatureOperator:
+        """P^power, P = (A + πγI) ⊗ (G + γ/πI) per layer, γ²I elsewhere, of the last step:
+        its Δ = −P⁻¹∇h, its step lr(αΔ + μδ₀) (:func:`.kfac_preconditioner`)."""
+        return kfac_preconditioner(self, power)
 
     def state_dict(self) -> dict:
         """The state dict with the factors and eigendecompositions as plain dicts of tensors

@@ -58,9 +58,10 @@ from torch.optim import Optimizer
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import gaussian
-from hesskit.operators import hessian_operator
+from hesskit.operators import CurvatureOperator, hessian_operator
 from hesskit.operators.kfac_factors import keyed_sample_targets
 from hesskit.optim.param_groups import AllParametersMixin
+from hesskit.optim.preconditioner_operators import sophia_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -277,6 +278,12 @@ class Sophia(AllParametersMixin, SeededStateMixin, Optimizer):
                 )
             out[p] = pieces[name].detach()
         return out
+
+    def preconditioner(self, power: float = 1.0) -> CurvatureOperator:
+        """P^power, P = diag(max(ρh, ε)) after the last step, on the flat vector of all
+        parameters (``param_groups`` order): the step was θ ← θ(1 − lr·wd) − lr·clip(P⁻¹m, 1)
+        entrywise (:func:`.sophia_preconditioner`). Cost O(N)."""
+        return sophia_preconditioner(self, power)
 
     def _updates(
         self, grads: dict[Tensor, Tensor], estimate: dict[Tensor, Tensor] | None

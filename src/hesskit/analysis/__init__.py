@@ -6,6 +6,8 @@
   predicted decreases); :class:`PreconditionerAnalysis` holds a run's records. The runs
   themselves (training each optimizer) are
   :func:`hesskit.training.preconditioner_run.preconditioner_analysis`.
+* :func:`preconditioned_sharpness`: λ_max(P⁻¹H) of an optimizer's preconditioner P (Cohen et
+  al. 2022), to compare with :func:`adam_stability_threshold` (38/η for β₁ = 0.9).
 
 This package reads an optimizer through its public interface only and imports nothing
 from ``hesskit.training`` (the data flow runs training → analysis).
@@ -19,12 +21,15 @@ from hesskit.analysis.rmsprop import (
     rmsprop_curvature_analysis,
     summarize,
 )
+from hesskit.analysis.sharpness import adam_stability_threshold, preconditioned_sharpness
 
 __all__ = [
     "AnalysisSettings",
     "Comparison",
     "PreconditionerAnalysis",
     "RMSPropAnalysis",
+    "adam_stability_threshold",
+    "preconditioned_sharpness",
     "record_step",
     "rmsprop_curvature_analysis",
     "summarize",

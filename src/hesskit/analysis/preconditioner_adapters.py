@@ -3,10 +3,13 @@
 The preconditioner of an optimizer is the symmetric positive-definite N×N matrix P whose
 inverse turns a gradient into the optimizer's direction, d = −P⁻¹ g (before momentum,
 clipping, grafting and the learning rate, which the step as taken includes). Each adapter
-reads P from the optimizer's state after a step, on the flat layout of the parameters
-(``hesskit.layout``), and returns a :class:`Preconditioner` holding P, P⁻¹ and P^{-1/2}
-as :class:`~hesskit.operators.CurvatureOperator` (products cost O(N) for a diagonal,
-Σ_layers O(out·in·(out + in)) for Kronecker factors; no pass over data).
+asks the optimizer for P after a step (hesskit's optimizers' ``preconditioner(power)``;
+:func:`hesskit.optim.preconditioner_operators.torch_preconditioner` for torch's, which
+reads their state), puts it on the analysed flat layout of the parameters
+(``hesskit.layout``: their order, their names), and returns a :class:`Preconditioner`
+holding P, P⁻¹ and P^{-1/2} as :class:`~hesskit.operators.CurvatureOperator` (products
+cost O(N) for a diagonal, Σ_layers O(out·in·(out + in)) for Kronecker factors; no pass
+over data).
 
 ==================  ===============================================================  ======
 optimizer           P                                                                kind
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,14 +49,9 @@ from torch import Tensor
 
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
-from hesskit.operators import (
-    CurvatureOperator,
-    DiagonalOperator,
-    KFACOperator,
-    MatrixOperator,
-    SumOperator,
-)
-from hesskit.operators.kfac_factors import KroneckerFactors, covered_names
+from hesskit.operators import CurvatureOperator, DiagonalOperator, MatrixOperator
+from hesskit.optim.preconditioner_operators import parameters as optimizer_parameters
+from hesskit.optim.preconditioner_operators import torch_preconditioner
 
 
 class PreconditionerKind(str, enum.Enum):
@@ -160,99 +157,69 @@ def identity_preconditioner(layout: ParameterLayout, dtype: torch.dtype,
     return diagonal_preconditioner(ones, layout, "I (SGD)", PreconditionerKind.IDENTITY)
 
 
-def _states(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]):
-    """(group, state) of each parameter, in ``params`` order; raises before the first step."""
-    group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
-    for p in params:
-        state = optimizer.state.get(p)
-        if not state or p not in group_of:
-            raise InvalidArgumentError(
-                f"{type(optimizer).__name__} has no state for a parameter of shape "
-                f"{tuple(p.shape)}: read its preconditioner after a step that updated it"
-            )
-        yield group_of[p], state
-
-
-def _flat(pieces: list[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in pieces])
+def _entries(operator: CurvatureOperator, optimizer: torch.optim.Optimizer,
+             params: Sequence[Tensor]) -> Tensor:
+    """diag(P) of a diagonal ``operator`` on the optimizer's flat vector (``param_groups``
+    order), rearranged to ``params`` order (a parameter absent from the optimizer raises)."""
+    diagonal, offset, where = operator.diagonal(), 0, {}
+    for p in optimizer_parameters(optimizer):
+        where[id(p)] = slice(offset, offset + p.numel())
+        offset += p.numel()
+    missing = [p for p in params if id(p) not in where]
+    if missing:
+        raise InvalidArgumentError(
+            f"{type(optimizer).__name__} has no state for a parameter of shape "
+            f"{tuple(missing[0].shape)}: read its preconditioner after a step that updated it"
+        )
+    return torch.cat([diagonal[where[id(p)]] for p in params])
 
 
 def rmsprop_preconditioner(optimizer: torch.optim.RMSprop, params: Sequence[Tensor],
                            layout: ParameterLayout) -> Preconditioner:
-    """RMSprop's diag(√v) + ε (centered: √(v − ḡ²) + ε), as torch computes ``avg``."""
-    pieces = []
-    for group, state in _states(optimizer, params):
-        v = state["square_avg"]
-        if group["centered"]:
-            v = v - state["grad_avg"] ** 2
-        pieces.append(v.sqrt() + group["eps"])
-    return diagonal_preconditioner(_flat(pieces), layout, "diag(√v) + ε (RMSprop)")
+    """RMSprop's diag(√v) + ε (centered: √(v − ḡ²) + ε), as torch computes ``avg``
+    (:func:`hesskit.optim.preconditioner_operators.torch_preconditioner`)."""
+    entries = _entries(torch_preconditioner(optimizer), optimizer, params)
+    return diagonal_preconditioner(entries, layout, "diag(√v) + ε (RMSprop)")
 
 
 def adam_preconditioner(optimizer: torch.optim.Adam, params: Sequence[Tensor],
                         layout: ParameterLayout) -> Preconditioner:
     """Adam's (and AdamW's) diag(√v̂) + ε with v̂ = v / (1 − β₂ᵗ), v = ``exp_avg_sq``
-    (``max_exp_avg_sq`` with AMSGrad), as ``torch.optim.Adam`` forms its denominator."""
-    pieces = []
-    for group, state in _states(optimizer, params):
-        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
-        correction = 1 - group["betas"][1] ** float(state["step"])
-        pieces.append(v.sqrt() / math.sqrt(correction) + group["eps"])
-    return diagonal_preconditioner(_flat(pieces), layout, "diag(√v̂) + ε (Adam)")
+    (``max_exp_avg_sq`` with AMSGrad), as ``torch.optim.Adam`` forms its denominator
+    (:func:`hesskit.optim.preconditioner_operators.torch_preconditioner`)."""
+    entries = _entries(torch_preconditioner(optimizer), optimizer, params)
+    return diagonal_preconditioner(entries, layout, "diag(√v̂) + ε (Adam)")
 
 
 def adahessian_preconditioner(optimizer, params: Sequence[Tensor],
                               layout: ParameterLayout) -> Preconditioner:
-    """AdaHessian's diag((√v / √(1 − β₂ᵗ))^k) + ε (``optim/adahessian.py``, its update)."""
-    pieces = []
-    for group, state in _states(optimizer, params):
-        k = group["hessian_power"]
-        correction = math.sqrt(1 - group["betas"][1] ** int(state["step"]))
-        pieces.append(state["exp_hessian_diag_sq"].sqrt() ** k / correction**k + group["eps"])
-    return diagonal_preconditioner(_flat(pieces), layout,
-                                   "diag((√v̂)^k) + ε (AdaHessian)")
+    """AdaHessian's diag((√v / √(1 − β₂ᵗ))^k) + ε (``AdaHessian.preconditioner()``)."""
+    entries = _entries(optimizer.preconditioner(), optimizer, params)
+    return diagonal_preconditioner(entries, layout, "diag((√v̂)^k) + ε (AdaHessian)")
 
 
 def sophia_preconditioner(optimizer, params: Sequence[Tensor],
                           layout: ParameterLayout) -> Preconditioner:
-    """Sophia's diag(max(ρ h, ε)); its step is −lr·clip(P⁻¹ m, 1) (``optim/sophia.py``)."""
-    pieces = [torch.clamp(group["rho"] * state["hessian"], min=group["eps"])
-              for group, state in _states(optimizer, params)]
-    return diagonal_preconditioner(_flat(pieces), layout, "diag(max(ρh, ε)) (Sophia)")
+    """Sophia's diag(max(ρ h, ε)); its step is −lr·clip(P⁻¹ m, 1) (``Sophia.preconditioner()``)."""
+    entries = _entries(optimizer.preconditioner(), optimizer, params)
+    return diagonal_preconditioner(entries, layout, "diag(max(ρh, ε)) (Sophia)")
 
 
 def kfac_preconditioner(optimizer, params: Sequence[Tensor],
                         layout: ParameterLayout) -> Preconditioner:
     """K-FAC's (A + πγI) ⊗ (G + γ/π I) per covered layer and γ²I elsewhere, from the
-    eigendecompositions its last step used (``kfac_state["eigen"]``, refreshed every T₃)
-    and that step's γ: then −P⁻¹∇h is its direction Δ (``optim/kfac.py``, step 3)."""
-    state = optimizer.kfac_state
-    eigen, gamma = state["eigen"], float(state["gamma"])
-    if not eigen:
-        raise InvalidArgumentError("K-FAC has no factors yet: read its preconditioner after "
-                                   "a step")
+    eigendecompositions its last step used and that step's γ (``KFAC.preconditioner(power)``):
+    then −P⁻¹∇h is its direction Δ (``optim/kfac.py``, step 3). The operators are K-FAC's
+    on its own parameter order, restricted to ``layout``'s names and reordered to it."""
     names = [n for n in optimizer.names if n in set(layout.names)]
     if sorted(names) != sorted(layout.names):
         raise InvalidArgumentError("the analysed parameters must be the ones K-FAC optimizes")
-    blocks = optimizer.blocks
-    like = params[0]
 
     def power(exponent: float) -> CurvatureOperator:
-        factors = {}
-        for block in blocks:
-            e = eigen[block.weight]
-            a = (e.A_values + e.pi * gamma).pow(exponent)
-            g = (e.G_values + gamma / e.pi).pow(exponent)
-            factors[block.weight] = KroneckerFactors((e.A_vectors * a) @ e.A_vectors.T,
-                                                     (e.G_vectors * g) @ e.G_vectors.T)
-        covered = covered_names(blocks)
-        rest = torch.cat([
-            torch.full((size,), 0.0 if name in covered else gamma ** (2 * exponent),
-                       dtype=like.dtype, device=like.device)
-            for name, size in zip(layout.names, layout.sizes, strict=True)
-        ])
-        kron = KFACOperator(layout, blocks, factors, like.dtype, like.device)
-        return SumOperator([kron, DiagonalOperator(rest, layout)])
+        op = optimizer.preconditioner(power=exponent)
+        if len(names) != len(optimizer.names):
+            op = op.block(names)
+        return _Reordered(op, layout, names)
 
     return Preconditioner("(A + πγI) ⊗ (G + γ/πI) per layer, γ²I elsewhere (K-FAC)",
                           PreconditionerKind.KRONECKER, power(1.0), power(-1.0), power(-0.5))
@@ -334,8 +301,9 @@ def is_block_diagonal(operator: CurvatureOperator, seed: int = 0) -> bool:
 def preconditioner_of(optimizer: torch.optim.Optimizer, params: Sequence[Tensor],
                       layout: ParameterLayout) -> Preconditioner:
     """The :class:`Preconditioner` of ``optimizer`` now, on ``layout`` (``params`` its
-    tensors in layout order). An optimizer with a ``preconditioner`` method is asked for
-    it; the others by type (module docstring).
+    tensors in layout order). hesskit's K-FAC, AdaHessian and Sophia and torch's Adam(W)
+    and RMSprop by type (their operators, described as in the module docstring); any other
+    optimizer with a ``preconditioner(power)`` method (Shampoo) through it.
 
     Raises:
         InvalidArgumentError: no adapter for this optimizer, or no state yet.
@@ -344,14 +312,15 @@ def preconditioner_of(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]
     from hesskit.optim.kfac import KFAC
     from hesskit.optim.sophia import Sophia
 
-    if inspect.ismethod(getattr(optimizer, "preconditioner", None)):
-        return operator_preconditioner(optimizer, params, layout)
     adapters = ((KFAC, kfac_preconditioner), (AdaHessian, adahessian_preconditioner),
                 (Sophia, sophia_preconditioner), (torch.optim.Adam, adam_preconditioner),
+                (torch.optim.AdamW, adam_preconditioner),
                 (torch.optim.RMSprop, rmsprop_preconditioner))
     for kind, adapter in adapters:
         if isinstance(optimizer, kind):
             return adapter(optimizer, params, layout)
+    if inspect.ismethod(getattr(optimizer, "preconditioner", None)):
+        return operator_preconditioner(optimizer, params, layout)
     if isinstance(optimizer, torch.optim.SGD):
         return identity_preconditioner(layout, params[0].dtype, params[0].device)
     raise InvalidArgumentError(

@@ -33,6 +33,7 @@ from hesskit.analysis.rmsprop import cosine, scale, spearman
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.lanczos import top_eigenpairs
 from hesskit.operators import CurvatureOperator, damped
+from hesskit.operators.powers import SandwichOperator
 from hesskit.solvers import conjugate_gradient
 
 
@@ -67,19 +68,6 @@ class AnalysisSettings:
                                        f"{self.damping}; pass e.g. 1e-3")
         if min(self.top_k, self.max_products, self.cg_maxiter, self.probes) < 1:
             raise InvalidArgumentError("top_k, max_products, cg_maxiter and probes must be ≥ 1")
-
-
-class SandwichOperator(CurvatureOperator):
-    """S A S for symmetric S and A on one layout (S = P^{-1/2}: the congruence that has
-    the eigenvalues of the pencil (A, P)). Cost: one product of A and two of S."""
-
-    def __init__(self, outer: CurvatureOperator, inner: CurvatureOperator) -> None:
-        super().__init__(inner.layout, inner.dtype, inner.device)
-        self.outer, self.inner = outer, inner
-        self.psd = inner.psd
-
-    def _matmat(self, V: Tensor) -> Tensor:
-        return self.outer.matmat(self.inner.matmat(self.outer.matmat(V)))
 
 
 def spectrum(curvature: CurvatureOperator, P: Preconditioner,

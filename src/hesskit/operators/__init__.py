@@ -20,6 +20,7 @@ from hesskit.operators.hessian import HessianOperator, hessian_operator
 from hesskit.operators.kfac import KFACOperator, kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets
 from hesskit.operators.matrices import Matrix, as_matrix, curvature_operator
+from hesskit.operators.powers import SandwichOperator, operator_power, symmetric_power
 
 __all__ = [
     "CountingOperator",
@@ -35,6 +36,7 @@ __all__ = [
     "Matrix",
     "MatrixOperator",
     "ProblemOperator",
+    "SandwichOperator",
     "ScaledOperator",
     "SumOperator",
     "as_matrix",
@@ -45,4 +47,6 @@ __all__ = [
     "gauss_newton_operator",
     "hessian_operator",
     "kfac_operator",
+    "operator_power",
+    "symmetric_power",
 ]

@@ -50,9 +50,10 @@ from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import rademacher
 from hesskit.functional_view import twice_differentiable_kernels
-from hesskit.operators import hessian_operator
+from hesskit.operators import CurvatureOperator, hessian_operator
 from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import parameter_names, watch_closure
+from hesskit.optim.preconditioner_operators import adahessian_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -223,6 +224,12 @@ class AdaHessian(CurvatureOptimizer):
         hz = problem.layout.unflatten(hessian_operator(problem).matvec(z))
         return loss, grads, {by_name[n]: (probes[by_name[n]], hz[n].detach().view_as(by_name[n]))
                              for n in problem.layout.names if by_name[n] in probes}
+
+    def preconditioner(self, power: float = 1.0) -> CurvatureOperator:
+        """P^power, P = diag((√v / √(1 − β₂ᵗ))^k) + ε after the last step, on the flat vector
+        of all parameters (``param_groups`` order): the step was θ ← θ − lr(P⁻¹m̂ + wd·θ),
+        m̂ = m/(1 − β₁ᵗ) (:func:`.adahessian_preconditioner`). Cost O(N)."""
+        return adahessian_preconditioner(self, power)
 
     def _gradients(self, loss: Tensor, create_graph: bool) -> dict[Tensor, Tensor]:
         """∇L per parameter with a gradient (from ``.grad`` when the closure made it with

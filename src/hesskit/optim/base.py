@@ -109,6 +109,16 @@ class CurvatureOptimizer(Optimizer):
                     f"{len(self.param_groups) - 1}"
                 )
 
+    def _per_element(self, key: str, like: Tensor | None = None) -> Tensor:
+        """Group setting ``key`` (``lr``, ``weight_decay``) repeated over each group's
+        parameters: a flat ``[N]`` tensor in θ's layout, with ``like``'s dtype and device
+        (default the first parameter's)."""
+        like = self._params[0] if like is None else like
+        return torch.cat([
+            torch.full((p.numel(),), float(group[key]), dtype=like.dtype, device=like.device)
+            for group in self.param_groups for p in group["params"]
+        ])
+
     def _run_closure(self, closure: Callable[[], Tensor]) -> Tensor:
         """The closure's loss, computed with gradients enabled (and its batch recorded
         when the optimizer watches it)."""

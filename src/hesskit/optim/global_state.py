@@ -52,16 +52,6 @@ class GlobalStateOptimizer(CurvatureOptimizer):
     ) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
 
-    def _per_element(self, key: str) -> Tensor:
-        """Group setting ``key`` (``lr`` or ``weight_decay``) repeated over each group's
-        parameters: a flat ``[N]`` tensor in θ's layout."""
-        reference = self._params[0]
-        return torch.cat([
-            torch.full((p.numel(),), float(group[key]), dtype=reference.dtype,
-                       device=reference.device)
-            for group in self.param_groups for p in group["params"]
-        ])
-
     def _has_weight_decay(self) -> bool:
         return any(group["weight_decay"] != 0 for group in self.param_groups)
 

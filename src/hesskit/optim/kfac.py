@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from hesskit.distributed import is_distributed
 from hesskit.errors import InvalidArgumentError
+from hesskit.operators import CurvatureOperator
 from hesskit.operators.kfac_factors import (
     FactorEigen,
     FactorTargets,
@@ -57,21 +58,27 @@ from hesskit.operators.kfac_factors import (
     LinearBlock,
     factor_dtype,
     factor_statistics,
-    join,
     kfac_blocks,
-    split,
 )
 from hesskit.operators.kfac_layers import KFACApproximation
 from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import ClosureBatch, parameter_names
 from hesskit.optim.damping import loss_resolution, reduction_ratio
-from hesskit.optim.kfac_products import coverage_table, curvature_products
+from hesskit.optim.kfac_products import (
+    averaged_factors,
+    coverage_table,
+    curvature_products,
+    damped_direction,
+    factor_objects,
+    plain_factors,
+)
 from hesskit.optim.kfac_steps import (
     KFACSchedule,
     QuadraticStep,
     levenberg_marquardt,
     quadratic_step,
 )
+from hesskit.optim.preconditioner_operators import kfac_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -197,23 +204,22 @@ class KFAC(CurvatureOptimizer):
     def __repr__(self) -> str:
         return f"{super().__repr__()}\n{self.coverage()}"
 
+    def preconditioner(self, power: float = 1.0) -> CurvatureOperator:
+        """P^power, P = (A + πγI) ⊗ (G + γ/πI) per layer, γ²I elsewhere, of the last step:
+        its Δ = −P⁻¹∇h, its step lr(αΔ + μδ₀) (:func:`.kfac_preconditioner`)."""
+        return kfac_preconditioner(self, power)
+
     def state_dict(self) -> dict:
         """The state dict with the factors and eigendecompositions as plain dicts of tensors
         and floats, so that it loads with ``torch.load(..., weights_only=True)``."""
         state = super().state_dict()
-        wide = state[STATE_KEY]
-        wide["factors"] = {w: {"A": f.A, "G": f.G} for w, f in wide["factors"].items()}
-        wide["eigen"] = {w: dict(vars(e)) for w, e in wide["eigen"].items()}
+        state[STATE_KEY].update(plain_factors(state[STATE_KEY]))
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state dict saved by :meth:`state_dict`: resumes exactly."""
         super().load_state_dict(state_dict)
-        wide = self.kfac_state
-        wide["factors"] = {w: f if isinstance(f, KroneckerFactors) else KroneckerFactors(**f)
-                           for w, f in wide.get("factors", {}).items()}
-        wide["eigen"] = {w: e if isinstance(e, FactorEigen) else FactorEigen(**e)
-                         for w, e in wide.get("eigen", {}).items()}
+        self.kfac_state.update(factor_objects(self.kfac_state))
 
     def _problem(self, fraction: float = 1.0) -> Problem:
         """The problem of the closure's batch (its first ⌈fraction·n⌉ samples)."""
@@ -230,12 +236,6 @@ class KFAC(CurvatureOptimizer):
         """Add ``passes`` passes over ``problem``'s local cases to ``kfac_state["cases"]``."""
         self.kfac_state["cases"] = int(self.kfac_state.get("cases", 0)) + round(
             passes * problem.local_num_data)
-
-    def _per_element(self, key: str, like: Tensor) -> Tensor:
-        return torch.cat([
-            torch.full((p.numel(),), float(g[key]), dtype=like.dtype, device=like.device)
-            for g in self.param_groups for p in g["params"]
-        ])
 
     def _flat(self, tensors: Iterable[Tensor]) -> Tensor:
         """Flat, in float64 for a float64 model, else float32 (``factor_dtype``; bfloat16
@@ -318,27 +318,13 @@ class KFAC(CurvatureOptimizer):
                                   seed=seed, approximation=self.kfac_approx)
         self._count(1, statistics)
         old: dict[str, KroneckerFactors] = self.kfac_state["factors"]  # type: ignore[assignment]
-        decay = self.schedule.decay(iteration)
-        if not old or decay == 0:
-            return stats
-        return {w: KroneckerFactors(decay * old[w].A + (1 - decay) * f.A,
-                                    decay * old[w].G + (1 - decay) * f.G)
-                for w, f in stats.items()}
+        return averaged_factors(old, stats, self.schedule.decay(iteration))
 
     def _eigen(self, factors: dict[str, KroneckerFactors], iteration: int) -> dict:
         cached: dict[str, FactorEigen] = self.kfac_state["eigen"]  # type: ignore[assignment]
         if cached and not self.schedule.refresh_inverses(iteration):
             return cached
         return {w: FactorEigen.of(f) for w, f in factors.items()}
-
-    def _direction(self, eigen: dict[str, FactorEigen], grad_h: Tensor, gamma: float) -> Tensor:
-        """Δ = −F̆_γ⁻¹ ∇h (factored damping; uncovered parameters −∇h/γ²)."""
-        pieces = self._pieces(grad_h)
-        out = {name: -g / gamma**2 for name, g in pieces.items()}
-        for block in self.blocks:
-            solved = eigen[block.weight].damped_inverse(join(block, pieces), gamma)
-            out.update({n: -t for n, t in split(block, solved).items()})
-        return self._flat(out[n] for n in self.names)
 
     def _choose(
         self, problem: Problem, eigen: dict, grad_h: Tensor, previous: Tensor, eta: Tensor,
@@ -349,7 +335,9 @@ class KFAC(CurvatureOptimizer):
         omega2 = self.schedule.omega2
         gammas = [gamma, omega2 * gamma, gamma / omega2] if (
             iteration % self.schedule.gamma_interval == 0) else [gamma]
-        directions = [self._direction(eigen, grad_h, g) for g in gammas]
+        pieces = self._pieces(grad_h)  # Δ = −F̆_γ⁻¹ ∇h for each γ
+        directions = [self._flat(damped_direction(self.blocks, eigen, pieces, g)[n]
+                                 for n in self.names) for g in gammas]
         products = self._curvature_products(problem, [*directions, previous], eta)
         if not is_finite(*products, *directions):
             return None

@@ -1,4 +1,6 @@
-"""K-FAC's exact curvature products F u on its batch, in the optimizer's parameter order.
+"""K-FAC's pieces outside the optimizer: the exact curvature products F u on its batch (in
+the optimizer's parameter order), the damped direction, the factors' running average,
+their plain-dict form for state dicts, and the coverage table.
 
 Used by :mod:`hesskit.optim.kfac` for the quadratic model of §7 of Martens & Grosse (2015):
 F is ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for MSE,
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from hesskit.operators import gauss_newton_operator
+from hesskit.operators.kfac_factors import FactorEigen, KroneckerFactors, join, split
 from hesskit.operators.kfac_layers import KFACApproximation, LinearBlock
 from hesskit.problem import Problem
 
@@ -54,6 +57,49 @@ def channels_last(tensors: Sequence[Tensor]) -> bool:
     """Whether a 4-D tensor is not contiguous (``channels_last``): ``torch.func.vmap`` over
     products through it raises "NYI: querying is_contiguous inside of vmap"."""
     return any(t.ndim == 4 and not t.is_contiguous() for t in tensors)
+
+
+def damped_direction(
+    blocks: list[LinearBlock], eigen: dict[str, FactorEigen], pieces: dict[str, Tensor],
+    gamma: float,
+) -> dict[str, Tensor]:
+    """Δ = −F̆_γ⁻¹ ∇h by parameter name: each block's factored-damping inverse
+    (G + γ/π I)⁻¹ ∇_W̄ h (A + πγ I)⁻¹ from its eigendecompositions, and −∇h/γ² for every
+    parameter no block covers (:data:`UNCOVERED_RULE`). ``pieces``: ∇h by name."""
+    out = {name: -g / gamma**2 for name, g in pieces.items()}
+    for block in blocks:
+        solved = eigen[block.weight].damped_inverse(join(block, pieces), gamma)
+        out.update({n: -t for n, t in split(block, solved).items()})
+    return out
+
+
+def averaged_factors(
+    old: dict[str, KroneckerFactors], new: dict[str, KroneckerFactors], decay: float
+) -> dict[str, KroneckerFactors]:
+    """ε·old + (1 − ε)·new per block (Martens & Grosse 2015, §5); ``new`` itself on the
+    first iteration or when ε = 0."""
+    if not old or decay == 0:
+        return new
+    return {w: KroneckerFactors(decay * old[w].A + (1 - decay) * f.A,
+                                decay * old[w].G + (1 - decay) * f.G)
+            for w, f in new.items()}
+
+
+def plain_factors(wide: dict) -> dict:
+    """``factors`` and ``eigen`` of K-FAC's state as plain dicts of tensors and floats (so
+    that a state dict loads with ``torch.load(..., weights_only=True)``)."""
+    return {"factors": {w: {"A": f.A, "G": f.G} for w, f in wide["factors"].items()},
+            "eigen": {w: dict(vars(e)) for w, e in wide["eigen"].items()}}
+
+
+def factor_objects(wide: dict) -> dict:
+    """The inverse of :func:`plain_factors`: ``KroneckerFactors`` and ``FactorEigen``."""
+    return {
+        "factors": {w: f if isinstance(f, KroneckerFactors) else KroneckerFactors(**f)
+                    for w, f in wide.get("factors", {}).items()},
+        "eigen": {w: e if isinstance(e, FactorEigen) else FactorEigen(**e)
+                  for w, e in wide.get("eigen", {}).items()},
+    }
 
 
 UNCOVERED_RULE = "−∇h/γ² (damping only)"

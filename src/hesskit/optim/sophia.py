@@ -57,10 +57,11 @@ from torch import Tensor, nn
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.estimators.probes import gaussian
-from hesskit.operators import hessian_operator
+from hesskit.operators import CurvatureOperator, hessian_operator
 from hesskit.operators.kfac_factors import keyed_sample_targets
 from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import parameter_names, watch_closure
+from hesskit.optim.preconditioner_operators import sophia_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     init_rejection_state,
@@ -291,6 +292,12 @@ class Sophia(CurvatureOptimizer):
                 )
             out[p] = pieces[name].detach()
         return out
+
+    def preconditioner(self, power: float = 1.0) -> CurvatureOperator:
+        """P^power, P = diag(max(ρh, ε)) after the last step, on the flat vector of all
+        parameters (``param_groups`` order): the step was θ ← θ(1 − lr·wd) − lr·clip(P⁻¹m, 1)
+        entrywise (:func:`.sophia_preconditioner`). Cost O(N)."""
+        return sophia_preconditioner(self, power)
 
     def _updates(
         self, grads: dict[Tensor, Tensor], estimate: dict[Tensor, Tensor] | None

@@ -39,8 +39,8 @@ import torch.multiprocessing as mp
 from hesskit.distributed import collective_timer, rank, sample_fraction, shard_of
 from hesskit.operators import damped, gauss_newton_operator
 from hesskit.optim import HessianFree
-from hesskit.optim.hessian_free import CGSettings
-from hesskit.optim.preconditioners import martens_preconditioner
+from hesskit.optim.hessian_free.optimizer import CGSettings
+from hesskit.optim.hessian_free.preconditioners import martens_preconditioner
 from hesskit.problem import Problem
 from hesskit.training.bench import environment
 from martens_problem import load_problem

@@ -73,8 +73,8 @@ from hesskit.optim import (
     RoundRobinChunks,
     chunk_loss,
 )
-from hesskit.optim.preconditioners import gradient_pass_preconditioner
-from hesskit.optim.stochastic_hf import StochasticHessianFree
+from hesskit.optim.hessian_free.preconditioners import gradient_pass_preconditioner
+from hesskit.optim.hessian_free.stochastic import StochasticHessianFree
 from hesskit.problem import Problem
 from hesskit.problems import BenchmarkProblem, make_problem
 from hesskit.training.optimizers import REGISTRY

@@ -16,7 +16,7 @@ preconditioner, λ starting at his 45, and the CG, backtracking and line-search 
 
 * ``diag(EF) from the gradient pass``: as ``with loss_closure``, with the preconditioner's
   empirical-Fisher diagonal accumulated in the gradient closure's own backward pass
-  (``hesskit.optim.preconditioners.gradient_pass_preconditioner``, BackPACK's
+  (``hesskit.optim.hessian_free.preconditioners.gradient_pass_preconditioner``, BackPACK's
   SumGradSquared; proved exact for this Linear chain) instead of a separate per-sample
   pass, as Martens' ``grad2`` (HFDemo ``nnet_train_2.m`` lines 1086–1087, 1106).
 
@@ -49,7 +49,7 @@ from hesskit.estimators.exact_diagonal import empirical_fisher_diagonal
 from hesskit.operators import damped, gauss_newton_operator
 from hesskit.operators.counting import CountingOperator
 from hesskit.optim import HessianFree, LevenbergMarquardt
-from hesskit.optim.preconditioners import (
+from hesskit.optim.hessian_free.preconditioners import (
     DiagonalPreconditioner,
     gradient_pass_preconditioner,
 )

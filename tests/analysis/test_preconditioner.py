@@ -27,8 +27,8 @@ from hesskit.analysis.preconditioner_records import MODEL, PreconditionerAnalysi
 from hesskit.errors import InvalidArgumentError
 from hesskit.layout import ParameterLayout
 from hesskit.operators import MatrixOperator
-from hesskit.optim.adahessian import AdaHessian
-from hesskit.optim.kfac import KFAC
+from hesskit.optim.diagonal.adahessian import AdaHessian
+from hesskit.optim.kfac.optimizer import KFAC
 from hesskit.problem import Problem
 from hesskit.training.preconditioner_run import OptimizerChoice, preconditioner_analysis
 from reference import autograd_gauss_newton
@@ -200,7 +200,7 @@ def test_rmsprop_and_adahessian_preconditioners_give_their_steps():
 
 
 def test_sophia_preconditioner_gives_its_clipped_step():
-    from hesskit.optim.sophia import Sophia
+    from hesskit.optim.diagonal.sophia import Sophia
 
     model = small_model()
     X, y = batch()
@@ -263,7 +263,7 @@ def test_kfac_preconditioner_equals_its_kronecker_factors_with_factored_damping(
 
 
 def test_shampoo_operator_preconditioner_gives_the_ungrafted_step_in_any_group_order():
-    from hesskit.optim.shampoo import Shampoo
+    from hesskit.optim.shampoo.optimizer import Shampoo
 
     model = small_model()
     params = list(model.parameters())
@@ -357,7 +357,7 @@ def test_a_shampoo_run_inside_its_warmup_is_reported_as_its_graft():
     """The registry's Shampoo starts preconditioning at step 100; 3 steps are Adam's and the
     summary says so; a Shampoo that starts at step 2 has no such note."""
     from hesskit.analysis.preconditioner_records import summarize
-    from hesskit.optim.shampoo import Shampoo
+    from hesskit.optim.shampoo.optimizer import Shampoo
 
     problem = TinyProblem("tiny", small_model(), nn.MSELoss(), batch(n=24))
     settings = AnalysisSettings(damping=LAM, top_k=2, max_products=20, cg_maxiter=20,

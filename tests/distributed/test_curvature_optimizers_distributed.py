@@ -26,10 +26,10 @@ from torch import nn
 
 from closures import batch_closure
 from hesskit.distributed import sample_fraction, shard_of
-from hesskit.optim.adahessian import AdaHessian
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule
-from hesskit.optim.sophia import Sophia, SophiaEstimator
+from hesskit.optim.diagonal.adahessian import AdaHessian
+from hesskit.optim.diagonal.sophia import Sophia, SophiaEstimator
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
 from hesskit.problem import Problem
 
 RANKS = 2
@@ -85,7 +85,7 @@ def _run(method: str) -> list[torch.Tensor]:
     elif method == "adahessian":
         optimizer = AdaHessian(model.parameters(), lr=0.05)
     else:
-        from hesskit.optim.shampoo import Shampoo
+        from hesskit.optim.shampoo.optimizer import Shampoo
 
         # ε = 1e-3, not 1e-12: after 1-3 steps L and R are rank-deficient, and the inverse
         # 4th roots of their rounding-level eigenvalues would amplify float32 rounding

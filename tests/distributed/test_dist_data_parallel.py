@@ -32,8 +32,8 @@ from hesskit.operators import damped, gauss_newton_operator
 from hesskit.operators.fisher import fisher_operator
 from hesskit.operators.hessian import hessian_operator
 from hesskit.optim import HessianFree
-from hesskit.optim.hessian_free import CGSettings
-from hesskit.optim.preconditioners import martens_preconditioner
+from hesskit.optim.hessian_free.optimizer import CGSettings
+from hesskit.optim.hessian_free.preconditioners import martens_preconditioner
 from hesskit.problem import Problem
 
 RANKS = 2

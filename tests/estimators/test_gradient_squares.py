@@ -14,7 +14,10 @@ from hesskit.estimators.gradient_squares import GradientSquares
 from hesskit.losses import BCEWithLogitsLoss
 from hesskit.operators import gauss_newton_operator
 from hesskit.optim import HessianFree
-from hesskit.optim.preconditioners import gradient_pass_preconditioner, martens_preconditioner
+from hesskit.optim.hessian_free.preconditioners import (
+    gradient_pass_preconditioner,
+    martens_preconditioner,
+)
 from hesskit.problem import Problem
 
 DTYPE = torch.float64

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from closures import batch_closure
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
 
 pytest.importorskip("transformers")
 

@@ -18,8 +18,8 @@ import torch
 
 from hesskit.operators import gauss_newton_operator
 from hesskit.optim import CGSettings, DampedNewton, HessianFree, LevenbergMarquardt
-from hesskit.optim.adahessian import AdaHessian
-from hesskit.optim.sophia import Sophia, SophiaEstimator
+from hesskit.optim.diagonal.adahessian import AdaHessian
+from hesskit.optim.diagonal.sophia import Sophia, SophiaEstimator
 from hesskit.problem import Problem
 from hesskit.tensor_tree import call_model
 

@@ -11,8 +11,8 @@ from closures import batch_closure
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac import kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets, factor_statistics, kfac_blocks
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
 from hesskit.problem import Problem
 
 

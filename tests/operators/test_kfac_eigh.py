@@ -9,8 +9,8 @@ from torch import nn
 
 from closures import batch_closure
 from hesskit.operators.kfac_factors import symmetric_eigh
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
 
 
 def raw_pixel_batches(seed: int = 3, n: int = 32) -> list[torch.Tensor]:

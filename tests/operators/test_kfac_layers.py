@@ -155,8 +155,8 @@ def test_the_approximation_is_an_enum_that_accepts_its_names():
 
 
 def test_the_optimizer_takes_the_approximation_by_keyword():
-    from hesskit.optim.kfac import KFAC
-    from hesskit.optim.kfac_steps import KFACSchedule
+    from hesskit.optim.kfac.optimizer import KFAC
+    from hesskit.optim.kfac.steps import KFACSchedule
 
     X, Y = data(pooled=True)
     for approx in ("expand", "reduce"):

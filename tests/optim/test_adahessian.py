@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from hesskit.optim import adahessian
-from hesskit.optim.adahessian import AdaHessian
+from hesskit.optim.diagonal import adahessian
+from hesskit.optim.diagonal.adahessian import AdaHessian
 
 DTYPE = torch.float64
 D = torch.tensor([1.0, 4.0, 0.25, 9.0], dtype=DTYPE)  # H = diag(D): z ⊙ H z = D exactly

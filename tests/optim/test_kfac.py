@@ -16,8 +16,8 @@ from hesskit.estimators import top_eigenpairs
 from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac import kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets, linear_blocks
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule, levenberg_marquardt, quadratic_step
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule, levenberg_marquardt, quadratic_step
 from hesskit.problem import Problem
 
 DTYPE = torch.float64

@@ -12,8 +12,8 @@ from torch import nn
 from closures import batch_closure
 from hesskit.operators.kfac_factors import FactorTargets
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule, levenberg_marquardt
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule, levenberg_marquardt
 
 
 def test_the_rule_is_levenberg_marquardt_with_increase_one_over_omega1_and_decrease_omega1():

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from closures import batch_closure
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
 
 SCHEDULE = KFACSchedule(statistics_fraction=1.0)
 

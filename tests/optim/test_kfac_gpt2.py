@@ -9,8 +9,8 @@ from torch import nn
 
 from closures import batch_closure
 from hesskit.losses import CausalLMLoss
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_products import UNCOVERED_RULE
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.products import UNCOVERED_RULE
 
 
 def gpt2() -> nn.Module:

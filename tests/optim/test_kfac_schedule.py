@@ -13,8 +13,8 @@ from torch import nn
 from closures import batch_closure
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.kfac_factors import FactorTargets, factor_statistics, kfac_blocks
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import (
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import (
     KFAC_FULL_BATCH_ITERATION,
     KFAC_INITIAL_BATCH,
     KFACBatchSchedule,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.autograd.functional import hessian
 
-import hesskit.optim.hf_solve as hessian_free_module
+import hesskit.optim.hessian_free.solve as hessian_free_module
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import MSELoss
 from hesskit.models import mlp
@@ -184,7 +184,7 @@ def autoencoder_run(model, data, steps, optimizer=None, state=None):
 
 
 def test_martens_preset_cycles_its_chunks_and_resumes_bit_identically(monkeypatch):
-    import hesskit.optim.martens as martens
+    import hesskit.optim.hessian_free.martens as martens
 
     seen = []
     real = martens.gauss_newton_operator

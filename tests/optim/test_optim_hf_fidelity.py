@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import hesskit.optim.hf_solve as hessian_free_module
+import hesskit.optim.hessian_free.solve as hessian_free_module
 from hesskit.operators.base import MatrixOperator
 from hesskit.optim import (
     PREVIOUS_RATIO,

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from hesskit.errors import InvalidArgumentError, NonFiniteError
-from hesskit.optim import Shampoo, shampoo
-from hesskit.optim.shampoo_graft import Graft
-from hesskit.optim.shampoo_roots import inverse_root, spd_power
+from hesskit.optim import Shampoo
+from hesskit.optim.shampoo import optimizer as shampoo
+from hesskit.optim.shampoo.graft import Graft
+from hesskit.optim.shampoo.roots import inverse_root, spd_power
 
 DTYPE = torch.float64
 
@@ -416,7 +417,7 @@ def test_warmup_is_named_in_repr_and_its_steps_are_adams_exactly_until_the_start
 
 
 def test_warmup_note_speaks_only_for_a_run_inside_the_warmup():
-    from hesskit.optim.shampoo_graft import warmup_note
+    from hesskit.optim.shampoo.graft import warmup_note
 
     note = warmup_note("Shampoo (Adam graft)", 60, 99)
     assert note is not None and "ran 60 steps, all in its warm-up" in note

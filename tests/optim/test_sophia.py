@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from hesskit.operators import gauss_newton_operator, hessian_operator
-from hesskit.optim import sophia
-from hesskit.optim.sophia import (
+from hesskit.optim.diagonal import sophia
+from hesskit.optim.diagonal.sophia import (
     Sophia,
     SophiaEstimator,
     gauss_newton_bartlett_diagonal,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hesskit.operators.kfac_factors import keyed_sample_targets
-from hesskit.optim.sophia import gauss_newton_bartlett_diagonal
+from hesskit.optim.diagonal.sophia import gauss_newton_bartlett_diagonal
 from hesskit.problem import Problem
 
 

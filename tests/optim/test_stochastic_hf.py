@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.optim.stochastic_hf import (
+from hesskit.optim.hessian_free.stochastic import (
     SHF_BATCH_GROWTH,
     SHF_CURVATURE_FRACTION,
     SHF_INITIAL_BATCH,
@@ -206,8 +206,8 @@ def test_registry_shf_resumed_run_is_bit_identical(tmp_path):
 
 def test_every_shf_constant_is_pinned():
     # hesskit's choices, documented in stochastic_hf.py (none is taken from Kiros 2013)
-    from hesskit.optim.hf_settings import HF_CG
-    from hesskit.optim.stochastic_hf import SHF_CG, SHF_MAX_CG_ITERATIONS
+    from hesskit.optim.hessian_free.settings import HF_CG
+    from hesskit.optim.hessian_free.stochastic import SHF_CG, SHF_MAX_CG_ITERATIONS
 
     assert (SHF_INITIAL_BATCH, SHF_BATCH_GROWTH) == (128, 1.012)
     assert SHF_CURVATURE_FRACTION == 0.1 and SHF_MAX_CG_ITERATIONS == 25

@@ -249,7 +249,7 @@ def test_progress_gap_is_rounded_up_as_hfdemo_and_down_only_on_request():
 
 def test_hessian_free_uses_hfdemos_gap_and_the_previous_settings_the_old_one():
     from hesskit.optim import PREVIOUS_CG
-    from hesskit.optim.hf_settings import HF_CG
+    from hesskit.optim.hessian_free.settings import HF_CG
     from hesskit.solvers.cg import floor_gap, martens_gap
 
     assert HF_CG.progress_gap is martens_gap and PREVIOUS_CG.progress_gap is floor_gap

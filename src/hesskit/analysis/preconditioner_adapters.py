@@ -209,7 +209,7 @@ def kfac_preconditioner(optimizer, params: Sequence[Tensor],
                         layout: ParameterLayout) -> Preconditioner:
     """K-FAC's (A + πγI) ⊗ (G + γ/π I) per covered layer and γ²I elsewhere, from the
     eigendecompositions its last step used and that step's γ (``KFAC.preconditioner(power)``):
-    then −P⁻¹∇h is its direction Δ (``optim/kfac.py``, step 3). The operators are K-FAC's
+    then −P⁻¹∇h is its direction Δ (``optim/kfac/optimizer.py``, step 3). The operators are K-FAC's
     on its own parameter order, restricted to ``layout``'s names and reordered to it."""
     names = [n for n in optimizer.names if n in set(layout.names)]
     if sorted(names) != sorted(layout.names):
@@ -308,9 +308,9 @@ def preconditioner_of(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]
     Raises:
         InvalidArgumentError: no adapter for this optimizer, or no state yet.
     """
-    from hesskit.optim.adahessian import AdaHessian
-    from hesskit.optim.kfac import KFAC
-    from hesskit.optim.sophia import Sophia
+    from hesskit.optim.diagonal.adahessian import AdaHessian
+    from hesskit.optim.diagonal.sophia import Sophia
+    from hesskit.optim.kfac.optimizer import KFAC
 
     adapters = ((KFAC, kfac_preconditioner), (AdaHessian, adahessian_preconditioner),
                 (Sophia, sophia_preconditioner), (torch.optim.Adam, adam_preconditioner),
@@ -332,9 +332,9 @@ def preconditioner_of(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]
 
 def has_preconditioner(optimizer: torch.optim.Optimizer) -> bool:
     """Whether :func:`preconditioner_of` has an adapter for ``optimizer`` (no state read)."""
-    from hesskit.optim.adahessian import AdaHessian
-    from hesskit.optim.kfac import KFAC
-    from hesskit.optim.sophia import Sophia
+    from hesskit.optim.diagonal.adahessian import AdaHessian
+    from hesskit.optim.diagonal.sophia import Sophia
+    from hesskit.optim.kfac.optimizer import KFAC
 
     return inspect.ismethod(getattr(optimizer, "preconditioner", None)) or isinstance(
         optimizer, (KFAC, AdaHessian, Sophia, torch.optim.Adam, torch.optim.RMSprop,

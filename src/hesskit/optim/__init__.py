@@ -14,39 +14,42 @@ diagonal), ``safety`` (reject non-finite steps and restore the parameters exactl
 ``chunks`` (Martens' round-robin curvature chunks), ``hf_settings`` (CG and ρ settings).
 """
 
-from hesskit.optim.adahessian import AdaHessian
-from hesskit.optim.backtracking import (
-    ArmijoSearch,
-    LineSearchResult,
-    armijo_line_search,
-    choose_iterate,
-)
-from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
     reduction_ratio,
 )
-from hesskit.optim.hessian_free import HessianFree
-from hesskit.optim.hf_settings import (
-    PREVIOUS_CG,
-    PREVIOUS_RATIO,
-    CGSettings,
-    RatioSettings,
-)
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule
-from hesskit.optim.martens import martens2010
-from hesskit.optim.newton import DampedNewton, Indefinite
-from hesskit.optim.preconditioners import DiagonalPreconditioner, martens_preconditioner
-from hesskit.optim.shampoo import Shampoo
-from hesskit.optim.sophia import (
+from hesskit.optim.diagonal.adahessian import AdaHessian
+from hesskit.optim.diagonal.sophia import (
     Sophia,
     SophiaEstimator,
     gauss_newton_bartlett_diagonal,
     hutchinson_gaussian_diagonal,
 )
-from hesskit.optim.stochastic_hf import StochasticHessianFree
+from hesskit.optim.hessian_free.backtracking import (
+    ArmijoSearch,
+    LineSearchResult,
+    armijo_line_search,
+    choose_iterate,
+)
+from hesskit.optim.hessian_free.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
+from hesskit.optim.hessian_free.martens import martens2010
+from hesskit.optim.hessian_free.optimizer import HessianFree
+from hesskit.optim.hessian_free.preconditioners import (
+    DiagonalPreconditioner,
+    martens_preconditioner,
+)
+from hesskit.optim.hessian_free.settings import (
+    PREVIOUS_CG,
+    PREVIOUS_RATIO,
+    CGSettings,
+    RatioSettings,
+)
+from hesskit.optim.hessian_free.stochastic import StochasticHessianFree
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
+from hesskit.optim.newton import DampedNewton, Indefinite
+from hesskit.optim.shampoo.optimizer import Shampoo
 
 __all__ = [
     "KFAC",

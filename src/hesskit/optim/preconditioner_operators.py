@@ -104,7 +104,7 @@ def _flat(pieces: list[Tensor]) -> Tensor:
 def adahessian_preconditioner(optimizer, power: float = 1.0) -> DiagonalOperator:
     """AdaHessian's P^p, P = diag((√v / √(1 − β₂ᵗ))^k) + ε per parameter (v =
     ``exp_hessian_diag_sq``, t its ``step``, k the group's ``hessian_power``): its step is
-    θ ← θ − lr(P⁻¹ m̂ + wd·θ), m̂ = m/(1 − β₁ᵗ) (``optim/adahessian.py``). O(N)."""
+    θ ← θ − lr(P⁻¹ m̂ + wd·θ), m̂ = m/(1 − β₁ᵗ) (``optim/diagonal/adahessian.py``). O(N)."""
     pieces = []
     for group, state in group_states(optimizer):
         k = group["hessian_power"]
@@ -115,7 +115,7 @@ def adahessian_preconditioner(optimizer, power: float = 1.0) -> DiagonalOperator
 
 def sophia_preconditioner(optimizer, power: float = 1.0) -> DiagonalOperator:
     """Sophia's P^p, P = diag(max(ρh, ε)) (h = ``hessian``, the averaged estimate): its
-    step is θ ← θ(1 − lr·wd) − lr·clip(P⁻¹m, 1) entrywise (``optim/sophia.py``). O(N)."""
+    step is θ ← θ(1 − lr·wd) − lr·clip(P⁻¹m, 1) entrywise (``optim/diagonal/sophia.py``). O(N)."""
     pieces = [torch.clamp(group["rho"] * state["hessian"], min=group["eps"])
               for group, state in group_states(optimizer)]
     return diagonal_power(_flat(pieces), optimizer_layout(optimizer), power, "Sophia")
@@ -125,7 +125,7 @@ def kfac_preconditioner(optimizer, power: float = 1.0) -> CurvatureOperator:
     """K-FAC's P^p, P = (A + πγI) ⊗ (G + γ/πI) per covered layer (in the K-FAC operator's
     convention V̄ ↦ G V̄ A on [W b]) and γ²I on the other parameters, from the eigenbases
     and γ of its last step (module docstring): then −P⁻¹∇h is that step's Δ and the step
-    was lr(αΔ + μδ₀) (``optim/kfac.py``, steps 3-4). The layout has the model's names.
+    was lr(αΔ + μδ₀) (``optim/kfac/optimizer.py``, steps 3-4). The layout has the model's names.
 
     Raises:
         InvalidArgumentError: K-FAC has taken no step yet (no factors).

@@ -38,7 +38,7 @@ import torch
 from hesskit import __version__
 from hesskit.errors import InvalidArgumentError
 from hesskit.finite import check_training_data
-from hesskit.optim.shampoo_graft import warmup_note
+from hesskit.optim.shampoo.graft import warmup_note
 from hesskit.progress import duration_text
 from hesskit.report.schema import BenchmarkReport, LearningRateSelection, RunResult, Skipped
 from hesskit.training.loop import Budget, TrainConfig, train

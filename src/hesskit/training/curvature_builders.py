@@ -13,7 +13,7 @@ How each is driven by the loop, and what it is charged in the run's epochs:
 * **K-FAC** runs full-batch in the loop (its batch is the training set S) and draws its own
   mini-batches of m_k cases without replacement (a seeded permutation, as stochastic HF),
   with m_k = min(m₁ exp((k − 1)/b), |S|) (Martens & Grosse 2015, §13;
-  :class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`), its statistics on the first
+  :class:`~hesskit.optim.kfac.steps.KFACBatchSchedule`), its statistics on the first
   τ₁ = 1/8 of each (``KFACSchedule.statistics_fraction``). Data parallel, the draw is of
   global positions (the same on every rank) and each rank takes those in its contiguous
   shard (``shard_range``), as Hessian-free's chunks do. The loop's closures are not called
@@ -73,8 +73,8 @@ def draw_without_replacement(state: dict, num_data: int, size: int) -> Tensor:
 
 def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:
     """K-FAC on its own scheduled mini-batches of the loop's (full) batch; module docstring."""
-    from hesskit.optim.kfac import KFAC
-    from hesskit.optim.kfac_steps import KFACBatchSchedule
+    from hesskit.optim.kfac.optimizer import KFAC
+    from hesskit.optim.kfac.steps import KFACBatchSchedule
 
     batches = KFACBatchSchedule()
 
@@ -119,7 +119,7 @@ def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:
 
 def build_sophia(context: OptimizerContext, hutchinson: bool = False) -> torch.optim.Optimizer:
     """Sophia on the loop's closure, its estimate on the gradient batch; module docstring."""
-    from hesskit.optim.sophia import Sophia, SophiaEstimator
+    from hesskit.optim.diagonal.sophia import Sophia, SophiaEstimator
     from hesskit.problem import Problem
 
     def curvature() -> Problem:
@@ -134,7 +134,7 @@ def build_sophia(context: OptimizerContext, hutchinson: bool = False) -> torch.o
 
 def build_adahessian(context: OptimizerContext) -> torch.optim.Optimizer:
     """AdaHessian on the loop's loss-only closure; module docstring."""
-    from hesskit.optim.adahessian import AdaHessian
+    from hesskit.optim.diagonal.adahessian import AdaHessian
 
     class LoopAdaHessian(AdaHessian):
         def step(self, closure: object = None, loss_closure: object = None) -> Tensor:  # type: ignore[override]
@@ -148,6 +148,6 @@ def build_adahessian(context: OptimizerContext) -> torch.optim.Optimizer:
 
 def build_shampoo(context: OptimizerContext) -> torch.optim.Optimizer:
     """Shampoo grafted onto Adam on the loop's closure; module docstring."""
-    from hesskit.optim.shampoo import Shampoo
+    from hesskit.optim.shampoo.optimizer import Shampoo
 
     return Shampoo(context.model.parameters(), lr=context.lr, weight_decay=0.0)

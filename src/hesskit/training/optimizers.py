@@ -42,8 +42,8 @@ charged as one product (a pass over a chunk), and the preconditioner's per-sampl
 over the gradient batch (an extra pass here; Martens takes it from the gradient pass) as
 numchunks products, one pass over the gradient batch's cases.
 
-Stochastic Hessian-free (``shf``, :mod:`hesskit.optim.stochastic_hf`) runs the same step on
-gradient mini-batches that grow along the run, which it draws itself from the training set,
+Stochastic Hessian-free (``shf``, :mod:`hesskit.optim.hessian_free.stochastic`) runs the same
+step on gradient mini-batches that grow along the run, which it draws itself from the training set,
 with the curvature on 1/10 of each; see :func:`_stochastic_hessian_free` for how its cases
 enter the epochs.
 """
@@ -61,8 +61,8 @@ from torch import Tensor, nn
 from hesskit.distributed import shard_range, sum_over_ranks, world_size
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.counting import CountingOperator
-from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
-from hesskit.optim.shampoo import UPDATE_FREQ as SHAMPOO_START
+from hesskit.optim.hessian_free.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
+from hesskit.optim.shampoo.optimizer import UPDATE_FREQ as SHAMPOO_START
 from hesskit.optim.weight_cost import weight_cost_value
 from hesskit.tensor_tree import num_samples, select
 
@@ -165,7 +165,7 @@ class OptimizerSpec:
         diagnostics: optimizer → :class:`Diagnostics` (λ, CG iterations so far).
         warmup_steps: the first steps that are another method's exactly (Shampoo: its
             Adam graft's before ``start_preconditioning_step``); a run no longer than this
-            is reported with :func:`~hesskit.optim.shampoo_graft.warmup_note`.
+            is reported with :func:`~hesskit.optim.shampoo.graft.warmup_note`.
     """
 
     name: str
@@ -268,7 +268,7 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
     elsewhere it is a separate per-sample pass over the gradient batch, charged as
     numchunks products (one pass over the gradient batch's cases)."""
     from hesskit.optim import HessianFree, LevenbergMarquardt
-    from hesskit.optim.preconditioners import gradient_pass_preconditioner
+    from hesskit.optim.hessian_free.preconditioners import gradient_pass_preconditioner
 
     schedule = _ChunkSchedule(context)
     preconditioner = gradient_pass_preconditioner(
@@ -286,7 +286,7 @@ def _hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
 
 
 def _stochastic_hessian_free(context: OptimizerContext) -> torch.optim.Optimizer:
-    """Stochastic HF (:mod:`hesskit.optim.stochastic_hf`) inside the training loop.
+    """Stochastic HF (:mod:`hesskit.optim.hessian_free.stochastic`) inside the training loop.
 
     The loop runs it full-batch: its batch is the training set, from which the optimizer draws
     its own growing mini-batches (the loop's closures, over the whole set, are not called).
@@ -296,7 +296,7 @@ def _stochastic_hessian_free(context: OptimizerContext) -> torch.optim.Optimizer
     carried to the next step, so the run's epochs are exact to within one curvature batch.
     The logged ``products`` of an ``shf`` run are therefore those units, not G·v products."""
     from hesskit.optim import LevenbergMarquardt
-    from hesskit.optim.stochastic_hf import StochasticHessianFree
+    from hesskit.optim.hessian_free.stochastic import StochasticHessianFree
 
     class LoopStochasticHessianFree(StochasticHessianFree):
         def training_data(self) -> tuple[object, object]:
@@ -377,7 +377,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "shf", "stochastic Hessian-free", _stochastic_hessian_free, full_batch=True,
             products_on_curvature_batch=True,
-            requires=("hesskit.optim.stochastic_hf:StochasticHessianFree",),
+            requires=("hesskit.optim.hessian_free.stochastic:StochasticHessianFree",),
             diagnostics=_state_diagnostics("hf_state"),
         ),
         OptimizerSpec(
@@ -418,29 +418,30 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "kfac", "K-FAC", _curvature_builder("build_kfac"), lr_grid=(1.0,), default_lr=1.0,
             full_batch=True, products_on_curvature_batch=True,
-            requires=("hesskit.optim.kfac:KFAC", "hesskit.optim.kfac_steps:KFACBatchSchedule"),
+            requires=("hesskit.optim.kfac.optimizer:KFAC",
+                      "hesskit.optim.kfac.steps:KFACBatchSchedule"),
             diagnostics=_state_diagnostics("kfac_state"),
         ),
         OptimizerSpec(
             "sophia", "Sophia (GNB)", _curvature_builder("build_sophia"),
             lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
-            requires=("hesskit.optim.sophia:Sophia",),
+            requires=("hesskit.optim.diagonal.sophia:Sophia",),
         ),
         OptimizerSpec(
             "sophia-h", "Sophia (Hutchinson)",
             _curvature_builder("build_sophia", hutchinson=True),
             lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
-            requires=("hesskit.optim.sophia:Sophia",),
+            requires=("hesskit.optim.diagonal.sophia:Sophia",),
         ),
         OptimizerSpec(
             "adahessian", "AdaHessian", _curvature_builder("build_adahessian"),
             lr_grid=(1e-2, 3e-2, 1e-1, 3e-1, 1.0), default_lr=0.15, takes_loss_closure=True,
-            requires=("hesskit.optim.adahessian:AdaHessian",),
+            requires=("hesskit.optim.diagonal.adahessian:AdaHessian",),
         ),
         OptimizerSpec(
             "shampoo", "Shampoo (Adam graft)", _curvature_builder("build_shampoo"),
             lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-3,
-            requires=("hesskit.optim.shampoo:Shampoo",),
+            requires=("hesskit.optim.shampoo.optimizer:Shampoo",),
             warmup_steps=SHAMPOO_START - 1,  # the Shampoo(...) of build_shampoo: s = T
         ),
     )

@@ -28,7 +28,7 @@ from hesskit.analysis.preconditioner_records import (
     StepRecord,
 )
 from hesskit.errors import InvalidArgumentError, NonFiniteError
-from hesskit.optim.shampoo_graft import warmup_note
+from hesskit.optim.shampoo.graft import warmup_note
 from hesskit.tensor_tree import num_samples, select
 from hesskit.training.batch_sampler import BatchSampler
 from hesskit.training.loop import TrainingProblem, objective

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from hesskit.operators.base import CurvatureOperator
-from hesskit.optim.hf_settings import CGSettings
+from hesskit.optim.hessian_free.settings import CGSettings
 from hesskit.optim.safety import is_finite
 from hesskit.solvers.cg import CGResult, StopRule, conjugate_gradient, geometric_snapshots
 from hesskit.solvers.result import Status

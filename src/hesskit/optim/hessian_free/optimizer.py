@@ -27,8 +27,8 @@ settings of Martens' released code (HFDemo; lines of ``nnet_train_2.m`` / ``conj
    accepted move is θ_g + lr_g·t·p_g (lr = 1: Martens);
 6. a NaN or Inf loss, gradient or curvature product rejects the step (see ``safety``).
 
-:func:`hesskit.optim.martens.martens2010` (also ``HessianFree.martens2010``) builds exactly
-this from a model, a loss and the training data.
+:func:`hesskit.optim.hessian_free.martens.martens2010` (also ``HessianFree.martens2010``)
+builds exactly this from a model, a loss and the training data.
 
 Data parallel (``torch.distributed``): loss and gradient are summed over the ranks in one
 all-reduce, so every rank takes identical decisions; see the class docstring.
@@ -45,9 +45,7 @@ from torch import Tensor, nn
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import CurvatureOperator
-from hesskit.optim.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
 from hesskit.optim.base import summed_over_ranks
-from hesskit.optim.chunks import CurvatureChunk
 from hesskit.optim.closure_batch import curvature_or_gauss_newton, watch_closure
 from hesskit.optim.damping import (
     LevenbergMarquardt,
@@ -56,9 +54,11 @@ from hesskit.optim.damping import (
     reduction_ratio,
 )
 from hesskit.optim.global_state import GlobalStateOptimizer
-from hesskit.optim.hf_settings import HF_CG, HF_RATIO, CGSettings, RatioSettings
-from hesskit.optim.hf_solve import damped_cg, damped_product
-from hesskit.optim.preconditioners import DiagonalPreconditioner
+from hesskit.optim.hessian_free.backtracking import ArmijoSearch, armijo_line_search, choose_iterate
+from hesskit.optim.hessian_free.chunks import CurvatureChunk
+from hesskit.optim.hessian_free.preconditioners import DiagonalPreconditioner
+from hesskit.optim.hessian_free.settings import HF_CG, HF_RATIO, CGSettings, RatioSettings
+from hesskit.optim.hessian_free.solve import damped_cg, damped_product
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
     flat_gradient,
@@ -98,12 +98,12 @@ class HessianFree(GlobalStateOptimizer):
             :class:`~hesskit.optim.closure_batch.ClosureBatch`) at the current parameters.
         curvature: instead of ``model`` and ``loss``: returns, at the *current*
             parameters, B as a ``CurvatureOperator`` or a
-            :class:`~hesskit.optim.chunks.CurvatureChunk` (B and the objective on the data B
-            was built on, for ρ's numerator); called once per step, after the step counter
-            ``hf_state["steps"]`` has been advanced (chunk schedules read it). B excludes
-            the weight decay given here (HF adds wd_g). It must be positive semi-definite
-            for CG (the GGN of a convex loss is); with the Hessian, CG stops at negative
-            curvature (§4.4).
+            :class:`~hesskit.optim.hessian_free.chunks.CurvatureChunk` (B and the objective
+            on the data B was built on, for ρ's numerator); called once per step, after the
+            step counter ``hf_state["steps"]`` has been advanced (chunk schedules read
+            it). B excludes the weight decay given here (HF adds wd_g). It must be
+            positive semi-definite for CG (the GGN of a convex loss is); with the Hessian,
+            CG stops at negative curvature (§4.4).
         damping: λ and its Levenberg-Marquardt rule (``adapt=False`` to fix λ).
         cg: the CG settings, including the warm-start decay and the kept iterates.
         preconditioner: a :class:`DiagonalPreconditioner` (``martens_preconditioner``) of
@@ -209,8 +209,8 @@ class HessianFree(GlobalStateOptimizer):
     @classmethod
     def martens2010(cls, *args: object, **kwargs: object) -> HessianFree:
         """HFDemo's settings from a model, a loss and the data: see
-        :func:`hesskit.optim.martens.martens2010` for the arguments."""
-        from hesskit.optim.martens import martens2010
+        :func:`hesskit.optim.hessian_free.martens.martens2010` for the arguments."""
+        from hesskit.optim.hessian_free.martens import martens2010
 
         return martens2010(*args, **kwargs)
 
@@ -309,7 +309,7 @@ class HessianFree(GlobalStateOptimizer):
 
     def _solve(self, gradient: Tensor, operator: CurvatureOperator) -> CGResult:
         """Phase 2: CG on (B + wd + λI) p = −∇F from the decayed warm start
-        (:func:`~hesskit.optim.hf_solve.damped_cg`)."""
+        (:func:`~hesskit.optim.hessian_free.solve.damped_cg`)."""
         state = self.hf_state
         shift = self._shift(float(state["damping"]))
         m = None if self.preconditioner is None else self.preconditioner.diagonal(shift)

@@ -24,11 +24,11 @@ the model and the loss, :class:`~hesskit.optim.closure_batch.ClosureBatch`), wit
    (M(δ) − M(0)), M without λ: λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5), within
    [floor, ceiling] (``KFACSchedule.damping_rule``, the shared ``LevenbergMarquardt``).
 
-Constants: :class:`~hesskit.optim.kfac_steps.KFACSchedule`. The layers, found from the
+Constants: :class:`~hesskit.optim.kfac.steps.KFACSchedule`. The layers, found from the
 model's modules, and their factors (expand/reduce for [n, ..., in] inputs, tied weights):
 :mod:`hesskit.operators.kfac_layers`; :meth:`KFAC.coverage` lists them. The
 mini-batch size schedule of §13, m_k = min(m₁ exp((k − 1)/b), |S|), is
-:class:`~hesskit.optim.kfac_steps.KFACBatchSchedule`: this class takes the batch its
+:class:`~hesskit.optim.kfac.steps.KFACBatchSchedule`: this class takes the batch its
 closure evaluates; ``hesskit train --optimizer kfac`` draws the batches by
 that schedule (``hesskit.training.curvature_builders``). Not implemented from the paper:
 the block-tridiagonal inverse (§4.3).
@@ -64,7 +64,7 @@ from hesskit.operators.kfac_layers import KFACApproximation
 from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
 from hesskit.optim.closure_batch import ClosureBatch, parameter_names
 from hesskit.optim.damping import loss_resolution, reduction_ratio
-from hesskit.optim.kfac_products import (
+from hesskit.optim.kfac.products import (
     averaged_factors,
     coverage_table,
     curvature_products,
@@ -72,7 +72,7 @@ from hesskit.optim.kfac_products import (
     factor_objects,
     plain_factors,
 )
-from hesskit.optim.kfac_steps import (
+from hesskit.optim.kfac.steps import (
     KFACSchedule,
     QuadraticStep,
     levenberg_marquardt,
@@ -350,7 +350,7 @@ class KFAC(CurvatureOptimizer):
         return best
 
     def _curvature_products(self, problem: Problem, vectors: list[Tensor], eta: Tensor):
-        """(F + ηI) u for each u (:func:`~hesskit.optim.kfac_products.curvature_products`)."""
+        """(F + ηI) u for each u (:func:`~hesskit.optim.kfac.products.curvature_products`)."""
         inputs = self._watch.batch[0] if self._watch.batch is not None else None
         out = curvature_products(problem, self.names, self._params, vectors, inputs)
         self._count(len(vectors), problem)

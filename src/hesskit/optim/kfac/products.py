@@ -2,8 +2,8 @@
 the optimizer's parameter order), the damped direction, the factors' running average,
 their plain-dict form for state dicts, and the coverage table.
 
-Used by :mod:`hesskit.optim.kfac` for the quadratic model of §7 of Martens & Grosse (2015):
-F is ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for MSE,
+Used by :mod:`hesskit.optim.kfac.optimizer` for the quadratic model of §7 of Martens &
+Grosse (2015): F is ``hesskit.operators.gauss_newton_operator`` on the batch (= the Fisher for MSE,
 cross-entropy, BCE), K vectors in ONE ``matmat`` (one linearisation, K double-vjp products
 vectorised by ``torch.func.vmap``), or one ``matvec`` at a time where ``vmap`` cannot run
 (``channels_last`` tensors, :func:`channels_last`).
@@ -103,7 +103,7 @@ def factor_objects(wide: dict) -> dict:
 
 
 UNCOVERED_RULE = "−∇h/γ² (damping only)"
-"""How K-FAC steps a parameter no block covers (``optim/kfac.py``, step 3)."""
+"""How K-FAC steps a parameter no block covers (``optim/kfac/optimizer.py``, step 3)."""
 
 
 def coverage_table(names: Sequence[str], params: Sequence[Tensor], blocks: list[LinearBlock],

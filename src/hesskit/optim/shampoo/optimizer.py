@@ -30,7 +30,7 @@ The exponent −1/4 is Shampoo's −1/(2k) for an order-k tensor with k = 2: hig
 tensors are matricised rather than given one factor per mode (a named choice, so that
 every factor is a matrix root and P below is a Kronecker product of two factors).
 ε is added to the bias-corrected statistics at every root (the paper's L₀ = εI, exactly
-for β₂ = 1; :mod:`~hesskit.optim.shampoo_roots`).
+for β₂ = 1; :mod:`~hesskit.optim.shampoo.roots`).
 
 Defaults: facebookresearch/optimizers (Shi et al. 2023, arXiv:2309.06497),
 ``distributed_shampoo/README.md`` "Example 2: Adam" (lr = 1e-3, betas = (0.9, 0.999),
@@ -87,8 +87,8 @@ from hesskit.optim.safety import (
     record_acceptance,
     record_rejection,
 )
-from hesskit.optim.shampoo_graft import Graft, graft_diagonal, graft_statistic
-from hesskit.optim.shampoo_roots import MatrixBlock, inverse_root, preconditioner_operator
+from hesskit.optim.shampoo.graft import Graft, graft_diagonal, graft_statistic
+from hesskit.optim.shampoo.roots import MatrixBlock, inverse_root, preconditioner_operator
 
 STATE_KEY = "shampoo"
 """Key of the optimizer-wide state in :meth:`Shampoo.state_dict`."""
@@ -128,7 +128,7 @@ class Shampoo(CurvatureOptimizer):
         lr, betas, eps, weight_decay: group defaults (module constants); β₂ may be 1
             (plain sums, the original paper).
         update_freq: T, steps between root recomputations.
-        graft: a :class:`~hesskit.optim.shampoo_graft.Graft` or its value (``"adam"``,
+        graft: a :class:`~hesskit.optim.shampoo.graft.Graft` or its value (``"adam"``,
             ``"adagrad"``, ``"sgd"``, ``"none"``).
         graft_eps, graft_beta2: εᵍ and β₂ᵍ of the graft (group defaults).
         start_preconditioning_step: s, the first step that uses Shampoo's direction (and

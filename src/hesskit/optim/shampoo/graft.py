@@ -14,7 +14,7 @@ The formulas are those of facebookresearch/optimizers (``distributed_shampoo``:
 second moment only, the first moment m̂ being shared with Shampoo.
 
 Before its ``start_preconditioning_step`` s, Shampoo takes the graft's step alone (the
-warm-up, :mod:`hesskit.optim.shampoo`); :func:`warmup_note` is the sentence reports print
+warm-up, :mod:`hesskit.optim.shampoo.optimizer`); :func:`warmup_note` is the sentence reports print
 for a run that never left it.
 """
 
@@ -63,7 +63,7 @@ def graft_diagonal(graft: Graft, statistic: Tensor, step: int, beta2: float,
 
 def warmup_note(title: str, steps: int, warmup_steps: int) -> str | None:
     """The sentence a report prints when a run of ``steps`` steps never left the warm-up
-    (every step the graft's alone; :mod:`hesskit.optim.shampoo`, "Warm-up"); None when it
+    (every step the graft's alone; :mod:`hesskit.optim.shampoo.optimizer`, "Warm-up"); None when it
     did."""
     if warmup_steps <= 0 or steps > warmup_steps:
         return None

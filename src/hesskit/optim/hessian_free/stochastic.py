@@ -67,12 +67,12 @@ from torch import Tensor, nn
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.counting import CountingOperator
 from hesskit.operators.gauss_newton import gauss_newton_operator
-from hesskit.optim.backtracking import ArmijoSearch
-from hesskit.optim.chunks import CurvatureChunk, chunk_loss
 from hesskit.optim.damping import LevenbergMarquardt
-from hesskit.optim.hessian_free import HF_DAMPING, HF_LINE_SEARCH, HessianFree
-from hesskit.optim.hf_settings import CGSettings
-from hesskit.optim.preconditioners import gradient_pass_preconditioner
+from hesskit.optim.hessian_free.backtracking import ArmijoSearch
+from hesskit.optim.hessian_free.chunks import CurvatureChunk, chunk_loss
+from hesskit.optim.hessian_free.optimizer import HF_DAMPING, HF_LINE_SEARCH, HessianFree
+from hesskit.optim.hessian_free.preconditioners import gradient_pass_preconditioner
+from hesskit.optim.hessian_free.settings import CGSettings
 from hesskit.problem import Problem
 from hesskit.tensor_tree import call_model, num_samples, select
 

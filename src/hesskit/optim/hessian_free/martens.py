@@ -31,11 +31,11 @@ from __future__ import annotations
 from torch import nn
 
 from hesskit.operators.gauss_newton import gauss_newton_operator
-from hesskit.optim.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
 from hesskit.optim.damping import LevenbergMarquardt
-from hesskit.optim.hessian_free import HessianFree
-from hesskit.optim.hf_settings import CGSettings
-from hesskit.optim.preconditioners import gradient_pass_preconditioner
+from hesskit.optim.hessian_free.chunks import CurvatureChunk, RoundRobinChunks, chunk_loss
+from hesskit.optim.hessian_free.optimizer import HessianFree
+from hesskit.optim.hessian_free.preconditioners import gradient_pass_preconditioner
+from hesskit.optim.hessian_free.settings import CGSettings
 from hesskit.problem import Problem
 from hesskit.tensor_tree import select
 

@@ -70,8 +70,9 @@ class RatioSettings:
     Attributes:
         on_curvature_chunk: the actual change F(θ + p) − F(θ) on the curvature chunk (the
             data B was built on; HFDemo ``nnet_train_2.m`` lines 1340–1341, 1350), when the
-            ``curvature`` callable returns a :class:`~hesskit.optim.chunks.CurvatureChunk`
-            with a ``loss``; False (or no chunk loss): on the gradient batch, reusing the
+            ``curvature`` callable returns a
+            :class:`~hesskit.optim.hessian_free.chunks.CurvatureChunk` with a ``loss``; False
+            (or no chunk loss): on the gradient batch, reusing the
             backtracking's value (hesskit's former rule).
         undamped_model: the predicted change is the model WITHOUT damping,
             q₀(p) = ∇Fᵀp + ½ pᵀBp (``autodamp = 0`` around ``computeGV``, lines 1347–1349;

@@ -17,7 +17,7 @@ from hesskit.operators import gauss_newton_operator
 from hesskit.operators.kfac import kfac_operator
 from hesskit.operators.kfac_factors import FactorTargets, linear_blocks
 from hesskit.optim.kfac.optimizer import KFAC
-from hesskit.optim.kfac.steps import KFACSchedule, levenberg_marquardt, quadratic_step
+from hesskit.optim.kfac.steps import KFACSchedule, quadratic_step
 from hesskit.problem import Problem
 
 DTYPE = torch.float64
@@ -123,9 +123,9 @@ def test_constants_are_the_papers():
     assert schedule.omega2 == pytest.approx(0.95**10, rel=1e-12)
     assert [schedule.decay(k) for k in (1, 2, 10, 100)] == [0.0, 0.5, 0.9, 0.95]
     rule = KFACSchedule(damping_interval=1).damping_rule  # ω₁ = 19/20
-    assert levenberg_marquardt(0.8, 10.0, rule) == pytest.approx(9.5, rel=1e-15)
-    assert levenberg_marquardt(0.1, 10.0, rule) == pytest.approx(200 / 19, rel=1e-15)
-    assert levenberg_marquardt(0.5, 10.0, rule) == 10.0
+    assert rule.updated(0.8, 10.0) == pytest.approx(9.5, rel=1e-15)
+    assert rule.updated(0.1, 10.0) == pytest.approx(200 / 19, rel=1e-15)
+    assert rule.updated(0.5, 10.0) == 10.0
 
 
 def test_quadratic_step_minimises_the_model_in_the_span():

@@ -13,7 +13,7 @@ from closures import batch_closure
 from hesskit.operators.kfac_factors import FactorTargets
 from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
 from hesskit.optim.kfac.optimizer import KFAC
-from hesskit.optim.kfac.steps import KFACSchedule, levenberg_marquardt
+from hesskit.optim.kfac.steps import KFACSchedule
 
 
 def test_the_rule_is_levenberg_marquardt_with_increase_one_over_omega1_and_decrease_omega1():
@@ -26,11 +26,11 @@ def test_the_rule_is_levenberg_marquardt_with_increase_one_over_omega1_and_decre
     assert (rule.lower, rule.upper, rule.initial) == (0.25, 0.75, 150.0)
     assert (rule.floor, rule.ceiling) == (1e-6, 1e10)
     for ratio in (-math.inf, 0.1, 0.5, 0.9, math.nan):
-        assert levenberg_marquardt(ratio, 3.0, rule) == levenberg_marquardt_update(
+        assert rule.updated(ratio, 3.0) == levenberg_marquardt_update(
             ratio, 3.0, rule)
-    assert levenberg_marquardt(math.nan, 3.0, rule) == 3.0  # no information: λ kept
-    assert levenberg_marquardt(0.9, 1.1e-6, rule) == 1e-6  # a decrease stops at the floor
-    assert levenberg_marquardt(0.1, 0.9e10, rule) == 1e10  # an increase at the ceiling
+    assert rule.updated(math.nan, 3.0) == 3.0  # no information: λ kept
+    assert rule.updated(0.9, 1.1e-6) == 1e-6  # a decrease stops at the floor
+    assert rule.updated(0.1, 0.9e10) == 1e10  # an increase at the ceiling
     with pytest.raises(Exception, match="ceiling"):
         KFACSchedule(initial_damping=1e11)
 

@@ -53,6 +53,9 @@ class LevenbergMarquardt:
         adapt: False keeps λ fixed at ``initial`` for ablations, also after rejected steps.
         nan_raises: a NaN ρ raises λ as Martens' code does (HFDemo ``nnet_train_2.m`` line
             1392); False keeps λ (hesskit's former rule: NaN = "no information").
+        floor_on_decrease: a decrease also stops at ``floor`` (K-FAC's rule, whose λ
+            would otherwise fall to 4.8e-64 on a clean problem; Martens' HF decreases
+            without a bound, as in HFDemo).
     """
 
     initial: float = MARTENS_INITIAL_DAMPING
@@ -64,6 +67,7 @@ class LevenbergMarquardt:
     ceiling: float = 1e10
     adapt: bool = True
     nan_raises: bool = True
+    floor_on_decrease: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.initial) and self.initial >= 0):
@@ -85,6 +89,26 @@ class LevenbergMarquardt:
                 f"the damping ceiling must be finite and ≥ the floor and the initial λ, "
                 f"got {self.ceiling}"
             )
+
+    def updated(self, ratio: float, damping: float) -> float:
+        """The next λ from the reduction ratio ρ: THE rule of every damped optimizer.
+
+        ρ < ``lower`` (or NaN with ``nan_raises``): :meth:`increased`; ρ > ``upper``:
+        λ · ``decrease`` (not below ``floor`` with ``floor_on_decrease``; a λ already
+        below it, set by hand or loaded, is kept); otherwise, a NaN ρ without
+        ``nan_raises``, or ``adapt=False``: λ.
+
+        >>> LevenbergMarquardt().updated(0.0, 1.0), LevenbergMarquardt().updated(1.0, 1.5)
+        (1.5, 1.0)
+        """
+        if not self.adapt or (math.isnan(ratio) and not self.nan_raises):
+            return damping
+        if math.isnan(ratio) or ratio < self.lower:
+            return self.increased(damping)
+        if ratio > self.upper:
+            lowered = damping * self.decrease
+            return max(lowered, min(self.floor, damping)) if self.floor_on_decrease else lowered
+        return damping
 
     def increased(self, damping: float) -> float:
         """λ after a failure: min(max(increase · λ, floor), ceiling), the one increase every
@@ -145,12 +169,11 @@ def loss_resolution(*losses: float, dtype_eps: float) -> float:
 def levenberg_marquardt_update(
     ratio: float, damping: float, rule: LevenbergMarquardt | None = None
 ) -> float:
-    """The next λ from the reduction ratio ρ (Martens 2010, §4.1).
+    """The next λ from the reduction ratio ρ (Martens 2010, §4.1): ``rule.updated``.
 
-    ρ < 1/4 or NaN: λ ← min(max(3/2 · λ, floor), ceiling);  ρ > 3/4: λ ← 2/3 · λ;  otherwise
-    λ is kept. A λ already above the ceiling (set by hand or loaded) is kept, not cut.
-    (HFDemo ``nnet_train_2.m`` lines 1391–1396; ``drop`` = 2/3, ``boost`` = 1/drop, lines
-    100–102). With ``rule.nan_raises=False`` a NaN ρ keeps λ.
+    With the default rule, ρ < 1/4 or NaN: λ ← min(max(3/2 · λ, floor), ceiling); ρ > 3/4:
+    λ ← 2/3 · λ; otherwise λ is kept (HFDemo ``nnet_train_2.m`` lines 1391–1396; ``drop``
+    = 2/3, ``boost`` = 1/drop, lines 100–102).
 
     >>> levenberg_marquardt_update(0.0, 1.0)
     1.5
@@ -159,11 +182,4 @@ def levenberg_marquardt_update(
     >>> levenberg_marquardt_update(float("nan"), 1.0)
     1.5
     """
-    rule = rule or LevenbergMarquardt()
-    if not rule.adapt or (math.isnan(ratio) and not rule.nan_raises):
-        return damping
-    if math.isnan(ratio) or ratio < rule.lower:
-        return rule.increased(damping)
-    if ratio > rule.upper:
-        return damping * rule.decrease
-    return damping
+    return (rule or LevenbergMarquardt()).updated(ratio, damping)

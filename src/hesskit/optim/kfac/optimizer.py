@@ -75,7 +75,6 @@ from hesskit.optim.kfac.products import (
 from hesskit.optim.kfac.steps import (
     KFACSchedule,
     QuadraticStep,
-    levenberg_marquardt,
     quadratic_step,
 )
 from hesskit.optim.preconditioner_operators import kfac_preconditioner
@@ -287,8 +286,8 @@ class KFAC(CurvatureOptimizer):
             if ratio is None:
                 self._move(start, torch.zeros_like(applied))
                 return self._reject("the loss after the step", loss)
-            state["damping"] = levenberg_marquardt(ratio, float(state["damping"]),
-                                                   self.schedule.damping_rule)
+            state["damping"] = self.schedule.damping_rule.updated(
+                ratio, float(state["damping"]))
             state["last_ratio"] = ratio
         for p, piece in zip(self._params, self._pieces(applied).values(), strict=True):
             self.state[p]["previous_update"] = piece.clone()
@@ -392,7 +391,7 @@ class KFAC(CurvatureOptimizer):
         the batch's own loss or gradient was not finite (no information about the model)."""
         state = self.kfac_state
         if raise_damping:
-            state["damping"] = levenberg_marquardt(-math.inf, float(state["damping"]),
-                                                   self.schedule.damping_rule)
+            state["damping"] = self.schedule.damping_rule.updated(
+                -math.inf, float(state["damping"]))
         record_rejection(state, what, self.max_rejections)
         return loss

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.optim.damping import LevenbergMarquardt, levenberg_marquardt_update
+from hesskit.optim.damping import LevenbergMarquardt
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,18 @@ class KFACSchedule:
     def damping_rule(self) -> LevenbergMarquardt:
         """λ's rule: the shared Levenberg-Marquardt object with K-FAC's constants (§6.5):
         λ₀ = ``initial_damping``, ρ thresholds 1/4 and 3/4, increase 1/ω₁, decrease ω₁
-        (applied every T₁ iterations by the optimizer), floor and ceiling as above; a NaN
-        ρ (``hesskit.optim.damping.reduction_ratio``'s "no information") keeps λ."""
+        (applied every T₁ iterations by the optimizer), floor and ceiling as above, a
+        decrease stopping at the floor too; a NaN ρ
+        (``hesskit.optim.damping.reduction_ratio``'s "no information") keeps λ.
+
+        >>> rule = KFACSchedule(initial_damping=1.0).damping_rule
+        >>> rule.updated(0.9, 1e-6), rule.updated(-math.inf, 1e10)
+        (1e-06, 10000000000.0)
+        """
         return LevenbergMarquardt(
             initial=self.initial_damping, lower=0.25, upper=0.75, increase=1 / self.omega1,
             decrease=self.omega1, floor=self.damping_floor, ceiling=self.damping_ceiling,
-            nan_raises=False,
+            nan_raises=False, floor_on_decrease=True,
         )
 
     def decay(self, iteration: int) -> float:
@@ -151,23 +157,6 @@ class KFACBatchSchedule:
         if exponent >= math.log(max(num_data, 1) / self.initial):
             return num_data
         return min(num_data, math.ceil(self.initial * math.exp(exponent) - 1e-9))
-
-
-def levenberg_marquardt(ratio: float, damping: float, rule: LevenbergMarquardt) -> float:
-    """λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (−∞ included), else λ (§6.5), within
-    [floor, ceiling] of ``rule`` (:attr:`KFACSchedule.damping_rule`); a NaN ρ (no
-    information: the predicted decrease is below the loss's rounding) keeps λ.
-
-    The increase is capped by :func:`~hesskit.optim.damping.levenberg_marquardt_update`; a
-    decrease stops at the floor. A λ set outside the bounds by hand (a smaller λ₀, a loaded
-    state) is not moved toward them by the step that would not otherwise reach them.
-
-    >>> rule = KFACSchedule(initial_damping=1.0).damping_rule
-    >>> levenberg_marquardt(0.9, 1e-6, rule), levenberg_marquardt(-math.inf, 1e10, rule)
-    (1e-06, 10000000000.0)
-    """
-    updated = levenberg_marquardt_update(ratio, damping, rule)
-    return max(updated, min(rule.floor, damping))
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from hesskit.data import load_dataset
 from hesskit.errors import InvalidArgumentError
 from hesskit.losses import BCEWithLogitsLoss
+from hesskit.optim.weight_cost import weight_cost
 
 SPARSE_CONNECTIONS = 15
 """Non-zero incoming weights per unit in Martens' sparse initialisation (2010, §5)."""
@@ -115,8 +116,7 @@ class BenchmarkProblem:
 
     def penalty(self) -> Tensor:
         """The weight cost ``(λ/2) Σ_p ‖p‖²`` over all model parameters (a scalar)."""
-        squares = sum(p.square().sum() for p in self.model.parameters())
-        return 0.5 * self.weight_decay * squares
+        return weight_cost(self.model.parameters(), self.weight_decay)
 
     def objective(self, X: Tensor, y: Tensor) -> Tensor:
         """``loss(model(X), y) + penalty()``: the function Martens minimises."""

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from hesskit.distributed import shard_range, sum_over_ranks
+from hesskit.optim.weight_cost import weight_cost_value
 from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.optimizers import OptimizerContext
 
@@ -97,15 +98,14 @@ def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:
                 value.backward()
                 return value
 
-            with torch.no_grad():
-                squares = sum(float(p.square().sum()) for p in context.model.parameters())
+            cost = weight_cost_value(context.model.parameters(), context.weight_decay)
             state["batch_size"] = size
             loss = super().step(closure)
             unit = max(1, num_samples(context.curvature_batch()[0]))
             units = int(state["cases"]) // unit
             context.products.add(units - int(state["charged_units"]))
             state["charged_units"] = units
-            return loss + 0.5 * context.weight_decay * squares
+            return loss + cost
 
     optimizer = LoopKFAC(context.model.parameters(), model=context.model, loss=context.loss,
                          lr=1.0 if context.lr is None else context.lr,

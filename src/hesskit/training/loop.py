@@ -262,7 +262,7 @@ class _Run:
         built on (a Gauss-Newton product costs about 1.3 gradients on that batch; see
         ``benchmarks/products.py``), so second-order methods are charged for their inner
         work, not only for their gradients. Hessian-free's preconditioner pass is charged
-        only where it is one (``hesskit.training.optimizers._hessian_free``). Stochastic HF
+        only where it is one (``damped_builders.build_hessian_free``). Stochastic HF
         draws its own batches: its exact case count ``hf_state["cases"]`` (gradients, trial
         points, curvature products and ρ's chunk losses) reaches the counter in units of
         the curvature batch, so its epochs are exact to within one curvature batch

@@ -97,15 +97,22 @@ def make_optimizer(method: Method, model: nn.Module, seed: int) -> torch.optim.O
     """The optimizer (construction kept here: the only place that knows the API)."""
     if method.kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=method.lr)
-    return KFAC(model, nn.CrossEntropyLoss(), lr=method.lr, seed=seed,
+    return KFAC(model.parameters(), lr=method.lr, model=model, loss=nn.CrossEntropyLoss(),
+                seed=seed,
                 targets=FactorTargets(method.targets),
                 schedule=KFACSchedule(initial_damping=method.initial_damping))
 
 
 def kfac_step(optimizer: KFAC, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One K-FAC step on (x, y) (today's API: the batch by ``set_batch``)."""
-    optimizer.set_batch(x, y)
-    return float(optimizer.step())
+    """One K-FAC step on (x, y), read from the ordinary closure."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = optimizer.loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return float(optimizer.step(closure))
 
 
 def adam_step(optimizer, model, x, y) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from closures import batch_closure
 from hesskit.operators import gauss_newton_operator
 from hesskit.optim import (
     KFAC,
@@ -36,8 +37,8 @@ from hesskit.optim import (
     Sophia,
     StochasticHessianFree,
 )
-from hesskit.optim.adahessian import AdaHessian
-from hesskit.optim.stochastic_hf import BatchGrowth
+from hesskit.optim.diagonal.adahessian import AdaHessian
+from hesskit.optim.hessian_free.stochastic import BatchGrowth
 from hesskit.problem import Problem
 from hesskit.tensor_tree import call_model
 
@@ -109,13 +110,10 @@ def _build_stochastic_hessian_free(case: HFCase) -> Run:
 
 
 def _build_kfac(case: HFCase) -> Run:
-    optimizer = KFAC(case.model, case.loss, schedule=KFACSchedule(statistics_fraction=1.0))
-
-    def step():
-        optimizer.set_batch(*case.data[0])
-        return optimizer.step()
-
-    return Run(optimizer, step, _all(case))
+    optimizer = KFAC(_all(case), model=case.model, loss=case.loss,
+                     schedule=KFACSchedule(statistics_fraction=1.0))
+    closure = batch_closure(optimizer, *case.data[0])
+    return Run(optimizer, lambda: optimizer.step(closure), _all(case))
 
 
 def _build_shampoo(case: HFCase) -> Run:

@@ -21,9 +21,10 @@ import pytest
 import torch
 from torch import nn
 
+from closures import batch_closure
 from hesskit.optim.damping import LevenbergMarquardt
-from hesskit.optim.kfac import KFAC
-from hesskit.optim.kfac_steps import KFACSchedule, levenberg_marquardt
+from hesskit.optim.kfac.optimizer import KFAC
+from hesskit.optim.kfac.steps import KFACSchedule
 
 LOWER, UPPER = 1 / 4, 3 / 4  # ρ thresholds (§6.5)
 OMEGA1 = (19 / 20) ** 5  # ω₁ = (19/20)^T₁, T₁ = 5 (§6.5)
@@ -31,16 +32,15 @@ LAMBDA = 2.0  # a λ well inside [floor, ceiling]
 
 
 def kfac(model: nn.Module, **schedule) -> KFAC:
-    """K-FAC with today's constructor (kept here so the API change touches one place)."""
-    return KFAC(model, nn.CrossEntropyLoss(),
+    """K-FAC on ``model`` with a cross-entropy loss (statistics on the whole batch)."""
+    return KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss(),
                 schedule=KFACSchedule(statistics_fraction=1.0, **schedule) if schedule
                 else KFACSchedule(statistics_fraction=1.0))
 
 
 def kfac_step(opt: KFAC, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """One K-FAC step on a batch with today's API (``set_batch`` then ``step``)."""
-    opt.set_batch(inputs, targets)
-    return opt.step()
+    """One K-FAC step on a batch, through the ordinary closure."""
+    return opt.step(batch_closure(opt, inputs, targets))
 
 
 # -- the ρ thresholds ----------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_rho_below_a_quarter_raises_lambda_above_three_quarters_lowers_it_betwee
 ):
     rule = KFACSchedule().damping_rule
     want = {"up": LAMBDA / OMEGA1, "down": LAMBDA * OMEGA1, "kept": LAMBDA}[change]
-    got = levenberg_marquardt(ratio, LAMBDA, rule)
+    got = rule.updated(ratio, LAMBDA)
     assert got == pytest.approx(want, rel=1e-14)
 
 
@@ -93,8 +93,7 @@ def test_omega1_is_nineteen_twentieths_to_the_t1_and_scales_lambda_both_ways():
     assert rule.increase == pytest.approx(1 / 0.7737809375, rel=1e-12)
     assert rule.decrease == pytest.approx(0.7737809375, rel=1e-12)
     # one poor and one good ρ undo each other exactly (increase = 1/decrease)
-    assert levenberg_marquardt(0.9, levenberg_marquardt(0.1, LAMBDA, rule),
-                               rule) == pytest.approx(LAMBDA, rel=1e-14)
+    assert rule.updated(0.9, rule.updated(0.1, LAMBDA)) == pytest.approx(LAMBDA, rel=1e-14)
 
 
 def test_omega2_is_the_root_of_nineteen_twentieths_to_the_t2():
@@ -117,8 +116,8 @@ def test_the_damping_floor_and_ceiling():
     assert (LevenbergMarquardt.floor, LevenbergMarquardt.ceiling) == (1e-6, 1e10)
     rule = schedule.damping_rule
     assert (rule.floor, rule.ceiling) == (1e-6, 1e10)
-    assert levenberg_marquardt(0.9, 1.1e-6, rule) == 1e-6
-    assert levenberg_marquardt(-math.inf, 9e9, rule) == 1e10
+    assert rule.updated(0.9, 1.1e-6) == 1e-6
+    assert rule.updated(-math.inf, 9e9) == 1e10
 
 
 def test_nan_rho_keeps_lambda_for_kfac_but_raises_it_for_hessian_free():
@@ -166,7 +165,7 @@ def _problem():
 
 def test_lambda_moves_only_every_fifth_iteration_by_omega1_on_the_rule_of_rho():
     model, X, Y = _problem()
-    opt = KFAC(model, nn.CrossEntropyLoss())  # every default
+    opt = KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss())  # every default
     seen = []
     for _ in range(10):
         kfac_step(opt, X, Y)
@@ -200,7 +199,7 @@ def test_gamma_is_rechosen_only_every_twentieth_iteration_among_omega2_multiples
 
 
 def test_the_statistics_batch_is_an_eighth_of_the_step_batch(monkeypatch):
-    import hesskit.optim.kfac as kfac_module
+    import hesskit.optim.kfac.optimizer as kfac_module
 
     sizes = []
     real = kfac_module.factor_statistics
@@ -211,5 +210,5 @@ def test_the_statistics_batch_is_an_eighth_of_the_step_batch(monkeypatch):
 
     monkeypatch.setattr(kfac_module, "factor_statistics", spy)
     model, X, Y = _problem()
-    kfac_step(KFAC(model, nn.CrossEntropyLoss()), X, Y)
+    kfac_step(KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss()), X, Y)
     assert sizes == [6]  # ⌈48/8⌉

@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from hesskit.optim.kfac import KFAC
+from closures import batch_closure
+from hesskit.optim.kfac.optimizer import KFAC
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -39,14 +40,13 @@ def raw_mnist() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def kfac(model: nn.Module) -> KFAC:
-    """K-FAC with every default (today's constructor; the one place to update)."""
-    return KFAC(model, nn.CrossEntropyLoss())
+    """K-FAC with every default."""
+    return KFAC(model.parameters(), model=model, loss=nn.CrossEntropyLoss())
 
 
 def kfac_step(opt: KFAC, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """One step on a batch (today's API: ``set_batch`` then ``step``)."""
-    opt.set_batch(inputs, targets)
-    return float(opt.step())
+    """One step on a batch, through the ordinary closure."""
+    return float(opt.step(batch_closure(opt, inputs, targets)))
 
 
 @pytest.mark.slow

@@ -14,15 +14,24 @@ default initialisation, and the square loss ½‖f(x) − e_y‖² averaged over
 
 For each activation and step size: full-batch gradient descent for ``--steps`` steps, the
 sharpness on the whole subset every ``--every`` steps (Lanczos, warm-started, tol 1e-3,
-a cold start every 10 measurements), the loss at every step. Written: JSON with the
-trajectories and an environment record, a figure (loss and sharpness against step, 2/η
-dashed), and a summary per run: sharpness at the start, the first step it reaches 2/η,
-the median ratio sharpness / (2/η) over the last half of the steps after that, and how
-often the loss rose. The overhead of tracking is measured too: the same run's training
-steps alone against the steps plus the measurements.
+a cold start every 10 measurements), the loss at every step. Written (rewritten after
+each run, so an interrupted sweep keeps the runs it finished): JSON with the
+trajectories, the Lanczos products of each measurement and whether it was warm, and an
+environment record; a figure (loss and sharpness against step, log scales, 2/η dashed);
+and a summary per run: sharpness at the start, the first step it reaches 2/η, the median
+ratio sharpness / (2/η) over all measurements from then on and over the last half of
+them, the fraction of steps at which the loss rose (overall and after reaching 2/η), and
+the products per measurement, warm and cold. The overhead of tracking is measured too:
+the same run's training steps alone against the steps plus the measurements, in wall
+time and in process CPU time (the latter is less disturbed by other jobs on the machine).
 
-Run:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/edge_of_stability.py
+On MNIST the sharpening is much slower than on CIFAR-10: with the paper-like default
+step sizes (2/η = 100, 50, 25) the sharpness stays near 5 after 1,500 steps, so the run
+in ``results/edge_of_stability`` uses larger step sizes (``--runs``); see its README.
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edge_of_stability.py --threads 1
       [--steps 3000 --every 10 --lrs 0.02,0.04,0.08 --activations tanh,relu]
+      [--runs tanh:0.2,relu:0.5,tanh:0.3,tanh:0.5] [--print-every 100] [--out DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import itertools
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -80,20 +90,26 @@ def run(activation: str, lr: float, X: torch.Tensor, Y: torch.Tensor,
     model = network(activation, args.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     monitor = CurvatureMonitor(model, square_loss, (X, Y), every=args.every, tol=1e-3)
-    losses, train_seconds = [], 0.0
-    began = time.perf_counter()
+    losses, train_seconds, train_cpu = [], 0.0, 0.0
+    began, began_cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         monitor.step(optimizer)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad()
         loss = square_loss(model(X), Y)
         loss.backward()
         optimizer.step()
         train_seconds += time.perf_counter() - start
+        train_cpu += time.process_time() - start_cpu
         losses.append(float(loss.detach()))
+        if args.print_every and len(losses) % args.print_every == 0:
+            last = monitor.records[-1]
+            print(f"  {activation} η = {lr:g} step {len(losses)}: loss {losses[-1]:.4g}, "
+                  f"sharpness {last['eigenvalues'][0]:.4g} (2/η = {2 / lr:g}) at step "
+                  f"{last['step']}, {time.perf_counter() - began:.0f} s", flush=True)
         if not torch.isfinite(loss):
             break
-    total = time.perf_counter() - began
+    total, total_cpu = time.perf_counter() - began, time.process_time() - began_cpu
     steps = [r["step"] for r in monitor.records]
     sharpness = [r["eigenvalues"][0] for r in monitor.records]
     threshold = 2 / lr
@@ -101,16 +117,35 @@ def run(activation: str, lr: float, X: torch.Tensor, Y: torch.Tensor,
     record = {"activation": activation, "lr": lr, "threshold": threshold, "losses": losses,
               "steps": steps, "sharpness": sharpness,
               "products": [r["products"] for r in monitor.records],
+              "warm": [r["warm"] for r in monitor.records],
+              "converged": [r["converged"] for r in monitor.records],
+              "measure_seconds_each": [r["seconds"] for r in monitor.records],
               "train_seconds": train_seconds, "measure_seconds": total - train_seconds,
               "overhead": (total - train_seconds) / train_seconds,
+              "train_cpu_seconds": train_cpu, "measure_cpu_seconds": total_cpu - train_cpu,
+              "overhead_cpu": (total_cpu - train_cpu) / train_cpu,
               "sharpness_at_start": sharpness[0], "first_step_at_threshold": reached}
     if reached is not None:
         after = [v for s, v in zip(steps, sharpness, strict=True) if s >= reached]
+        record["ratio_after"] = statistics.median(v / threshold for v in after)
+        record["ratio_after_range"] = [min(after) / threshold, max(after) / threshold]
+        record["measurements_after"] = len(after)
         tail = after[len(after) // 2:]
         record["ratio_last_stretch"] = statistics.median(v / threshold for v in tail)
         record["ratio_last_stretch_range"] = [min(tail) / threshold, max(tail) / threshold]
+        rises_after = sum(b > a for a, b in itertools.pairwise(losses[reached:]))
+        record["loss_rise_fraction_after"] = rises_after / max(len(losses) - reached - 1, 1)
     rises = sum(b > a for a, b in itertools.pairwise(losses))
     record["loss_rises"] = rises
+    record["loss_rise_fraction"] = rises / max(len(losses) - 1, 1)
+    products = {kind: [r["products"] for r in monitor.records if r["warm"] is warm]
+                for kind, warm in (("warm", True), ("cold", False))}
+    record["products_per_measurement"] = {
+        kind: {"count": len(p), "mean": statistics.fmean(p) if p else None,
+               "median": statistics.median(p) if p else None,
+               "max": max(p) if p else None} for kind, p in products.items()}
+    record["train_seconds_per_step"] = train_seconds / len(losses)
+    record["measure_seconds_per_measurement"] = (total - train_seconds) / len(monitor.records)
     record["loss_first_last"] = [losses[0], losses[-1]]
     return record
 
@@ -121,7 +156,7 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    activations = sorted({r["activation"] for r in records})
+    activations = list(dict.fromkeys(r["activation"] for r in records))  # in run order
     fig, axes = plt.subplots(2, len(activations), figsize=(6 * len(activations), 7),
                              squeeze=False)
     for column, activation in enumerate(activations):
@@ -130,13 +165,16 @@ def plot(records: list[dict], path: Path) -> None:
             color = f"C{i}"
             top.plot(r["losses"], color=color, label=f"η = {r['lr']:g}")
             bottom.plot(r["steps"], r["sharpness"], color=color, label=f"η = {r['lr']:g}")
-            bottom.axhline(r["threshold"], color=color, linestyle="--", linewidth=0.8)
+            bottom.axhline(r["threshold"], color=color, linestyle="--", linewidth=0.8,
+                           label=f"2/η = {r['threshold']:.3g}")
         top.set_title(f"{activation} network, 5k MNIST, full-batch GD")
         top.set_ylabel("train loss (square)")
         top.set_yscale("log")
         bottom.set_ylabel("sharpness λ_max(H); dashed: 2/η")
+        bottom.set_yscale("log")
         bottom.set_xlabel("step")
         top.legend()
+        bottom.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -148,36 +186,64 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--lrs", default="0.02,0.04,0.08")
     parser.add_argument("--activations", default="tanh,relu")
+    parser.add_argument("--runs", default=None,
+                        help="activation:lr pairs in this order, e.g. tanh:0.2,relu:0.5 "
+                             "(instead of every --activations × --lrs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--print-every", type=int, default=0,
+                        help="print progress every this many steps (0: only per run)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON and figure")
     parser.add_argument("--data-dir", default=str(Path(__file__).parents[2] / "shared" / "data"))
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the figure from the JSON in --out")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    if args.replot:
+        out = Path(args.out)
+        saved = json.loads((out / "edge_of_stability.json").read_text())
+        plot(saved["runs"], out / "edge_of_stability.png")
+        return
+    torch.set_num_threads(args.threads)
     X, Y = mnist_subset(Path(args.data_dir))
     records = []
-    for activation in args.activations.split(","):
-        for lr in (float(x) for x in args.lrs.split(",")):
-            record = run(activation, lr, X, Y, args)
-            records.append(record)
-            print(f"{activation:>5} η = {lr:<6g} sharpness {record['sharpness_at_start']:.3g} "
-                  f"→ reaches 2/η = {record['threshold']:.3g} at step "
-                  f"{record['first_step_at_threshold']}; last-stretch ratio "
-                  f"{record.get('ratio_last_stretch', float('nan')):.3f}; loss "
-                  f"{record['loss_first_last'][0]:.3g} → {record['loss_first_last'][1]:.3g} "
-                  f"({record['loss_rises']} rises); tracking overhead "
-                  f"{100 * record['overhead']:.0f} %", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()
+    if args.runs:
+        pairs = [(a, float(lr)) for a, lr in (x.split(":") for x in args.runs.split(","))]
+    else:
+        pairs = [(a, float(lr)) for a in args.activations.split(",")
+                 for lr in args.lrs.split(",")]
+    for activation, lr in pairs:
+        record = run(activation, lr, X, Y, args)
+        records.append(record)
+        print(f"{activation:>5} η = {lr:<6g} sharpness {record['sharpness_at_start']:.3g} "
+              f"→ reaches 2/η = {record['threshold']:.3g} at step "
+              f"{record['first_step_at_threshold']}; last-stretch ratio "
+              f"{record.get('ratio_last_stretch', float('nan')):.3f}; loss "
+              f"{record['loss_first_last'][0]:.3g} → {record['loss_first_last'][1]:.3g} "
+              f"({record['loss_rises']} rises); tracking overhead "
+              f"{100 * record['overhead']:.0f} %", flush=True)
+        write(records, args, load_at_start)
+
+
+def write(records: list[dict], args: argparse.Namespace, load_at_start: tuple) -> None:
+    """The JSON and the figure of the runs so far (rewritten after each run)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     environment = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "torch_threads": THREADS,
+        "platform": platform.platform(), "torch_threads": args.threads,
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-        "load_average": os.getloadavg(), "steps": args.steps, "every": args.every,
-        "seed": args.seed, "samples": SAMPLES, "width": WIDTH, "dtype": str(DTYPE),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(), "steps": args.steps, "every": args.every,
+        "seed": args.seed, "runs": args.runs, "samples": SAMPLES, "width": WIDTH,
+        "dtype": str(DTYPE), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "argv": sys.argv[1:],
     }
-    (RESULTS / "edge_of_stability.json").write_text(
+    (out / "edge_of_stability.json").write_text(
         json.dumps({"environment": environment, "runs": records}) + "\n")
-    plot(records, RESULTS / "edge_of_stability.png")
-    print(f"wrote {RESULTS}/edge_of_stability.json and .png")
+    plot(records, out / "edge_of_stability.png")
+    print(f"wrote {out}/edge_of_stability.json and .png")
 
 
 if __name__ == "__main__":

@@ -160,3 +160,20 @@ def test_bad_settings_are_refused_in_one_line():
                          matrix="fisher")
     with pytest.raises(InvalidArgumentError, match="lr must be greater than 0"):
         stability_threshold(0.0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_sgd_threshold_separates_stable_from_divergent_steps_on_a_quadratic(nesterov):
+    """torch's SGD with momentum 0.9 on ½λθ²: bounded just below the threshold, divergent
+    just above it (heavy ball (2 + 2β)/η; Nesterov (2 + 2β)/((1 + 2β)η))."""
+    lr, beta = 0.1, 0.9
+    threshold = stability_threshold(lr, beta, nesterov=nesterov)
+    assert threshold == pytest.approx(3.8 / (lr * (2.8 if nesterov else 1.0)))
+    for factor, bounded in ((0.99, True), (1.01, False)):
+        theta = nn.Parameter(torch.ones(1, dtype=torch.float64))
+        optimizer = torch.optim.SGD([theta], lr=lr, momentum=beta, nesterov=nesterov)
+        for _ in range(3000):
+            optimizer.zero_grad()
+            (0.5 * factor * threshold * theta**2).sum().backward()
+            optimizer.step()
+        assert (abs(theta.item()) < 1) == bounded

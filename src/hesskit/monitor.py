@@ -51,13 +51,15 @@ measurements has only a small component in that start and can be missed: every
 Our choice, not from a paper; each record says whether it was warm."""
 
 
-def stability_threshold(lr: float, momentum: float = 0.0) -> float:
+def stability_threshold(lr: float, momentum: float = 0.0, *, nesterov: bool = False) -> float:
     """The sharpness above which gradient descent on a quadratic diverges: 2/η, and
     (2 + 2β)/η with heavy-ball momentum β (Cohen et al. 2021, §2 and appendix: the
-    largest stable eigenvalue of the momentum iteration)."""
+    largest stable eigenvalue of the momentum iteration); with Nesterov momentum
+    (``torch.optim.SGD(nesterov=True)``) (2 + 2β)/((1 + 2β)η), the root of the iteration's
+    characteristic polynomial z² − (1 + β)(1 − ηλ)z + β(1 − ηλ) reaching z = −1."""
     if not lr > 0:
         raise InvalidArgumentError(f"lr must be greater than 0, got {lr!r}")
-    return (2.0 + 2.0 * momentum) / lr
+    return (2.0 + 2.0 * momentum) / (lr * ((1.0 + 2.0 * momentum) if nesterov else 1.0))
 
 
 class CurvatureMonitor:
@@ -117,11 +119,11 @@ class CurvatureMonitor:
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> dict | None:
         """Count one training step; measure when the count is a multiple of ``every``.
 
-        ``optimizer`` (optional): for ``torch.optim.SGD`` without Nesterov, the learning
-        rate and momentum of its first group give the record's ``threshold`` (2/η, or
-        (2 + 2β)/η); for other optimizers it is None (their thresholds concern the
-        preconditioned sharpness, not measured here yet). Returns the record, or None when
-        no measurement was due.
+        ``optimizer`` (optional): for ``torch.optim.SGD``, the learning rate and momentum
+        of its first group give the record's ``threshold`` (2/η, (2 + 2β)/η, or with
+        Nesterov (2 + 2β)/((1 + 2β)η): :func:`stability_threshold`); for other optimizers
+        it is None (their thresholds concern the preconditioned sharpness, not measured
+        here yet). Returns the record, or None when no measurement was due.
         """
         call, self.calls = self.calls, self.calls + 1
         if call % self.every:
@@ -131,9 +133,10 @@ class CurvatureMonitor:
         if optimizer is not None:
             group = optimizer.param_groups[0]
             momentum = float(group.get("momentum", 0.0) or 0.0)
-            known = isinstance(optimizer, torch.optim.SGD) and not group.get("nesterov")
-            record["threshold"] = (stability_threshold(float(group["lr"]), momentum)
-                                   if known else None)
+            record["threshold"] = (
+                stability_threshold(float(group["lr"]), momentum,
+                                    nesterov=bool(group.get("nesterov")))
+                if isinstance(optimizer, torch.optim.SGD) else None)
         self.records.append(record)
         if self.log is not None:
             with self.log.open("a") as file:
@@ -167,5 +170,19 @@ class CurvatureMonitor:
                                     progress=False)
             record["blocks"] = {name: float(s.eigenpairs.values[0])
                                 for name, s in spectra.items()}
+            record["blocks_products"] = sum(s.eigenpairs.products for s in spectra.values())
             record["blocks_seconds"] = time.perf_counter() - began
         return record
+
+    def state_dict(self) -> dict[str, Any]:
+        """What continues the monitor exactly: its call count, how many measurements it has
+        made (which decides the next cold start) and the warm start vector."""
+        return {"calls": self.calls, "measurements": len(self.records),
+                "previous": self._previous}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Undo :meth:`state_dict` (``records`` holds placeholders for the earlier ones)."""
+        self.calls = int(state["calls"])
+        self.records = [{} for _ in range(int(state["measurements"]))]
+        previous = state.get("previous")
+        self._previous = None if previous is None else previous.clone()

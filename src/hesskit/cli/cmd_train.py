@@ -13,6 +13,14 @@ Your own model instead of a benchmark problem: ``--model module:function`` (see
 is read once and concatenated), there is no test set, and the reported error is the loss
 on all of the data.
 
+Curvature during training: ``--track-curvature`` measures the sharpness λ_max (and, by
+``--curvature-quantities``, the top-k eigenvalues, the trace, each layer's sharpness) of the
+objective's Hessian or Gauss-Newton matrix on one fixed batch every ``--curvature-every``
+steps, appends each measurement to ``curvature.jsonl`` in ``--out``, draws it against 2/η
+in ``index.html`` there, and prints the share of wall time spent measuring. It changes
+nothing of the training (parameters, buffers and generators are left as they were), and
+``--resume`` continues it without a lost or repeated line.
+
 Data parallel (Hessian-free): ``torchrun --nproc-per-node 2 -m hesskit train ...`` runs one
 process per rank (gloo on the CPU, NCCL with ``--device cuda``); each works on its shard of
 every batch and only rank 0 writes the log and checkpoints (docs/distributed.md).
@@ -92,7 +100,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "long (a hung or stopped peer) ends every surviving rank with "
                              "one line naming the lost rank (default 120)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_curvature_options(parser)
     parser.set_defaults(run=run)
+
+
+def _curvature_quantities(text: str) -> tuple[str, ...]:
+    from hesskit.training.curvature_tracking import QUANTITIES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in QUANTITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown curvature quantity {', '.join(map(repr, unknown)) or '(none)'}; "
+            f"choose among {', '.join(QUANTITIES)}")
+    return names
+
+
+def _add_curvature_options(parser: argparse.ArgumentParser) -> None:
+    from hesskit.training.curvature_tracking import DEFAULT_BATCH_SIZE, DEFAULT_EVERY, DEFAULT_K
+
+    group = parser.add_argument_group("curvature during training (--track-curvature)")
+    group.add_argument("--track-curvature", action="store_true",
+                       help="measure the curvature of the objective on a fixed batch along "
+                            "the run (curvature.jsonl and index.html in --out; off by default)")
+    group.add_argument("--curvature-every", type=positive_int, metavar="N",
+                       help=f"measure at step 0 and every N steps (default {DEFAULT_EVERY})")
+    group.add_argument("--curvature-quantities", type=_curvature_quantities, metavar="LIST",
+                       help="comma list of sharpness (top eigenvalue, always measured), top-k "
+                            "(--curvature-k largest), trace (Hutchinson, 10 probes), blocks "
+                            "(each layer's sharpness) (default sharpness,trace)")
+    group.add_argument("--curvature-k", type=positive_int, metavar="K",
+                       help=f"eigenvalues for top-k (default {DEFAULT_K})")
+    group.add_argument("--curvature-batch-size", type=positive_int, metavar="N",
+                       help="samples of the fixed measurement batch, drawn once from the "
+                            f"training set with --seed (default {DEFAULT_BATCH_SIZE}, or the "
+                            "whole set if smaller)")
+    group.add_argument("--curvature-matrix", choices=("hessian", "ggn"),
+                       help="the Hessian or the Gauss-Newton matrix (default hessian)")
+
+
+CURVATURE_OPTIONS = {"curvature_every": "every", "curvature_quantities": "quantities",
+                     "curvature_k": "k", "curvature_batch_size": "batch_size",
+                     "curvature_matrix": "matrix"}
+
+
+def curvature_settings(args: argparse.Namespace):
+    """The run's :class:`CurvatureTracking` from the options (None without tracking).
+
+    Raises:
+        InvalidArgumentError: a --curvature-* option without --track-curvature.
+    """
+    from hesskit.errors import InvalidArgumentError
+    from hesskit.training.curvature_tracking import CurvatureTracking
+
+    given = {field: getattr(args, option) for option, field in CURVATURE_OPTIONS.items()
+             if getattr(args, option, None) is not None}
+    if not args.track_curvature:
+        if given:
+            option = next(o for o, f in CURVATURE_OPTIONS.items() if f in given)
+            raise InvalidArgumentError(f"--{option.replace('_', '-')} needs --track-curvature")
+        return None
+    return CurvatureTracking(**given)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
     from hesskit.training.optimizers import get_optimizer_spec
 
     get_optimizer_spec(args.optimizer)  # unknown name: one line before loading any data
+    curvature = curvature_settings(args)
     budget = Budget(iterations=args.iterations, seconds=args.time_limit, epochs=args.epochs)
     label = args.model.rpartition(":")[2] if args.model else args.problem
     out = Path(args.out or Path("hesskit-out", "train", f"{label}-{args.optimizer}"))
@@ -142,7 +211,8 @@ def _train(args: argparse.Namespace) -> int:
     out = output_dir(out)
     config = TrainConfig(args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         initial_damping=args.initial_damping, clock=args.clock)
+                         initial_damping=args.initial_damping, clock=args.clock,
+                         curvature=curvature)
     result = train(problem, config, budget, out_dir=out, resume=args.resume,
                    progress=not args.no_progress)
     last = result.records[-1]
@@ -157,12 +227,29 @@ def _train(args: argparse.Namespace) -> int:
               f"test error {result.final_test_error:.6g}")
     print(f"log: {out / 'log.jsonl'}")
     print(f"checkpoint: {out / 'checkpoint.pt'}")
+    if config.curvature is not None:
+        _report_curvature(out)
     if result.diverged:
         print(f"hesskit train: error: the objective became NaN or infinite at iteration "
               f"{last.iteration} (lr {result.lr:g}); lower --lr, or for hf raise "
               "--initial-damping", file=sys.stderr)
         return 2
     return 0
+
+
+def _report_curvature(out: Path) -> None:
+    """Print the overhead line and write the run's page with the curvature figure."""
+    from hesskit.report.curvature_plots import read_curvature_log, write_train_page
+    from hesskit.training.curvature_tracking import CURVATURE_LOG_NAME
+
+    log = out / CURVATURE_LOG_NAME
+    _, lines, summary = read_curvature_log(log)
+    if summary is not None:
+        print(f"curvature: {summary['measurements']} measurements took "
+              f"{summary['measure_seconds']:.3g} s of {summary['elapsed_seconds']:.3g} s "
+              f"({100 * summary['overhead']:.1f}% of the wall time); log: {log}")
+    if lines:
+        print(f"report: {write_train_page(out, log)}")
 
 
 def _move_to(problem, device: str) -> None:

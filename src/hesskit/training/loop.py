@@ -14,13 +14,15 @@ that iteration and continues. On CPU with fixed seeds, a run stopped and resumed
 parameters bit-identical to an uninterrupted one: nothing the next step reads (parameters,
 optimizer state, sampler, RNGs) lives outside the checkpoint.
 
-Data parallel (:data:`DATA_PARALLEL_OPTIMIZERS`): inside a ``torch.distributed`` process
+Data parallel (``hesskit.training.data_parallel``): inside a ``torch.distributed`` process
 group (``torchrun -m hesskit train ...``) every rank draws the same global mini-batch (same
 seed) and works on its ``shard_range`` of it, and on its share of the curvature batch; the
 closure returns the rank's share of the objective (the weight cost on rank 0 only) and the
 optimizer sums over the ranks, so the run follows the single-process one on the same
 batches. Only rank 0 writes the log and checkpoints and shows the progress bar; the time
 budget uses the slowest rank's time, so that all ranks stop at the same iteration.
+
+Curvature tracking (``config.curvature``): see :mod:`hesskit.training.curvature_tracking`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from hesskit.training.checkpoint import (
     seed_global_generators,
 )
 from hesskit.training.checkpoint_checks import load_trusted_checkpoint
+from hesskit.training.curvature_tracking import CurvatureTracker, CurvatureTracking, resume_tracking
+from hesskit.training.data_parallel import check_data_parallel
 from hesskit.training.optimizers import OptimizerContext, ProductCounter, get_optimizer_spec
 from hesskit.training.progress_bar import RunProgressBar
 
@@ -94,6 +98,7 @@ class TrainConfig:
             ``hf_initial_damping`` (45, Martens' ``initlambda``, for every named problem).
         clock: how optimizer seconds are measured, ``"wall"`` or ``"process"`` (CPU time
             of this process; :data:`hesskit.training.budget.CLOCKS`).
+        curvature: what curvature to track along the run (``None``: none).
     """
 
     optimizer: str
@@ -106,6 +111,7 @@ class TrainConfig:
     curvature_fraction: float | None = None
     initial_damping: float | None = None
     clock: str = "wall"
+    curvature: CurvatureTracking | None = None
 
 
 CLOCK_NOTES = {"wall": "elapsed seconds", "process": "CPU seconds of the training process"}
@@ -190,9 +196,13 @@ def train(
             evaluate = (stopped_by is not None or run.counters["iteration"] % config.eval_every == 0
                         or passed_mark(fraction, previous, config.eval_points))
             bar.update(fraction, run.log_step(loss, evaluate))
+            if run.tracker is not None and stopped_by != "diverged":
+                run.tracker.after_step(run.counters["iteration"], run.optimizer)
             every = config.checkpoint_every
             if stopped_by is not None or (every and run.counters["iteration"] % every == 0):
                 run.save()
+    if run.tracker is not None:
+        run.tracker.finish()
     return run.result(stopped_by)
 
 
@@ -217,7 +227,7 @@ class _Run:
         self.batch_size = min(batch_size, num_train)
         self.ranks, self.is_main = world_size(), rank() == 0
         if self.ranks > 1:
-            _check_data_parallel(spec.name, self.batch_size, self.ranks)
+            check_data_parallel(spec.name, self.batch_size, self.ranks, config.curvature)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         seed_global_generators(config.seed)
@@ -247,6 +257,8 @@ class _Run:
         self.log = RunLog(out_dir if self.is_main else None, self.header)
         self.counters = {"iteration": 0, "wall_time": 0.0, "samples": 0}
         self.cg_before: int | None = None
+        self.tracker = CurvatureTracker.for_run(config.curvature, problem, config.seed,
+                                                out_dir if self.is_main else None)
 
     def curvature_batch(self) -> tuple[Tensor, Tensor]:
         """The first rows of the gradient batch (data parallel: this rank's shard of them)."""
@@ -277,6 +289,9 @@ class _Run:
     def start(self) -> None:
         broadcast_(list(self.problem.model.parameters()))  # identical replicas (no-op alone)
         self.log.start(self._record(None, evaluate=True))
+        if self.tracker is not None:
+            self.tracker.start()
+            self.tracker.after_step(0, self.optimizer)
 
     def restore(self) -> None:
         """Read and check the checkpoint (checksum, settings, schema, finite values) before
@@ -287,6 +302,7 @@ class _Run:
             announce=self.is_main)
         self.context.products.count = saved["products"]
         self.counters = saved["counters"]
+        resume_tracking(self.tracker, saved.get("curvature"))
         snapshot = saved.get("log")
         if self.is_main:
             note = self.log.resume(saved["log_bytes"], snapshot)
@@ -306,6 +322,7 @@ class _Run:
             "rng": capture_rng_state(), "products": self.context.products.count,
             "counters": dict(self.counters), "log_bytes": self.log.size(),
             "log": self.log.snapshot(),
+            **({} if self.tracker is None else {"curvature": self.tracker.state_dict()}),
         }, self.out_dir / CHECKPOINT_NAME)
 
     def closure(self) -> Tensor:
@@ -380,18 +397,3 @@ class _Run:
             final_train_error=math.inf if diverged else final.train_error,
             final_test_error=math.inf if diverged else final.test_error,
         )
-
-
-DATA_PARALLEL_OPTIMIZERS = ("hf", "kfac", "sophia", "sophia-h", "adahessian", "shampoo")
-"""The methods that sum their closure's loss share, gradient and curvature statistics over
-the ranks themselves (``torch.distributed``), so that every rank takes the same step."""
-
-
-def _check_data_parallel(optimizer: str, batch_size: int, ranks: int) -> None:
-    if optimizer not in DATA_PARALLEL_OPTIMIZERS:
-        raise InvalidArgumentError(
-            f"data-parallel training (torchrun with {ranks} processes) supports --optimizer "
-            f"{', '.join(DATA_PARALLEL_OPTIMIZERS)}; run {optimizer} in one process")
-    if batch_size < ranks:
-        raise InvalidArgumentError(f"a batch of {batch_size} samples cannot be split over "
-                                   f"{ranks} processes; use a larger --batch-size")

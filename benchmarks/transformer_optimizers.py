@@ -482,6 +482,29 @@ def environment(threads: int) -> dict:
 
 # -- main ---------------------------------------------------------------------------------
 
+_DATA: dict = {}
+
+
+def _task(task: tuple) -> dict:
+    torch.set_num_threads(1)
+    return train_run(*task, _DATA)
+
+
+def run_tasks(tasks: list[tuple], data: dict, jobs: int) -> list[dict]:
+    """``train_run`` over the tasks (method, lr, seed, budget), in ``jobs`` single-threaded
+    worker processes (each run's CPU time is its own process's, so the measure does not
+    change); the results in the tasks' order."""
+    _DATA.update(data)
+    import transformers  # noqa: F401 - once, before the workers fork
+
+    if jobs <= 1:
+        return [_task(t) for t in tasks]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(jobs, maxtasksperchild=1) as pool:
+        return pool.map(_task, tasks, chunksize=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -492,6 +515,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few seconds per run")
     parser.add_argument("--methods", default=",".join(MAKERS))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own one-thread process")
     args = parser.parse_args()
     torch.set_num_threads(1)
     budget = 3.0 if args.quick else args.budget_seconds
@@ -509,28 +534,28 @@ def main() -> None:
     wall = time.time()
 
     sweeps, lr = {}, {}
-    for method in methods:
-        grid = SWEEPS.get(method)
-        if method == "shampoo" and "adamw" in lr and not args.quick:
-            lr[method] = lr["adamw"]  # grafted onto Adam: Adam's step length, AdamW's lr
-            continue
-        if not grid or args.quick:
-            lr[method] = DEFAULT_LR[method]
-            continue
-        print(f"sweep {NAMES[method]} over {grid}", flush=True)
-        results = [train_run(method, value, 0, sweep_budget, data) for value in grid]
+    grids = {m: SWEEPS[m] for m in methods if m in SWEEPS and not args.quick}
+    tasks = [(m, value, 0, sweep_budget) for m, grid in grids.items() for value in grid]
+    if tasks:
+        print(f"sweeps: {grids}", flush=True)
+    results = run_tasks(tasks, data, args.jobs)
+    for method, grid in grids.items():
+        rows = [r for r in results if r["method"] == method]
         sweeps[method] = [{"lr": r["lr"], "final_val_loss": r["final_val_loss"],
-                           "error": r["error"], "curve": r["curve"]} for r in results]
-        finite = [r for r in results if r["final_val_loss"] is not None]
+                           "error": r["error"], "curve": r["curve"]} for r in rows]
+        finite = [r for r in rows if r["final_val_loss"] is not None]
         lr[method] = (min(finite, key=lambda r: r["final_val_loss"])["lr"] if finite
                       else DEFAULT_LR[method])
-        print(f"  -> lr {lr[method]}", flush=True)
-
-    runs = {}
+        print(f"  {NAMES[method]} -> lr {lr[method]}", flush=True)
     for method in methods:
-        print(f"{NAMES[method]} (lr {lr[method]})", flush=True)
-        runs[method] = [train_run(method, lr[method], seed, budget, data) for seed in SEEDS]
-        PARTIAL.write_text(json.dumps({"lr": lr, "sweeps": sweeps, "runs": runs}))
+        if method == "shampoo" and "adamw" in grids:
+            lr[method] = lr["adamw"]  # grafted onto Adam: Adam's step length, AdamW's lr
+        lr.setdefault(method, DEFAULT_LR[method])
+
+    tasks = [(m, lr[m], seed, budget) for m in methods for seed in SEEDS]
+    results = run_tasks(tasks, data, args.jobs)
+    runs = {m: [r for r in results if r["method"] == m] for m in methods}
+    PARTIAL.write_text(json.dumps({"lr": lr, "sweeps": sweeps, "runs": runs}))
 
     table = summarize(runs)
     settings = {
@@ -541,7 +566,7 @@ def main() -> None:
         "vocab_size": len(vocab), "budget_seconds": budget, "sweep_budget_seconds":
         sweep_budget, "evals_per_run": EVALS, "seeds": list(SEEDS), "lr": lr,
         "sweeps_grids": {m: g for m, g in SWEEPS.items() if m in methods},
-        "quick": args.quick, "diverged_above": DIVERGED,
+        "quick": args.quick, "diverged_above": DIVERGED, "jobs": args.jobs,
         "kfac": "KFAC(model, CausalLMLoss(), lr=1, seed=seed, "
                 "schedule=KFACSchedule(inverse_interval=10)); other constants the paper's",
         "shampoo": "Shampoo(params, lr=AdamW's swept lr) defaults: betas (0.9, 0.999), update_freq 100, "

@@ -51,6 +51,7 @@ import base64
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -64,13 +65,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from hesskit.losses import CausalLMLoss  # noqa: E402
-from hesskit.problem import Problem  # noqa: E402
-from hesskit.tensor_tree import call_model  # noqa: E402
+from hesskit.losses import CausalLMLoss
+from hesskit.problem import Problem
+from hesskit.tensor_tree import call_model
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "devils_dictionary.txt"
+DATA = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
+        / "devils_dictionary.txt")
 SHA256 = "d149cb797e50e6069e87362a7260977c56f035d3480c9b1282173e403aa81990"
 RESULTS = Path(__file__).resolve().parent / "results" / "transformer_optimizers"
 
@@ -262,7 +264,7 @@ def train_run(method: str, lr, seed: int, budget: float, data: dict) -> dict:
                   "val_loss": evaluate(model, loss, val)})
     try:
         optimizer = MAKERS[method](run, lr, seed)
-    except Exception as error:  # noqa: BLE001 - recorded, the benchmark goes on
+    except Exception as error:
         record["error"] = _error_line(error)
         return record
     permutation, cursor = torch.randperm(len(data["train"]), generator=order), 0
@@ -277,7 +279,7 @@ def train_run(method: str, lr, seed: int, budget: float, data: dict) -> dict:
         start = time.process_time()
         try:
             value = step(method, optimizer, run)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             record["error"] = f"step {steps + 1}: {_error_line(error)}"
             record["traceback"] = traceback.format_exc().splitlines()[-6:]
             break
@@ -329,7 +331,7 @@ def value_at(curve: list[dict], key: str, x: float) -> float | None:
     """The validation loss at ``key`` = x, linearly interpolated between evaluations;
     None past the end of the curve."""
     points = [(c[key], c["val_loss"]) for c in curve if c["val_loss"] is not None]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     if points and abs(points[-1][0] - x) <= 1e-9 * max(1.0, x):
@@ -340,7 +342,7 @@ def value_at(curve: list[dict], key: str, x: float) -> float | None:
 def first_reach(curve: list[dict], target: float) -> float | None:
     """CPU seconds at which the validation loss first reaches ``target`` (interpolated)."""
     points = [(c["cpu_seconds"], c["val_loss"]) for c in curve if c["val_loss"] is not None]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if y1 <= target:
             return x1 if y0 == y1 else x0 + (x1 - x0) * (y0 - target) / (y0 - y1)
     return None
@@ -351,12 +353,19 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def median_reach(times) -> float | None:
+    """The median of reach times with "never" as +∞: None when most runs never reach."""
+    value = statistics.median([math.inf if t is None else t for t in times])
+    return None if math.isinf(value) else value
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
     adam = runs["adamw"]
     adam_final = median(r["final_val_loss"] for r in adam)
     adam_tokens = median(r["tokens"] for r in adam)
     adam_step = median(r["median_step_seconds"] for r in adam)
-    adam_time = median(first_reach(r["curve"], adam_final) for r in adam) if adam_final else None
+    adam_time = (median_reach([first_reach(r["curve"], adam_final) for r in adam])
+                 if adam_final is not None else None)
     table = {}
     for method, records in runs.items():
         errors = [f"seed {r['seed']}: {r['error']}" for r in records if r["error"]]
@@ -367,8 +376,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
         table[method] = {
             "final_val_loss": median(r["final_val_loss"] for r in records),
             "final_val_losses": [r["final_val_loss"] for r in records],
-            "time_to_adamw_final": (statistics.median(reach) / adam_time
-                                    if len(reached) == len(reach) and adam_time else None),
+            "time_to_adamw_final": (median_reach(reach) / adam_time
+                                    if median_reach(reach) is not None and adam_time else None),
             "seeds_reaching_adamw_final": len(reached),
             "val_loss_at_adamw_tokens": median(value_at(r["curve"], "tokens", adam_tokens)
                                                for r in records),
@@ -410,7 +419,8 @@ def table_markdown(table: dict, settings: dict) -> str:
             f"{fmt(row['step_cost_vs_adamw'], '.2f')} | "
             f"{'; '.join(row['errors']) if row['errors'] else ''} |")
     lines.append("")
-    lines.append(f"AdamW's final validation loss (median): {fmt(ref['adamw_final_val_loss'], '.4f')}, "
+    lines.append("AdamW's final validation loss (median): "
+                 f"{fmt(ref['adamw_final_val_loss'], '.4f')}, "
                  f"reached at {fmt(ref['adamw_seconds_to_final'], '.1f')} CPU s; AdamW's tokens: "
                  f"{fmt(ref['adamw_tokens'], ',.0f')}; AdamW step: "
                  f"{fmt(ref['adamw_median_step_seconds'], '.3f')} s.")
@@ -425,7 +435,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> bytes:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for method, records in runs.items():
-        for ax, key in zip(axes, ("cpu_seconds", "tokens")):
+        for ax, key in zip(axes, ("cpu_seconds", "tokens"), strict=True):
             curves = [[(c[key], c["val_loss"]) for c in r["curve"] if c["val_loss"] is not None]
                       for r in records]
             curves = [c for c in curves if len(c) > 1]
@@ -434,11 +444,12 @@ def plot(runs: dict[str, list[dict]], path: Path) -> bytes:
             end = min(c[-1][0] for c in curves)
             grid = [end * i / 50 for i in range(51)]
             ys = [[_interp(c, x) for x in grid] for c in curves]
-            mean = [statistics.fmean(col) for col in zip(*ys)]
-            line, = ax.plot(grid, mean, label=NAMES[method])
-            ax.fill_between(grid, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)],
+            columns = list(zip(*ys, strict=True))
+            line, = ax.plot(grid, [statistics.fmean(col) for col in columns],
+                            label=NAMES[method])
+            ax.fill_between(grid, [min(col) for col in columns], [max(col) for col in columns],
                             color=line.get_color(), alpha=0.2)
-    for ax, label in zip(axes, ("CPU seconds (1 thread)", "training tokens")):
+    for ax, label in zip(axes, ("CPU seconds (1 thread)", "training tokens"), strict=True):
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (nats/char)")
         ax.set_ylim(top=min(4.6, ax.get_ylim()[1]))
@@ -455,7 +466,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> bytes:
 
 
 def _interp(points, x):
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return points[-1][1]
@@ -517,7 +528,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, each in its own one-thread process")
+    parser.add_argument("--summarize", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only rewrite the summary, table, figure and report of a "
+                             "results.json (into --out)")
     args = parser.parse_args()
+    if args.summarize is not None:
+        write_outputs(json.loads(args.summarize.read_text()), args.out)
+        return
     torch.set_num_threads(1)
     budget = 3.0 if args.quick else args.budget_seconds
     sweep_budget = budget * (1.0 if args.quick else args.sweep_fraction)
@@ -539,7 +556,7 @@ def main() -> None:
     if tasks:
         print(f"sweeps: {grids}", flush=True)
     results = run_tasks(tasks, data, args.jobs)
-    for method, grid in grids.items():
+    for method in grids:
         rows = [r for r in results if r["method"] == method]
         sweeps[method] = [{"lr": r["lr"], "final_val_loss": r["final_val_loss"],
                            "error": r["error"], "curve": r["curve"]} for r in rows]
@@ -557,7 +574,6 @@ def main() -> None:
     runs = {m: [r for r in results if r["method"] == m] for m in methods}
     PARTIAL.write_text(json.dumps({"lr": lr, "sweeps": sweeps, "runs": runs}))
 
-    table = summarize(runs)
     settings = {
         "model": "GPT2LMHeadModel(n_layer=4, n_embd=128, n_head=4, n_positions=128, "
                  "pdrop 0, float32)",
@@ -569,7 +585,8 @@ def main() -> None:
         "quick": args.quick, "diverged_above": DIVERGED, "jobs": args.jobs,
         "kfac": "KFAC(model, CausalLMLoss(), lr=1, seed=seed, "
                 "schedule=KFACSchedule(inverse_interval=10)); other constants the paper's",
-        "shampoo": "Shampoo(params, lr=AdamW's swept lr) defaults: betas (0.9, 0.999), update_freq 100, "
+        "shampoo": "Shampoo(params, lr=AdamW's swept lr) defaults: betas (0.9, 0.999), "
+                   "update_freq 100, "
                    "start_preconditioning_step 100, Adam graft",
         "sophia": "Sophia(params, lr, curvature=Problem on the step's batch) defaults: "
                   "GNB estimator, betas (0.965, 0.99), rho 0.04, wd 0.2, interval 10",
@@ -586,15 +603,21 @@ def main() -> None:
            "data": {"path": str(args.data), "sha256": SHA256,
                     "chars": len(train_ids) + len(val_ids), "train_chars": len(train_ids),
                     "val_chars": len(val_ids)},
-           "settings": settings, "summary": table, "sweeps": sweeps, "runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(out, indent=1))
-    png = plot(runs, args.out / "curves.png")
-    markdown = table_markdown(table, settings)
+           "settings": settings, "sweeps": sweeps, "runs": runs}
+    write_outputs(out, args.out)
+
+
+def write_outputs(out: dict, folder: Path) -> None:
+    """The summary (into ``out``), results.json, curves.png, README.md and report.html."""
+    out["summary"] = summarize(out["runs"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(out, indent=1))
+    png = plot(out["runs"], folder / "curves.png")
+    markdown = table_markdown(out["summary"], out["settings"])
     print(markdown)
-    (args.out / "README.md").write_text(readme(markdown, out))
-    (args.out / "report.html").write_text(html(markdown, png, out))
-    print(f"wrote {args.out} in {out['wall_seconds']:.0f} s wall", flush=True)
+    (folder / "README.md").write_text(readme(markdown, out))
+    (folder / "report.html").write_text(html(markdown, png, out))
+    print(f"wrote {folder} ({out['wall_seconds']:.0f} s wall)", flush=True)
 
 
 def readme(markdown: str, out: dict) -> str:
@@ -614,8 +637,9 @@ transformers {env['transformers']}, {env['threads']} thread, load average at sta
 {s['batch']} windows of {s['context']} characters; {s['budget_seconds']:.0f} CPU s of steps
 per run (`time.process_time`, evaluations excluded), seeds {s['seeds']} (initialisation and
 batch order); validation loss on {s['val_windows']} fixed windows of the last 10 %.
-"Time to AdamW's final" is the median over seeds of the CPU time at which a run's validation
-loss first reaches AdamW's median final validation loss, over AdamW's median time to it;
+"Time to AdamW's final" is the median over seeds (a seed that never gets there counts as
+never) of the CPU time at which a run's validation loss first reaches AdamW's median final
+validation loss, over AdamW's median time to it;
 "val loss at AdamW's tokens" interpolates each run's curve at AdamW's median token count
 ("not reached" if the run saw fewer tokens). Step cost: median CPU seconds of one step
 (K-FAC with its inverse interval set to 10, the paper's is 20).

@@ -382,6 +382,9 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
             "val_loss_at_adamw_tokens": median(value_at(r["curve"], "tokens", adam_tokens)
                                                for r in records),
             "tokens_median": median(r["tokens"] for r in records),
+            "adamw_val_loss_at_these_tokens": median(
+                value_at(r["curve"], "tokens", median(x["tokens"] for x in records))
+                for r in adam),
             "median_step_seconds": step_s,
             "step_cost_vs_adamw": step_s / adam_step if step_s and adam_step else None,
             "errors": errors,
@@ -400,8 +403,8 @@ def table_markdown(table: dict, settings: dict) -> str:
     ref = table["_reference"]
     lines = ["| method | lr | final val loss (median of 3) | CPU time to AdamW's final "
              "(× AdamW) | val loss at AdamW's tokens | tokens seen (median) | "
-             "step CPU (median) | step cost (× AdamW) | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "AdamW's val loss at its tokens | step CPU (median) | step cost (× AdamW) | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
         if method.startswith("_"):
             continue
@@ -415,7 +418,8 @@ def table_markdown(table: dict, settings: dict) -> str:
         lines.append(
             f"| {NAMES[method]} | {settings['lr'][method]} | {fmt(row['final_val_loss'])} | "
             f"{reach} | {fmt(at_tokens) if at_tokens is not None else 'not reached'} | "
-            f"{fmt(row['tokens_median'], ',.0f')} | {fmt(row['median_step_seconds'], '.3f')} s | "
+            f"{fmt(row['tokens_median'], ',.0f')} | {fmt(row['adamw_val_loss_at_these_tokens'])} | "
+            f"{fmt(row['median_step_seconds'], '.3f')} s | "
             f"{fmt(row['step_cost_vs_adamw'], '.2f')} | "
             f"{'; '.join(row['errors']) if row['errors'] else ''} |")
     lines.append("")

@@ -61,6 +61,9 @@ def preconditioned_sharpness(
     tol: float = 1e-6,
     max_products: int | None = None,
     seed: int = 0,
+    start: Tensor | None = None,
+    min_products: int | None = None,
+    return_vectors: bool = False,
 ) -> Eigenpairs:
     """λ_max(P⁻¹H) = λ_max(P^{-1/2} H P^{-1/2}) by Lanczos (module docstring).
 
@@ -77,6 +80,10 @@ def preconditioned_sharpness(
             else the optimizer's parameters in ``param_groups`` order (their shapes must
             be those of H's layout).
         tol, max_products, seed: Lanczos settings (:func:`top_eigenpairs`).
+        start, min_products, return_vectors: as for :func:`top_eigenpairs`: a warm start
+            (e.g. the previous measurement's top eigenvector of P^{-1/2} H P^{-1/2}, which
+            ``return_vectors=True`` returns), and the products before its stopping test is
+            trusted.
 
     Returns:
         The top eigenpair of P^{-1/2} H P^{-1/2} (``values[0]`` the sharpness, with its
@@ -102,7 +109,8 @@ def preconditioned_sharpness(
         inverse_sqrt = preconditioner_of(preconditioner, tensors, layout).inverse_sqrt
     sandwich = SandwichOperator(inverse_sqrt, curvature)
     return top_eigenpairs(sandwich, 1, tol=tol, max_products=max_products, seed=seed,
-                          progress=False)
+                          start=start, min_products=min_products,
+                          return_vectors=return_vectors, progress=False)
 
 
 def _parameters(optimizer: torch.optim.Optimizer,

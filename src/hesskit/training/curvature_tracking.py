@@ -63,6 +63,10 @@ TRACE_PROBES = 10
 
 
 @dataclass(frozen=True)
+WARM_START_KEYS = ("previous", "previous_preconditioned")
+"""The monitor's warm-start vectors in its state dict (kept on the CPU in a checkpoint)."""
+
+
 class CurvatureTracking:
     """What to measure along a run and how often (see the module docstring)."""
 
@@ -204,8 +208,9 @@ class CurvatureTracker:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: settings, the log so far, counters, the monitor's state."""
         monitor = self.monitor.state_dict()
-        if monitor["previous"] is not None:
-            monitor["previous"] = monitor["previous"].detach().cpu()
+        for key in WARM_START_KEYS:
+            if monitor.get(key) is not None:
+                monitor[key] = monitor[key].detach().cpu()
         return {"settings": {**asdict(self.settings), "quantities": list(self.settings.quantities)},
                 "log": bytes(self._written).decode(), "measure_seconds": self.measure_seconds,
                 "elapsed_seconds": self.elapsed(), "monitor": monitor}
@@ -237,8 +242,9 @@ class CurvatureTracker:
         self._elapsed_before = float(state["elapsed_seconds"])
         self._session_start = time.perf_counter()
         monitor = dict(state["monitor"])
-        if monitor.get("previous") is not None:
-            monitor["previous"] = monitor["previous"].to(self.device)
+        for key in WARM_START_KEYS:
+            if monitor.get(key) is not None:
+                monitor[key] = monitor[key].to(self.device)
         self.monitor.load_state_dict(monitor)
         self._written = bytearray(text.encode())
         if self.path is not None:

@@ -62,11 +62,11 @@ TRACE_PROBES = 10
 """Hutchinson probes per trace measurement (the record gives the standard error)."""
 
 
-@dataclass(frozen=True)
 WARM_START_KEYS = ("previous", "previous_preconditioned")
 """The monitor's warm-start vectors in its state dict (kept on the CPU in a checkpoint)."""
 
 
+@dataclass(frozen=True)
 class CurvatureTracking:
     """What to measure along a run and how often (see the module docstring)."""
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hesskit.training.curvature_builders import draw_without_replacement
+from hesskit.optim.sampling import draw_without_replacement
 from hesskit.training.loop import Budget, TrainConfig, objective, train
 from hesskit.training.optimizers import REGISTRY, OptimizerContext
 

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from hesskit.distributed import shard_range, sum_over_ranks
+from hesskit.optim.sampling import draw_without_replacement
 from hesskit.optim.weight_cost import weight_cost_value
 from hesskit.tensor_tree import call_model, num_samples, select
 from hesskit.training.optimizers import OptimizerContext
@@ -53,23 +54,6 @@ SAMPLER_SEED_BOUND = 2**31 - 1
 def _seed() -> int:
     """A seed from torch's global generator (the loop seeds it with the run's seed)."""
     return int(torch.randint(0, SAMPLER_SEED_BOUND, ()).item())
-
-
-def draw_without_replacement(state: dict, num_data: int, size: int) -> Tensor:
-    """``size`` indices of ``range(num_data)``: the next ones of the permutation kept in
-    ``state`` (``sampler_generator``, ``sampler_permutation``, ``sampler_cursor``), or of a
-    fresh one when too few remain (drop-last); all of them, in order, when size ≥ num_data."""
-    if size >= num_data:
-        return torch.arange(num_data)
-    permutation, cursor = state["sampler_permutation"], int(state["sampler_cursor"])
-    if cursor + size > permutation.numel():
-        generator = torch.Generator()
-        generator.set_state(state["sampler_generator"])
-        permutation = torch.randperm(num_data, generator=generator)
-        state["sampler_generator"] = generator.get_state()
-        state["sampler_permutation"], cursor = permutation, 0
-    state["sampler_cursor"] = cursor + size
-    return permutation[cursor: cursor + size]
 
 
 def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:

@@ -73,6 +73,7 @@ from hesskit.optim.hessian_free.chunks import CurvatureChunk, chunk_loss
 from hesskit.optim.hessian_free.optimizer import HF_DAMPING, HF_LINE_SEARCH, HessianFree
 from hesskit.optim.hessian_free.preconditioners import gradient_pass_preconditioner
 from hesskit.optim.hessian_free.settings import CGSettings
+from hesskit.optim.sampling import draw_without_replacement
 from hesskit.problem import Problem
 from hesskit.tensor_tree import call_model, num_samples, select
 
@@ -267,20 +268,10 @@ class StochasticHessianFree(HessianFree):
 
     def _draw(self, size: int) -> Tensor:
         """``size`` indices without replacement: the next ones of the current permutation,
-        or of a fresh one when too few remain (drop-last, as ``BatchSampler``)."""
-        state = self.hf_state
-        permutation, cursor = state["sampler_permutation"], int(state["sampler_cursor"])
+        or of a fresh one when too few remain (drop-last, as ``BatchSampler``;
+        :func:`~hesskit.optim.sampling.draw_without_replacement`)."""
         num_data = num_samples(self.training_data()[0])
-        if size >= num_data:
-            return torch.arange(num_data)
-        if cursor + size > permutation.numel():
-            generator = torch.Generator()
-            generator.set_state(state["sampler_generator"])
-            permutation = torch.randperm(num_data, generator=generator)
-            state["sampler_generator"] = generator.get_state()
-            state["sampler_permutation"], cursor = permutation, 0
-        state["sampler_cursor"] = cursor + size
-        return permutation[cursor : cursor + size]
+        return draw_without_replacement(self.hf_state, num_data, size)
 
     def _batch_loss(self) -> Tensor:
         """``loss(model(X), y)`` on this step's gradient batch (without the weight cost,

@@ -24,7 +24,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from closures import batch_closure
 from hesskit.distributed import sample_fraction, shard_of
 from hesskit.optim.diagonal.adahessian import AdaHessian
 from hesskit.optim.diagonal.sophia import Sophia, SophiaEstimator
@@ -76,7 +75,6 @@ def _run(method: str) -> list[torch.Tensor]:
                          schedule=KFACSchedule(
             initial_damping=1.0, damping_interval=2, gamma_interval=3,
             statistics_fraction=1.0))
-        optimizer_closure = batch_closure(optimizer, X, Y)
     elif method.startswith("sophia"):
         estimator = SophiaEstimator.HUTCHINSON if method == "sophia-h" else (
             SophiaEstimator.GAUSS_NEWTON_BARTLETT)
@@ -92,9 +90,7 @@ def _run(method: str) -> list[torch.Tensor]:
         optimizer = Shampoo(model.parameters(), lr=0.05, update_freq=1, eps=1e-3)
     history = []
     for _ in range(STEPS):
-        if method == "kfac":
-            optimizer.step(optimizer_closure)
-        elif method == "adahessian":
+        if method == "adahessian":
             optimizer.step(share_loss)
         else:
             optimizer.step(closure)

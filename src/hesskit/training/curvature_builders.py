@@ -75,10 +75,11 @@ def build_kfac(context: OptimizerContext) -> torch.optim.Optimizer:
                 offset = shard_range(total).start
                 indices = indices[(indices >= offset) & (indices < offset + local)] - offset
             inputs, targets = select(data, indices)
+            share = len(indices) / size  # this rank's share of the mean (1 alone)
 
             def closure() -> Tensor:
                 self.zero_grad()
-                value = context.loss(call_model(context.model, inputs), targets)
+                value = context.loss(call_model(context.model, inputs), targets) * share
                 value.backward()
                 return value
 

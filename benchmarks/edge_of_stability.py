@@ -25,6 +25,14 @@ the products per measurement, warm and cold. The overhead of tracking is measure
 the same run's training steps alone against the steps plus the measurements, in wall
 time and in process CPU time (the latter is less disturbed by other jobs on the machine).
 
+``--optimizer adam`` (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of
+Stability"): full-batch ``torch.optim.Adam`` (``--beta1 --beta2 --eps``) instead of GD; the
+monitor then also records the preconditioned sharpness λ_max(P⁻¹H), P = diag(√v̂) + ε
+(torch's Adam denominator), against 2(1 + β₁)/((1 − β₁)η) = 38/η for β₁ = 0.9, and the
+summary fields (first step at the threshold, ratios after it, ...) refer to that pair; the
+plain sharpness is kept too. Written to ``edge_of_stability_adam.json`` and ``.png`` (the
+GD files are left alone). ``--max-seconds`` ends each run after that much wall time.
+
 On MNIST the sharpening is much slower than on CIFAR-10: with the paper-like default
 step sizes (2/η = 100, 50, 25) the sharpness stays near 5 after 1,500 steps, so the run
 in ``results/edge_of_stability`` uses larger step sizes (``--runs``); see its README.
@@ -32,6 +40,7 @@ in ``results/edge_of_stability`` uses larger step sizes (``--runs``); see its RE
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edge_of_stability.py --threads 1
       [--steps 3000 --every 10 --lrs 0.02,0.04,0.08 --activations tanh,relu]
       [--runs tanh:0.2,relu:0.5,tanh:0.3,tanh:0.5] [--print-every 100] [--out DIR]
+      [--optimizer adam --beta1 0.9 --beta2 0.999 --eps 1e-7 --max-seconds 1380]
 """
 
 from __future__ import annotations
@@ -88,7 +97,12 @@ def run(activation: str, lr: float, X: torch.Tensor, Y: torch.Tensor,
     from hesskit.monitor import CurvatureMonitor
 
     model = network(activation, args.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    adam = args.optimizer == "adam"
+    if adam:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(args.beta1, args.beta2),
+                                     eps=args.eps)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     monitor = CurvatureMonitor(model, square_loss, (X, Y), every=args.every, tol=1e-3)
     losses, train_seconds, train_cpu = [], 0.0, 0.0
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -104,29 +118,63 @@ def run(activation: str, lr: float, X: torch.Tensor, Y: torch.Tensor,
         losses.append(float(loss.detach()))
         if args.print_every and len(losses) % args.print_every == 0:
             last = monitor.records[-1]
+            extra = ""
+            if adam and last.get("preconditioned_sharpness") is not None:
+                extra = (f", preconditioned {last['preconditioned_sharpness']:.4g} "
+                         f"(38/η = {last['preconditioned_threshold']:.4g})")
             print(f"  {activation} η = {lr:g} step {len(losses)}: loss {losses[-1]:.4g}, "
-                  f"sharpness {last['eigenvalues'][0]:.4g} (2/η = {2 / lr:g}) at step "
+                  f"sharpness {last['eigenvalues'][0]:.4g} (2/η = {2 / lr:g}){extra} at step "
                   f"{last['step']}, {time.perf_counter() - began:.0f} s", flush=True)
         if not torch.isfinite(loss):
+            break
+        if args.max_seconds and time.perf_counter() - began > args.max_seconds:
+            print(f"  stopping after {len(losses)} steps: --max-seconds {args.max_seconds:g} "
+                  "reached", flush=True)
             break
     total, total_cpu = time.perf_counter() - began, time.process_time() - began_cpu
     steps = [r["step"] for r in monitor.records]
     sharpness = [r["eigenvalues"][0] for r in monitor.records]
     threshold = 2 / lr
-    reached = next((s for s, v in zip(steps, sharpness, strict=True) if v >= threshold), None)
-    record = {"activation": activation, "lr": lr, "threshold": threshold, "losses": losses,
-              "steps": steps, "sharpness": sharpness,
-              "products": [r["products"] for r in monitor.records],
-              "warm": [r["warm"] for r in monitor.records],
-              "converged": [r["converged"] for r in monitor.records],
-              "measure_seconds_each": [r["seconds"] for r in monitor.records],
-              "train_seconds": train_seconds, "measure_seconds": total - train_seconds,
-              "overhead": (total - train_seconds) / train_seconds,
-              "train_cpu_seconds": train_cpu, "measure_cpu_seconds": total_cpu - train_cpu,
-              "overhead_cpu": (total_cpu - train_cpu) / train_cpu,
-              "sharpness_at_start": sharpness[0], "first_step_at_threshold": reached}
+    record = {"optimizer": args.optimizer}
+    if adam:
+        # The quantity compared with a threshold is λ_max(P⁻¹H) against 2(1 + β₁)/((1 − β₁)η);
+        # None at step 0 (Adam has no state, hence no P, before its first step).
+        record.update({
+            "beta1": args.beta1, "beta2": args.beta2, "eps": args.eps,
+            "plain_sharpness_threshold": threshold,
+            "preconditioned_sharpness": [r.get("preconditioned_sharpness")
+                                         for r in monitor.records],
+            "preconditioned_products": [r["preconditioned"].get("products")
+                                        for r in monitor.records],
+            "preconditioned_converged": [r["preconditioned"].get("converged")
+                                         for r in monitor.records],
+            "first_moment_correction": [r["preconditioned"].get("first_moment_correction")
+                                        for r in monitor.records]})
+        threshold = monitor.records[-1]["preconditioned_threshold"]
+        pairs = [(s, v) for s, v in zip(steps, record["preconditioned_sharpness"], strict=True)
+                 if v is not None]
+    else:
+        pairs = list(zip(steps, sharpness, strict=True))
+    tracked = [v for _, v in pairs]
+    reached = next((s for s, v in pairs if v >= threshold), None)
+    record.update({
+        "activation": activation, "lr": lr, "threshold": threshold, "losses": losses,
+        "steps": steps, "sharpness": sharpness,
+        "products": [r["products"] for r in monitor.records],
+        "warm": [r["warm"] for r in monitor.records],
+        "converged": [r["converged"] for r in monitor.records],
+        "measure_seconds_each": [r["seconds"] for r in monitor.records],
+        "train_seconds": train_seconds, "measure_seconds": total - train_seconds,
+        "overhead": (total - train_seconds) / train_seconds,
+        "train_cpu_seconds": train_cpu, "measure_cpu_seconds": total_cpu - train_cpu,
+        "overhead_cpu": (total_cpu - train_cpu) / train_cpu,
+        "sharpness_at_start": sharpness[0], "tracked_at_start": tracked[0],
+        "tracked_at_start_step": pairs[0][0], "first_step_at_threshold": reached,
+        "tracked_peak": max(tracked), "final_tracked": tracked[-1],
+        "tracked_peak_step": pairs[max(range(len(tracked)), key=tracked.__getitem__)][0],
+    })
     if reached is not None:
-        after = [v for s, v in zip(steps, sharpness, strict=True) if s >= reached]
+        after = [v for s, v in pairs if s >= reached]
         record["ratio_after"] = statistics.median(v / threshold for v in after)
         record["ratio_after_range"] = [min(after) / threshold, max(after) / threshold]
         record["measurements_after"] = len(after)
@@ -156,6 +204,10 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if records and records[0].get("optimizer") == "adam":
+        plot_adam(records, path, plt)
+        return
+
     activations = list(dict.fromkeys(r["activation"] for r in records))  # in run order
     fig, axes = plt.subplots(2, len(activations), figsize=(6 * len(activations), 7),
                              squeeze=False)
@@ -180,6 +232,40 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_adam(records: list[dict], path: Path, plt: object) -> None:
+    """Adam runs: loss; λ_max(P⁻¹H) with 38/η dashed; λ_max(H) (one column per activation)."""
+    activations = list(dict.fromkeys(r["activation"] for r in records))
+    fig, axes = plt.subplots(3, len(activations), figsize=(6.5 * len(activations), 10),
+                             squeeze=False, sharex="col")
+    for column, activation in enumerate(activations):
+        top, middle, bottom = axes[:, column]
+        for i, r in enumerate(x for x in records if x["activation"] == activation):
+            color, label = f"C{i}", f"η = {r['lr']:g}"
+            top.plot(r["losses"], color=color, label=label)
+            pre = [(s, v) for s, v in zip(r["steps"], r["preconditioned_sharpness"],
+                                          strict=True) if v is not None]
+            middle.plot(*zip(*pre, strict=True), color=color, label=label)
+            middle.axhline(r["threshold"], color=color, linestyle="--", linewidth=0.8,
+                           label=f"38/η = {r['threshold']:.3g}")
+            bottom.plot(r["steps"], r["sharpness"], color=color, label=label)
+        top.set_title(f"{activation} network, 5k MNIST, full-batch Adam\n"
+                      f"(β₁ = {records[0]['beta1']:g}, β₂ = {records[0]['beta2']:g}, "
+                      f"ε = {records[0]['eps']:g})")
+        top.set_ylabel("train loss (square)")
+        top.set_yscale("log")
+        middle.set_ylabel("preconditioned sharpness λ_max(P⁻¹H)\ndashed: 2(1+β₁)/((1−β₁)η)")
+        middle.set_yscale("log")
+        bottom.set_ylabel("sharpness λ_max(H)")
+        bottom.set_yscale("log")
+        bottom.set_xlabel("step")
+        top.legend()
+        middle.legend(fontsize="small", ncol=2)
+        bottom.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -189,6 +275,15 @@ def main() -> None:
     parser.add_argument("--runs", default=None,
                         help="activation:lr pairs in this order, e.g. tanh:0.2,relu:0.5 "
                              "(instead of every --activations × --lrs)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="sgd: full-batch GD, sharpness against 2/η; adam: full-batch "
+                             "torch.optim.Adam, preconditioned sharpness against 38/η "
+                             "(results in edge_of_stability_adam.json/.png)")
+    parser.add_argument("--beta1", type=float, default=0.9)
+    parser.add_argument("--beta2", type=float, default=0.999)
+    parser.add_argument("--eps", type=float, default=1e-7)
+    parser.add_argument("--max-seconds", type=float, default=0,
+                        help="end each run after this much wall time (0: after --steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--print-every", type=int, default=0,
@@ -200,8 +295,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.replot:
         out = Path(args.out)
-        saved = json.loads((out / "edge_of_stability.json").read_text())
-        plot(saved["runs"], out / "edge_of_stability.png")
+        saved = json.loads((out / f"{stem(args)}.json").read_text())
+        plot(saved["runs"], out / f"{stem(args)}.png")
         return
     torch.set_num_threads(args.threads)
     X, Y = mnist_subset(Path(args.data_dir))
@@ -215,14 +310,20 @@ def main() -> None:
     for activation, lr in pairs:
         record = run(activation, lr, X, Y, args)
         records.append(record)
-        print(f"{activation:>5} η = {lr:<6g} sharpness {record['sharpness_at_start']:.3g} "
-              f"→ reaches 2/η = {record['threshold']:.3g} at step "
+        print(f"{activation:>5} η = {lr:<6g} {'preconditioned ' * (args.optimizer == 'adam')}"
+              f"sharpness {record['tracked_at_start']:.3g} "
+              f"→ reaches threshold = {record['threshold']:.3g} at step "
               f"{record['first_step_at_threshold']}; last-stretch ratio "
               f"{record.get('ratio_last_stretch', float('nan')):.3f}; loss "
               f"{record['loss_first_last'][0]:.3g} → {record['loss_first_last'][1]:.3g} "
               f"({record['loss_rises']} rises); tracking overhead "
               f"{100 * record['overhead']:.0f} %", flush=True)
         write(records, args, load_at_start)
+
+
+def stem(args: argparse.Namespace) -> str:
+    """The results' file name: the GD results are not overwritten by Adam runs."""
+    return "edge_of_stability" if args.optimizer == "sgd" else "edge_of_stability_adam"
 
 
 def write(records: list[dict], args: argparse.Namespace, load_at_start: tuple) -> None:
@@ -238,12 +339,14 @@ def write(records: list[dict], args: argparse.Namespace, load_at_start: tuple) -
         "load_average_at_end": os.getloadavg(), "steps": args.steps, "every": args.every,
         "seed": args.seed, "runs": args.runs, "samples": SAMPLES, "width": WIDTH,
         "dtype": str(DTYPE), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "argv": sys.argv[1:],
+        "argv": sys.argv[1:], "optimizer": args.optimizer, "max_seconds": args.max_seconds,
     }
-    (out / "edge_of_stability.json").write_text(
+    if args.optimizer == "adam":
+        environment.update(beta1=args.beta1, beta2=args.beta2, eps=args.eps)
+    (out / f"{stem(args)}.json").write_text(
         json.dumps({"environment": environment, "runs": records}) + "\n")
-    plot(records, out / "edge_of_stability.png")
-    print(f"wrote {out}/edge_of_stability.json and .png")
+    plot(records, out / f"{stem(args)}.png")
+    print(f"wrote {out}/{stem(args)}.json and .png")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "block_heterogeneity"
 GRID_POINTS = 1000
 SCALED_WIDTH = 0.01
 SYMLOG_DECADES = 1e-4
+DISCUSSION = "## Comparison with Zhang et al."
 FULL = {"layers": 2, "width": 64, "tokens": 64, "steps": 200, "lm_batch": 32,
         "hessian_sequences": 16, "cnn_batch": 64, "hessian_images": 256, "k": 2,
         "probes": 2, "density_steps": 40, "tol": 1e-3}
@@ -401,7 +402,8 @@ def plot(results: dict, path: Path) -> None:
                 ax.semilogy(grid, np.maximum(curve, floor), color=colors(i % 20), lw=1,
                             label=block.removeprefix("transformer."))
             ax.set_ylim(bottom=max(min(c.max() for c in curves.values()) * 1e-6, 1e-12))
-            ax.set_title(f"{model}, {stage}: JS mean {het['mean']:.3f}, max {het['max']:.3f}",
+            ax.set_title(f"{model}, {stage}: JS {kind} mean {het['mean']:.3f}, "
+                         f"max {het['max']:.3f}",
                          fontsize=10)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("density (SLQ, smoothed, log)")
@@ -460,18 +462,25 @@ def write_readme(results: dict, path: Path) -> None:
         "## Command",
         "",
         "```",
-        "OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/block_heterogeneity.py",
+        "OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 19 .venv/bin/python "
+        "benchmarks/block_heterogeneity.py",
+        "# measures, figure and README again from results.json (no new spectra):",
+        "PYTHONPATH=src .venv/bin/python benchmarks/block_heterogeneity.py --from-json",
         "```",
+        "",
+        "A smoke run: `--quick` (writes to /tmp/block_heterogeneity_quick; about 30 s CPU).",
         "",
         "## Environment",
         "",
         f"- torch {env['torch']}, transformers {env['transformers']}, Python "
         f"{env['python']}, {env['machine']}",
         f"- threads: torch {env['torch_threads']}, OMP_NUM_THREADS="
-        f"{env['OMP_NUM_THREADS']}; {env['cpus']} CPUs, load average "
-        f"{env['load_start']} at the start, {env['load_end']} at the end (run under "
-        "`nice -n 19`)",
-        f"- wall time {results['wall_s']:.0f} s, CPU time {results['cpu_s']:.0f} s",
+        f"{env['OMP_NUM_THREADS']}; {env['cpus']} CPUs, load average (1, 5, 15 min) "
+        f"{_load(env['load_start'])} at the start, {_load(env['load_end'])} at the end "
+        "(run under `nice -n 19` on a shared machine)",
+        f"- wall time {results['wall_s']:.0f} s, CPU time {results['cpu_s']:.0f} s (the "
+        "process got a small share of a loaded core: CPU time is the cost measure; the "
+        "per-block CPU seconds below are `time.process_time()`)",
         f"- settings: {json.dumps(cfg)}",
         "",
         "## Summary",
@@ -479,7 +488,9 @@ def write_readme(results: dict, path: Path) -> None:
         *_summary_rows(results),
         "",
         f"Transformer: {t['num_params']:,} parameters, vocabulary {t['vocab']} characters, "
-        f"Hessian batch {t['hessian_tokens']} tokens; training loss "
+        f"Hessian batch {t['hessian_tokens']} tokens "
+        f"({t['hessian_tokens'] - t['hessian_tokens'] // cfg['tokens']} predicted); "
+        "training loss "
         f"{t['training']['losses'][0]:.3f} → {np.mean(t['training']['losses'][-10:]):.3f} "
         f"(mean of the last 10 of {t['training']['steps']} steps).",
         f"CNN: {c['num_params']:,} parameters, Hessian batch {c['hessian_images']} images; "
@@ -497,7 +508,13 @@ def write_readme(results: dict, path: Path) -> None:
         *_table("cnn", c),
         "",
     ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept = old[old.index(DISCUSSION):] if DISCUSSION in old else ""  # written by hand
+    path.write_text("\n".join(lines) + "\n" + kept, encoding="utf-8")
+
+
+def _load(values) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
 
 
 def environment() -> dict:

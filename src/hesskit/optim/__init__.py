@@ -8,10 +8,14 @@
   (Liu et al. 2023), :class:`AdaHessian` (Yao et al. 2021), :class:`Shampoo` (Gupta et al.
   2018, grafted onto Adam's step size as Anil et al. 2020).
 
-The pieces are small modules usable alone: ``damping`` (ρ and the LM rule),
-``backtracking`` (choose among CG iterates, Armijo search), ``preconditioners`` (Martens'
-diagonal), ``safety`` (reject non-finite steps and restore the parameters exactly),
-``chunks`` (Martens' round-robin curvature chunks), ``hf_settings`` (CG and ρ settings).
+One base class, ``base.CurvatureOptimizer`` (parameters, optimizer-wide state and its
+save/load, the watched closure of ``closure_batch``, the one all-reduce), one damping rule
+(``damping``: ρ and Levenberg-Marquardt), ``safety`` (reject non-finite steps and restore
+the parameters exactly), ``weight_cost`` and ``sampling``; by family: ``newton``,
+``hessian_free`` (optimizer, CG solve, settings, backtracking, chunks, Martens'
+preconditioner, HFDemo's set-up, stochastic HF), ``kfac``, ``shampoo``, ``diagonal``
+(AdaHessian, Sophia). Every optimizer's ``preconditioner()`` is a curvature operator
+(``preconditioner_operators``).
 """
 
 from hesskit.optim.damping import (

@@ -127,7 +127,9 @@ def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".hesskit-write-test"
+        # one probe per process: ranks of a torchrun probing the same folder at once
+        # would otherwise unlink each other's probe
+        probe = folder / f".hesskit-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:

@@ -12,16 +12,13 @@ gradient over the ranks, and its statistics follow from the summed gradient.
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from hesskit.distributed import sample_fraction, shard_of
@@ -30,6 +27,7 @@ from hesskit.optim.diagonal.sophia import Sophia, SophiaEstimator
 from hesskit.optim.kfac.optimizer import KFAC
 from hesskit.optim.kfac.steps import KFACSchedule
 from hesskit.problem import Problem
+from spawned_ranks import free_port, spawned_ranks
 
 RANKS = 2
 DEADLINE_S = 120
@@ -108,29 +106,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs():
     """(single-process histories, [rank 0 histories, rank 1 histories])."""
     with tempfile.TemporaryDirectory() as out_dir:
-        context = mp.start_processes(_worker, args=(_free_port(), out_dir), nprocs=RANKS,
-                                     join=False, start_method="spawn")
-        try:
+        with spawned_ranks(_worker, (free_port(), out_dir), RANKS, DEADLINE_S):
             single = {m: _run(m) for m in METHODS}
-            deadline = time.monotonic() + DEADLINE_S
-            while not context.join(timeout=max(1.0, deadline - time.monotonic())):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the {RANKS} ranks did not finish within {DEADLINE_S} s")
-        finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
         ranks = [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(RANKS)]
     return single, ranks
 

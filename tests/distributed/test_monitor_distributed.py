@@ -10,20 +10,18 @@ fails instead of blocking.
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from hesskit.distributed import shard_of
 from hesskit.monitor import CurvatureMonitor
+from spawned_ranks import free_port, spawned_ranks
 
 RANKS = 2
 DEADLINE_S = 120
@@ -65,27 +63,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_every_rank_records_the_single_process_values_and_only_rank_0_logs():
     with tempfile.TemporaryDirectory() as out_dir:
-        context = mp.start_processes(_worker, args=(_free_port(), out_dir), nprocs=RANKS,
-                                     join=False, start_method="spawn")
-        try:
+        with spawned_ranks(_worker, (free_port(), out_dir), RANKS, DEADLINE_S):
             single = _measure(_data(), None)
-            deadline = time.monotonic() + DEADLINE_S
-            while not context.join(timeout=max(1.0, deadline - time.monotonic())):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the {RANKS} ranks did not finish within {DEADLINE_S} s")
-        finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
         out = Path(out_dir)
         ranks = [json.loads((out / f"records{r}.json").read_text()) for r in range(RANKS)]
         logged = [json.loads(line) for line in (out / "log0.jsonl").read_text().splitlines()]

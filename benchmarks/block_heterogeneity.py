@@ -308,6 +308,14 @@ def heterogeneity(spectra: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- runs
+def stage_record(problem: Problem, loss: float, blocks: dict, cfg: dict) -> dict:
+    """One stage's (initialisation or trained) spectra, their CPU time and heterogeneity."""
+    start = time.process_time()
+    spectra = measure(problem, blocks, cfg)
+    return {"batch_loss": loss, "spectra": spectra, "cpu_s": time.process_time() - start,
+            "heterogeneity": heterogeneity(spectra)}
+
+
 def run_transformer(cfg: dict) -> dict:
     train, vocab = text_data(cfg["tokens"])
     model = build_transformer(vocab, cfg)
@@ -324,11 +332,7 @@ def run_transformer(cfg: dict) -> dict:
             loss = float(loss_fn(model(input_ids=ids).logits, ids))
         print(f"  transformer {label}: loss on the Hessian batch {loss:.4f}", flush=True)
         problem = Problem(model, CausalLMLoss(), ({"input_ids": ids}, ids))
-        start = time.process_time()
-        spectra = measure(problem, blocks, cfg)
-        record[label] = {"batch_loss": loss, "spectra": spectra,
-                         "cpu_s": time.process_time() - start,
-                         "heterogeneity": heterogeneity(spectra)}
+        record[label] = stage_record(problem, loss, blocks, cfg)
 
     stage("init")
     start = time.process_time()
@@ -359,11 +363,7 @@ def run_cnn(cfg: dict) -> dict:
             loss = float(nn.functional.cross_entropy(model(hx), hy))
         print(f"  cnn {label}: loss on the Hessian batch {loss:.4f}", flush=True)
         problem = Problem(model, nn.CrossEntropyLoss(), (hx, hy))
-        start = time.process_time()
-        spectra = measure(problem, blocks, cfg)
-        record[label] = {"batch_loss": loss, "spectra": spectra,
-                         "cpu_s": time.process_time() - start,
-                         "heterogeneity": heterogeneity(spectra)}
+        record[label] = stage_record(problem, loss, blocks, cfg)
 
     stage("init")
     start = time.process_time()

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from hesskit.errors import InvalidArgumentError
-from hesskit.operators.gauss_newton import gauss_newton_operator
 from hesskit.problem import Problem
 from hesskit.tensor_tree import Tree, network_output
 
@@ -224,23 +223,25 @@ def watch_closure(
     return ClosureBatch(model, loss, owner)
 
 
-def curvature_or_gauss_newton(
-    watch: ClosureBatch | None, curvature: Callable[[], Any] | None, params: list[Tensor],
-    owner: str,
-) -> Callable[[], Any]:
-    """``curvature`` as given, or (given ``model=`` and ``loss=``) a function returning the
-    Gauss-Newton operator of the last closure's batch at the current parameters.
+def closure_or_given(
+    model: nn.Module | None, loss: nn.Module | None, given: Any, params: list[Tensor],
+    owner: str, needs: str, build: Callable[[Problem], Any],
+) -> tuple[ClosureBatch | None, Any]:
+    """What an optimizer's curvature comes from: ``given`` as it is (a callable or a
+    ``Problem``), or, given ``model=`` and ``loss=``, a function returning ``build`` of the
+    last closure's batch at the current parameters. Returns ``(watch, source)``; ``watch``
+    is the :class:`ClosureBatch` to run the closure through (None for ``given``).
 
     Raises:
-        InvalidArgumentError: both or neither were given.
+        InvalidArgumentError: both or neither, or only one of ``model`` and ``loss``.
     """
-    if (watch is None) == (curvature is None):
+    watch = watch_closure(model, loss, owner, needs)
+    if (watch is None) == (given is None):
         raise InvalidArgumentError(
-            f"{owner} needs model= and loss= (B the Gauss-Newton matrix of the closure's "
-            "batch) or curvature= (a function returning B), not both"
+            f"{owner} needs model= and loss= (the curvature of the closure's batch) or "
+            f"{needs}, not both"
         )
-    if curvature is not None:
-        return curvature
-    assert watch is not None
+    if watch is None:
+        return None, given
     names = parameter_names(watch.model, params, owner)
-    return lambda: gauss_newton_operator(watch.problem(names))
+    return watch, lambda: build(watch.problem(names))

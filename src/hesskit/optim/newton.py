@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from hesskit.errors import InvalidArgumentError
 from hesskit.memory import check_dense_fits as check_memory
 from hesskit.operators import hessian_operator
-from hesskit.optim.closure_batch import parameter_names, watch_closure
+from hesskit.optim.closure_batch import closure_or_given
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
@@ -138,16 +138,9 @@ class DampedNewton(GlobalStateOptimizer):
                 f"indefinite must be an Indefinite member, got {indefinite!r}"
             )
         num_params = sum(p.numel() for p in self._params)
-        self._watch = watch_closure(model, loss, "DampedNewton",
-                                    "hessian= (a Problem or a function returning H)")
-        if (self._watch is None) == (hessian is None):
-            raise InvalidArgumentError(
-                "DampedNewton needs model= and loss= (the Hessian of the closure's batch) or "
-                "hessian= (a Problem or a function returning H), not both"
-            )
-        if self._watch is not None:
-            watch, names = self._watch, parameter_names(model, self._params, "DampedNewton")
-            hessian = lambda: _dense_hessian(watch.problem(names))  # noqa: E731
+        self._watch, hessian = closure_or_given(
+            model, loss, hessian, self._params, "DampedNewton",
+            "hessian= (a Problem or a function returning H)", _dense_hessian)
         if isinstance(hessian, Problem):
             check_dense_fits(hessian.num_params, hessian.dtype)
             problem = hessian

@@ -60,7 +60,7 @@ from hesskit.estimators.probes import gaussian
 from hesskit.operators import CurvatureOperator, hessian_operator
 from hesskit.operators.kfac_factors import keyed_sample_targets
 from hesskit.optim.base import CurvatureOptimizer, summed_over_ranks
-from hesskit.optim.closure_batch import parameter_names, watch_closure
+from hesskit.optim.closure_batch import closure_or_given
 from hesskit.optim.preconditioner_operators import sophia_preconditioner
 from hesskit.optim.safety import (
     DEFAULT_MAX_REJECTIONS,
@@ -213,17 +213,9 @@ class Sophia(CurvatureOptimizer):
         defaults = {"lr": lr, "betas": betas, "rho": rho, "eps": eps,
                     "weight_decay": weight_decay}
         super().__init__(params, defaults)
-        self._watch = watch_closure(model, loss, "Sophia",
-                                    "curvature= (a function returning the Problem)")
-        if (self._watch is None) == (curvature is None):
-            raise InvalidArgumentError(
-                "Sophia needs model= and loss= (its estimate on the closure's batch) or "
-                "curvature= (a function returning the Problem), not both"
-            )
-        if self._watch is not None:
-            watch, names = self._watch, parameter_names(model, self._params, "Sophia")
-            curvature = lambda: watch.problem(names)  # noqa: E731
-        self.curvature = curvature
+        self._watch, self.curvature = closure_or_given(
+            model, loss, curvature, self._params, "Sophia",
+            "curvature= (a function returning the Problem)", lambda problem: problem)
         self.estimator = SophiaEstimator(estimator)
         self.interval = interval
         self.max_rejections = max_rejections

@@ -45,8 +45,9 @@ from torch import Tensor, nn
 from hesskit.distributed import all_reduce_sum, is_distributed
 from hesskit.errors import InvalidArgumentError
 from hesskit.operators.base import CurvatureOperator
+from hesskit.operators.gauss_newton import gauss_newton_operator
 from hesskit.optim.base import summed_over_ranks
-from hesskit.optim.closure_batch import curvature_or_gauss_newton, watch_closure
+from hesskit.optim.closure_batch import closure_or_given
 from hesskit.optim.damping import (
     LevenbergMarquardt,
     levenberg_marquardt_update,
@@ -178,10 +179,9 @@ class HessianFree(GlobalStateOptimizer):
         distributed: bool | None = None,
     ) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay)
-        self._watch = watch_closure(model, loss, type(self).__name__,
-                                    "curvature= (a function returning B)")
-        self.curvature = curvature_or_gauss_newton(self._watch, curvature, self._params,
-                                                   type(self).__name__)
+        self._watch, self.curvature = closure_or_given(
+            model, loss, curvature, self._params, type(self).__name__,
+            "curvature= (a function returning B)", gauss_newton_operator)
         self.damping = damping
         self.cg = cg
         self.preconditioner = preconditioner

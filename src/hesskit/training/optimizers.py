@@ -201,10 +201,6 @@ def _builder(module: str, name: str, **options: object) -> Callable[
     return build
 
 
-def _curvature_builder(name: str, **options: object) -> Callable[
-        [OptimizerContext], torch.optim.Optimizer]:
-    return _builder("curvature_builders", name, **options)
-
 
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
@@ -260,30 +256,31 @@ REGISTRY: dict[str, OptimizerSpec] = {
         # (its authors' lr is below AdamW's); AdaHessian's around its authors' 0.15.
         # Diagnostics: K-FAC reports λ; the others have no damping to report.
         OptimizerSpec(
-            "kfac", "K-FAC", _curvature_builder("build_kfac"), lr_grid=(1.0,), default_lr=1.0,
+            "kfac", "K-FAC", _builder("curvature_builders", "build_kfac"),
+            lr_grid=(1.0,), default_lr=1.0,
             full_batch=True, products_on_curvature_batch=True,
             requires=("hesskit.optim.kfac.optimizer:KFAC",
                       "hesskit.optim.kfac.steps:KFACBatchSchedule"),
             diagnostics=_state_diagnostics("kfac_state"),
         ),
         OptimizerSpec(
-            "sophia", "Sophia (GNB)", _curvature_builder("build_sophia"),
+            "sophia", "Sophia (GNB)", _builder("curvature_builders", "build_sophia"),
             lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
             requires=("hesskit.optim.diagonal.sophia:Sophia",),
         ),
         OptimizerSpec(
             "sophia-h", "Sophia (Hutchinson)",
-            _curvature_builder("build_sophia", hutchinson=True),
+            _builder("curvature_builders", "build_sophia", hutchinson=True),
             lr_grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), default_lr=1e-3,
             requires=("hesskit.optim.diagonal.sophia:Sophia",),
         ),
         OptimizerSpec(
-            "adahessian", "AdaHessian", _curvature_builder("build_adahessian"),
+            "adahessian", "AdaHessian", _builder("curvature_builders", "build_adahessian"),
             lr_grid=(1e-2, 3e-2, 1e-1, 3e-1, 1.0), default_lr=0.15, takes_loss_closure=True,
             requires=("hesskit.optim.diagonal.adahessian:AdaHessian",),
         ),
         OptimizerSpec(
-            "shampoo", "Shampoo (Adam graft)", _curvature_builder("build_shampoo"),
+            "shampoo", "Shampoo (Adam graft)", _builder("curvature_builders", "build_shampoo"),
             lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), default_lr=1e-3,
             requires=("hesskit.optim.shampoo.optimizer:Shampoo",),
             warmup_steps=SHAMPOO_START - 1,  # the Shampoo(...) of build_shampoo: s = T
